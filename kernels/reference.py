@@ -1,0 +1,161 @@
+"""Ground truth for every kernel: plain torch, computed in fp32 (or float64), slow and obvious.
+
+Each backend kernel (Triton, C, MLX) is tested against the function of the same name here.
+Layouts shared by all of them:
+- KV cache of one layer: k_cache, v_cache = [num_blocks, block_size, num_kv_heads, head_dim].
+- Packed tokens: all sequences' new tokens back to back, [num_tokens, num_heads, head_dim];
+  `query_start_loc` [num_seqs + 1] gives each sequence's slice, `seq_lens` [num_seqs] its full
+  length (cached + new); its new tokens are the last ones, so token i of sequence s sits at
+  position seq_lens[s] - q_len[s] + i.
+- block_tables [num_seqs, max_blocks_per_seq] int32, padded with any valid block id.
+- slot_mapping [num_tokens] int64: block_id * block_size + offset; a negative slot is skipped.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def write_kv(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor,
+             v_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
+    """Stores each token's K/V ([num_tokens, num_kv_heads, head_dim]) at its slot, in place."""
+    block_size = k_cache.shape[1]
+    keep = slot_mapping >= 0
+    slots = slot_mapping[keep].long()
+    blocks, offsets = slots // block_size, slots % block_size
+    k_cache[blocks, offsets] = key[keep].to(k_cache.dtype)
+    v_cache[blocks, offsets] = value[keep].to(v_cache.dtype)
+
+
+def gather_kv(cache: torch.Tensor, block_table: torch.Tensor, length: int) -> torch.Tensor:
+    """The first `length` tokens of one sequence's cache: [length, num_kv_heads, head_dim]."""
+    block_size = cache.shape[1]
+    num_blocks = (length + block_size - 1) // block_size
+    blocks = cache[block_table[:num_blocks].long()]  # [nb, block_size, kvh, hd]
+    return blocks.reshape(-1, *cache.shape[2:])[:length]
+
+
+def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                    block_tables: torch.Tensor, query_start_loc: torch.Tensor,
+                    seq_lens: torch.Tensor, scale: float, sliding_window: int | None = None,
+                    soft_cap: float | None = None) -> torch.Tensor:
+    """Causal attention of packed queries over paged K/V (GQA/MQA, sliding window).
+
+    A query at position p sees keys at positions k with k <= p and, with a window w,
+    p - k < w. Returns [num_tokens, num_heads, head_dim] in q's dtype (math in fp32).
+    """
+    num_heads, head_dim = q.shape[1], q.shape[2]
+    num_kv_heads = k_cache.shape[2]
+    group = num_heads // num_kv_heads
+    out = torch.empty_like(q)
+    starts = query_start_loc.tolist()
+    for s, seq_len in enumerate(seq_lens.tolist()):
+        q_s = q[starts[s]:starts[s + 1]].float()  # [q_len, nh, hd]
+        q_len = q_s.shape[0]
+        if q_len == 0:
+            continue
+        k = gather_kv(k_cache, block_tables[s], seq_len).float()  # [seq_len, kvh, hd]
+        v = gather_kv(v_cache, block_tables[s], seq_len).float()
+        k = k.repeat_interleave(group, dim=1)
+        v = v.repeat_interleave(group, dim=1)
+        scores = torch.einsum("qhd,khd->hqk", q_s, k) * scale  # [nh, q_len, seq_len]
+        if soft_cap is not None:
+            scores = soft_cap * torch.tanh(scores / soft_cap)
+        q_pos = torch.arange(seq_len - q_len, seq_len).unsqueeze(1)
+        k_pos = torch.arange(seq_len).unsqueeze(0)
+        allowed = k_pos <= q_pos
+        if sliding_window is not None:
+            allowed &= (q_pos - k_pos) < sliding_window
+        scores = scores.masked_fill(~allowed, float("-inf"))
+        probs = torch.softmax(scores, dim=-1)
+        out[starts[s]:starts[s + 1]] = torch.einsum("hqk,khd->qhd", probs, v).to(q.dtype)
+    return out
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
+             residual: torch.Tensor | None = None,
+             weight_offset: float = 0.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """RMSNorm(x [+ residual]) * (weight_offset + weight); fp32 math.
+
+    With `residual`, returns (normed, x + residual): the fused pre-norm residual add.
+    Gemma stores `weight` as a delta from 1, hence `weight_offset` = 1.
+    """
+    if residual is not None:
+        x = (x.float() + residual.float()).to(x.dtype)
+        residual = x
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return (xf * (weight_offset + weight.float())).to(x.dtype), residual
+
+
+def rope_cos_sin(rotary_dim: int, max_positions: int, base: float,
+                 scaling: dict | None = None) -> torch.Tensor:
+    """cos/sin table [max_positions, rotary_dim]: cos in the first half, sin in the second.
+
+    `scaling` follows HF's rope_scaling dicts: {"rope_type": "linear", "factor": f} or
+    Llama 3's {"rope_type": "llama3", "factor", "low_freq_factor", "high_freq_factor",
+    "original_max_position_embeddings"}.
+    """
+    inv_freq = 1.0 / (base ** (torch.arange(0, rotary_dim, 2, dtype=torch.float64) / rotary_dim))
+    rope_type = (scaling or {}).get("rope_type", (scaling or {}).get("type", "default"))
+    if rope_type == "linear":
+        inv_freq = inv_freq / scaling["factor"]
+    elif rope_type == "llama3":
+        factor = scaling["factor"]
+        low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+        old_len = scaling["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv_freq
+        smooth = (old_len / wavelen - low) / (high - low)
+        scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+        mid = (1 - smooth) * inv_freq / factor + smooth * inv_freq
+        is_mid = (wavelen <= old_len / low) & (wavelen >= old_len / high)
+        inv_freq = torch.where(is_mid, mid, scaled)
+    elif rope_type not in ("default", None):
+        raise ValueError(f"unsupported rope scaling {rope_type!r}")
+    freqs = torch.outer(torch.arange(max_positions, dtype=torch.float64), inv_freq)
+    return torch.cat([freqs.cos(), freqs.sin()], dim=-1).float()
+
+
+def rotary_embedding(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
+                     cos_sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """NeoX-style rotation (first half / second half pairs) of q [T, nh, hd] and k [T, kvh, hd]."""
+
+    def rotate(x: torch.Tensor) -> torch.Tensor:
+        cs = cos_sin[positions.long()]  # [T, rot]
+        half = cs.shape[-1] // 2
+        cos, sin = cs[:, None, :half], cs[:, None, half:]
+        xf = x.float()
+        x1, x2 = xf[..., :half], xf[..., half:2 * half]
+        rotated = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+        return torch.cat([rotated, xf[..., 2 * half:]], dim=-1).to(x.dtype)
+
+    return rotate(q), rotate(k)
+
+
+def act_and_mul(x: torch.Tensor, activation: str) -> torch.Tensor:
+    """act(x[..., :d]) * x[..., d:] for x [..., 2d]; activation is 'silu' or 'gelu_tanh'."""
+    d = x.shape[-1] // 2
+    gate, up = x[..., :d].float(), x[..., d:].float()
+    if activation == "silu":
+        act = F.silu(gate)
+    elif activation == "gelu_tanh":
+        act = F.gelu(gate, approximate="tanh")
+    else:
+        raise ValueError(f"unknown activation {activation!r}")
+    return (act * up).to(x.dtype)
+
+
+def gguf_linear(x: torch.Tensor, raw: np.ndarray, qtype: int) -> torch.Tensor:
+    """x [..., in] @ W.T in float64, W dequantized by the `gguf` package from raw GGUF blocks.
+
+    `raw` is the tensor as stored in the file ([out, bytes_per_row] uint8 for block types);
+    `qtype` a gguf.GGMLQuantizationType value.
+    """
+    from gguf.quants import dequantize
+
+    w = torch.from_numpy(np.asarray(dequantize(raw, qtype), dtype=np.float64))
+    return x.double() @ w.T

