@@ -48,7 +48,7 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     A query at position p sees keys at positions k with k <= p and, with a window w,
     p - k < w. Returns [num_tokens, num_heads, head_dim] in q's dtype (math in fp32).
     """
-    num_heads, head_dim = q.shape[1], q.shape[2]
+    num_heads = q.shape[1]
     num_kv_heads = k_cache.shape[2]
     group = num_heads // num_kv_heads
     out = torch.empty_like(q)
