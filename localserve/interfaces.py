@@ -108,6 +108,9 @@ class ModelRunner(Protocol):
     def load_model(self) -> None:
         """Loads the weights (sets `spec`)."""
 
+    def set_eos_token_ids(self, eos_token_ids: frozenset[int]) -> None:
+        """The tokenizer's end-of-sequence ids (min_tokens bans them)."""
+
     def profile_num_blocks(self) -> int:
         """Returns how many KV blocks fit in the memory left after a max-batch warm-up."""
 

@@ -1,0 +1,48 @@
+"""Builds an engine's parts from a config: probe the machine, pick a backend, load the model."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from localserve.config import EngineConfig, default_model_path
+from localserve.engine.engine import EngineInfo
+from localserve.interfaces import ModelRunner
+
+log = logging.getLogger(__name__)
+
+
+def resolve(config: EngineConfig) -> EngineConfig:
+    """A NEW config with "auto" values filled in (the default model's path, for one)."""
+    if config.model.model is None:
+        config = config.with_model(model=default_model_path())
+    if config.model.served_model_name is None:
+        config = config.with_model(served_model_name=_default_name(config.model.model))
+    return config
+
+
+def _default_name(path: str | None) -> str:
+    if path is not None and path == default_model_path():
+        return "gemma-3-270m"
+    base = os.path.basename(os.path.normpath(path or "model"))
+    return base[:-5] if base.endswith(".gguf") else base
+
+
+def build_engine_parts(
+        config: EngineConfig) -> tuple[ModelRunner, object, EngineInfo, EngineConfig]:
+    from localserve.backends import select
+    from localserve.platform.probe import probe
+    from localserve.tokenizer import load_tokenizer
+
+    config = resolve(config)
+    device = probe()
+    selection = select(config, device)
+    log.info("%s", selection.explain())
+    runner = selection.backend.create_runner(config, device)
+    runner.load_model()
+    tokenizer = load_tokenizer(config.model.tokenizer or config.model.model)
+    device_name = (device.gpus[0].name if selection.backend.name in ("cuda", "mlx") and device.gpus
+                   else device.cpu_model)
+    info = EngineInfo(config.model.served_model_name or "model", selection.backend.name,
+                      device_name)
+    return runner, tokenizer, info, config

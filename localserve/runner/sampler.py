@@ -1,0 +1,133 @@
+"""Turns logits into tokens: penalties, bias, temperature, top-k/p, min-p, seeded sampling.
+
+Shared by every torch backend. Each row of the logits is one draw; a row never looks at
+another, so a seeded request samples the same tokens alone or in any batch. Seeded rows
+draw from their own generator, keyed by (seed, choice index, output position).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from localserve.interfaces import TokenSample
+from localserve.sampling_params import SamplingParams
+
+_SEED_MIX = 0x9E3779B97F4A7C15  # golden-ratio constant: spreads (seed, choice, step) apart
+
+
+@dataclass(frozen=True)
+class SampleRequest:
+    """One draw: the params and token history of the sequence it extends."""
+
+    params: SamplingParams
+    prompt_token_ids: Sequence[int]
+    output_token_ids: Sequence[int]
+    choice_index: int
+
+
+class Sampler:
+    def __init__(self, vocab_size: int, eos_token_ids: frozenset[int] = frozenset(),
+                 seed: int = 0):
+        self.vocab_size = vocab_size
+        self.eos_token_ids = eos_token_ids
+        self._generator: torch.Generator | None = None
+        self._seed = seed
+
+    def __call__(self, logits: torch.Tensor,
+                 requests: Sequence[SampleRequest]) -> list[TokenSample]:
+        """Args: logits [num_draws, >= vocab]; one request per row. Returns a sample per row."""
+        logits = logits[:, :self.vocab_size].float()
+        raw_logprobs = None
+        if any(r.params.logprobs is not None for r in requests):
+            raw_logprobs = torch.log_softmax(logits, dim=-1)
+        logits = self._process(logits.clone(), requests)
+
+        token_ids = torch.empty(len(requests), dtype=torch.long, device=logits.device)
+        greedy = [i for i, r in enumerate(requests) if r.params.greedy]
+        if greedy:
+            token_ids[greedy] = logits[greedy].argmax(dim=-1)
+        random = [i for i, r in enumerate(requests) if not r.params.greedy]
+        if random:
+            token_ids[random] = self._sample(logits[random], [requests[i] for i in random])
+        return self._pack(token_ids, raw_logprobs, requests)
+
+    # -- logit processing ------------------------------------------------------------------
+    def _process(self, logits: torch.Tensor, requests: Sequence[SampleRequest]) -> torch.Tensor:
+        for i, r in enumerate(requests):
+            p = r.params
+            if p.logit_bias:
+                bias = {t: b for t, b in p.logit_bias.items() if t < self.vocab_size}
+                ids = torch.tensor(list(bias), dtype=torch.long, device=logits.device)
+                logits[i, ids] += torch.tensor(list(bias.values()), device=logits.device)
+            if len(r.output_token_ids) < p.min_tokens:
+                banned = set(p.stop_token_ids) | (set() if p.ignore_eos else self.eos_token_ids)
+                if banned:
+                    logits[i, sorted(banned)] = float("-inf")
+            if p.repetition_penalty != 1.0:
+                seen = torch.tensor(sorted({*r.prompt_token_ids, *r.output_token_ids}),
+                                    dtype=torch.long, device=logits.device)
+                vals = logits[i, seen]
+                logits[i, seen] = torch.where(vals > 0, vals / p.repetition_penalty,
+                                              vals * p.repetition_penalty)
+            if (p.presence_penalty or p.frequency_penalty) and r.output_token_ids:
+                out = torch.tensor(r.output_token_ids, dtype=torch.long, device=logits.device)
+                counts = torch.zeros(logits.shape[1], device=logits.device)
+                counts.scatter_add_(0, out, torch.ones_like(out, dtype=counts.dtype))
+                logits[i] -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0)
+        return logits
+
+    def _sample(self, logits: torch.Tensor, requests: Sequence[SampleRequest]) -> torch.Tensor:
+        """Samples one token per row after temperature, top-k, top-p and min-p."""
+        temps = torch.tensor([r.params.temperature for r in requests], device=logits.device)
+        probs = torch.softmax(logits / temps[:, None], dim=-1)
+        for i, r in enumerate(requests):
+            probs[i] = _truncate(probs[i], r.params)
+        # Exponential race: argmax(p / E) with E ~ Exp(1) draws from p (Gumbel-max in disguise).
+        noise = torch.empty_like(probs)
+        for i, r in enumerate(requests):
+            noise[i].exponential_(generator=self._row_generator(r, logits.device))
+        return (probs / noise).argmax(dim=-1)
+
+    def _row_generator(self, r: SampleRequest, device: torch.device) -> torch.Generator:
+        if r.params.seed is None:
+            if self._generator is None or self._generator.device != device:
+                self._generator = torch.Generator(device=device).manual_seed(self._seed)
+            return self._generator
+        key = (r.params.seed * _SEED_MIX + r.choice_index * 1_000_003
+               + len(r.output_token_ids)) % (2**63)
+        return torch.Generator(device=device).manual_seed(key)
+
+    def _pack(self, token_ids: torch.Tensor, raw_logprobs: torch.Tensor | None,
+              requests: Sequence[SampleRequest]) -> list[TokenSample]:
+        ids = token_ids.tolist()
+        samples = []
+        for i, r in enumerate(requests):
+            k = r.params.logprobs
+            if k is None or raw_logprobs is None:
+                samples.append(TokenSample(ids[i]))
+                continue
+            row = raw_logprobs[i]
+            top: tuple[tuple[int, float], ...] = ()
+            if k > 0:
+                vals, idx = row.topk(k)
+                top = tuple(zip(idx.tolist(), vals.tolist(), strict=True))
+            samples.append(TokenSample(ids[i], float(row[ids[i]]), top))
+        return samples
+
+
+def _truncate(probs: torch.Tensor, p: SamplingParams) -> torch.Tensor:
+    """Zeroes the tail that top-k, top-p and min-p cut off (one row, renormalised)."""
+    if p.min_p > 0:
+        probs = torch.where(probs < p.min_p * probs.max(), 0.0, probs)
+    if p.top_k > 0 or p.top_p < 1:
+        k = min(p.top_k, probs.numel()) if p.top_k > 0 else probs.numel()
+        vals, idx = probs.topk(k) if k < probs.numel() else probs.sort(descending=True)
+        if p.top_p < 1:
+            # Keep the smallest prefix whose mass reaches top_p (always at least one token).
+            before = vals.cumsum(0) - vals
+            vals = torch.where(before < p.top_p * vals.sum(), vals, 0.0)
+        probs = torch.zeros_like(probs).scatter_(0, idx, vals)
+    return probs / probs.sum()

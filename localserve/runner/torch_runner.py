@@ -1,0 +1,159 @@
+"""The ModelRunner shared by the torch backends (reference, cpu, cuda).
+
+It turns a SchedulerOutput into packed tensors (token ids, positions, KV slots, block
+tables), runs the model inside a forward context that carries the backend's attention ops,
+and samples. Backends differ only in the ops they pass in and in memory sizing.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import psutil
+import torch
+
+from localserve.config import EngineConfig
+from localserve.interfaces import (
+    ModelSpec,
+    RunnerCapabilities,
+    SchedulerOutput,
+    StepOutput,
+    TokenSample,
+)
+from localserve.runner.context import (
+    AttentionMetadata,
+    AttentionOps,
+    ForwardContext,
+    forward_context,
+)
+from localserve.runner.sampler import Sampler, SampleRequest
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class TorchModelRunner:
+    """Runs the shared torch models on one device with pluggable attention ops."""
+
+    capabilities = RunnerCapabilities(mixed_batches=True)
+
+    def __init__(self, config: EngineConfig, device: torch.device, ops: AttentionOps,
+                 keep_quantized: bool = False):
+        self.config = config
+        self.device = device
+        self.ops = ops
+        self.keep_quantized = keep_quantized
+        self.block_size = config.cache.block_size
+        self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.sampler: Sampler | None = None
+        self.spec: ModelSpec | None = None
+
+    # -- set-up ----------------------------------------------------------------------------
+    def model_dtype(self) -> torch.dtype:
+        name = self.config.model.dtype
+        if name != "auto":
+            return _DTYPES[name]
+        return torch.float32  # the reference path computes in fp32; GPU runners override
+
+    def load_model(self) -> None:
+        from localserve.loader import load_model
+
+        loaded = load_model(self.config.model, self.device, self.model_dtype(),
+                            keep_quantized=self.keep_quantized)
+        self.model = loaded.model
+        self.arch = loaded.arch
+        self.spec = loaded.spec
+        self.kv_dtype = self.model_dtype()
+
+    def set_eos_token_ids(self, eos_token_ids: frozenset[int]) -> None:
+        spec = self._spec()
+        self.sampler = Sampler(spec.vocab_size, eos_token_ids, seed=self.config.model.seed)
+
+    def bytes_per_block(self) -> int:
+        spec = self._spec()
+        elem = torch.empty((), dtype=self.kv_dtype).element_size()
+        return 2 * spec.num_layers * self.block_size * spec.num_kv_heads * spec.head_dim * elem
+
+    def profile_num_blocks(self) -> int:
+        """CPU: a fraction of the RAM that is free now (KV pages are touched only when used)."""
+        free = psutil.virtual_memory().available
+        return max(1, int(free * self.config.cache.cpu_kv_fraction) // self.bytes_per_block())
+
+    def init_kv_cache(self, num_blocks: int) -> None:
+        spec = self._spec()
+        shape = (num_blocks, self.block_size, spec.num_kv_heads, spec.head_dim)
+        # torch.empty: pages are committed only as blocks get written.
+        self.kv_caches = [
+            (torch.empty(shape, dtype=self.kv_dtype, device=self.device),
+             torch.empty(shape, dtype=self.kv_dtype, device=self.device))
+            for _ in range(spec.num_layers)]
+        self.num_blocks = num_blocks
+
+    def _spec(self) -> ModelSpec:
+        if self.spec is None:
+            raise RuntimeError("load_model() must run first")
+        return self.spec
+
+    # -- one step --------------------------------------------------------------------------
+    @torch.inference_mode()
+    def execute(self, scheduled: SchedulerOutput) -> StepOutput:
+        if not scheduled.seqs:
+            return StepOutput()
+        for src, dst in scheduled.blocks_to_copy:
+            for k_cache, v_cache in self.kv_caches:
+                k_cache[dst].copy_(k_cache[src])
+                v_cache[dst].copy_(v_cache[src])
+        input_ids, positions, meta, last_rows = self._prepare(scheduled)
+        with forward_context(ForwardContext(meta, self.kv_caches, self.ops)):
+            hidden = self.model(input_ids, positions)  # [num_tokens, hidden]
+        rows, requests, owners = [], [], []
+        for item, last in zip(scheduled.seqs, last_rows, strict=True):
+            for choice in item.choice_indices:
+                rows.append(last)
+                owners.append(item.seq_id)
+                requests.append(SampleRequest(item.params, item.prompt_token_ids,
+                                              item.output_token_ids, choice))
+        if not rows:
+            return StepOutput()
+        logits = self.model.compute_logits(hidden[rows])  # [num_draws, vocab]
+        if self.sampler is None:
+            self.set_eos_token_ids(frozenset())
+        assert self.sampler is not None
+        samples: dict[int, list[TokenSample]] = {}
+        for seq_id, sample in zip(owners, self.sampler(logits, requests), strict=True):
+            samples.setdefault(seq_id, []).append(sample)
+        return StepOutput(samples)
+
+    def _prepare(self, scheduled: SchedulerOutput
+                 ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[int]]:
+        bs = self.block_size
+        input_ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        starts = [0]
+        seq_lens: list[int] = []
+        max_blocks = max(len(s.block_table) for s in scheduled.seqs)
+        tables = []
+        for s in scheduled.seqs:
+            input_ids.extend(s.token_ids)
+            pos = range(s.start_pos, s.start_pos + s.num_tokens)
+            positions.extend(pos)
+            slots.extend(s.block_table[p // bs] * bs + p % bs for p in pos)
+            starts.append(starts[-1] + s.num_tokens)
+            seq_lens.append(s.start_pos + s.num_tokens)
+            tables.append(list(s.block_table) + [0] * (max_blocks - len(s.block_table)))
+        dev = self.device
+        meta = AttentionMetadata(
+            slot_mapping=torch.tensor(slots, dtype=torch.int64, device=dev),
+            block_tables=torch.tensor(tables, dtype=torch.int32, device=dev),
+            query_start_loc=torch.tensor(starts, dtype=torch.int32, device=dev),
+            seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=dev),
+            max_query_len=max(s.num_tokens for s in scheduled.seqs),
+            max_seq_len=max(seq_lens))
+        last_rows = [end - 1 for end in starts[1:]]
+        return (torch.tensor(input_ids, dtype=torch.int64, device=dev),
+                torch.tensor(positions, dtype=torch.int64, device=dev), meta, last_rows)
+
+    def shutdown(self) -> None:
+        self.kv_caches = []
