@@ -1,0 +1,107 @@
+"""Shared helpers of the Triton kernels: argument checks, launch sizing and device facts.
+
+Every public wrapper validates its inputs here before launching, so a wrong dtype, shape or
+device fails in Python with a message that names the argument, not inside a kernel.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Iterable
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+INDEX_DTYPES = (torch.int32, torch.int64)
+# What the wrappers assume when there is no GPU to ask (interpreter runs): an H100 SXM.
+DEFAULT_NUM_SMS = 132
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels on the CPU through its interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
+def _fix_interpreter_for_numpy_2_4() -> None:
+    """Lets `range(tensor_lo, tensor_hi)` loops run in Triton 3.6's interpreter on NumPy >= 2.4.
+
+    The interpreter keeps scalars as 1-element arrays and converts them with int(), which
+    NumPy 2.4 rejects (triton-lang/triton#9171, fixed upstream after 3.6). We wrap its tensor
+    patching to convert through `.reshape(-1)[0]`; compiled (GPU) runs are untouched.
+    """
+    from triton.runtime import interpreter
+
+    original = getattr(interpreter, "_patch_lang_tensor", None)
+    if original is None or getattr(original, "_localserve_numpy_fix", False):
+        return
+
+    def patch_lang_tensor(tensor, scope) -> None:
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+    patch_lang_tensor._localserve_numpy_fix = True  # type: ignore[attr-defined]
+    interpreter._patch_lang_tensor = patch_lang_tensor
+
+
+if interpreting():
+    _fix_interpreter_for_numpy_2_4()
+
+
+def next_pow2(n: int) -> int:
+    return 1 if n <= 1 else 1 << (int(n) - 1).bit_length()
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def check_tensor(name: str, t: object, *, ndim: int | None = None,
+                 dtypes: Iterable[torch.dtype] | None = None) -> torch.Tensor:
+    """Raises TypeError/ValueError naming `name` unless `t` is a tensor of that rank and dtype."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if ndim is not None and t.dim() != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
+    if dtypes is not None:
+        dtypes = tuple(dtypes)
+        if t.dtype not in dtypes:
+            names = ", ".join(str(d).removeprefix("torch.") for d in dtypes)
+            raise TypeError(f"{name} must have dtype in ({names}), got {t.dtype}")
+    return t
+
+
+def check_same_device(**tensors: torch.Tensor) -> torch.device:
+    """All tensors on one device, and one that Triton can run on here; returns it."""
+    devices = {name: t.device for name, t in tensors.items()}
+    first_name, device = next(iter(devices.items()))
+    for name, dev in devices.items():
+        if dev != device:
+            raise ValueError(f"{name} is on {dev} but {first_name} is on {device}; "
+                             "all tensors must be on one device")
+    if interpreting():
+        if device.type != "cpu":
+            raise ValueError(f"TRITON_INTERPRET=1 runs kernels on CPU tensors, got {device}")
+    elif device.type != "cuda":
+        raise ValueError(f"Triton kernels need CUDA/ROCm tensors (got {device}); "
+                         "set TRITON_INTERPRET=1 to run them on CPU tensors")
+    return device
+
+
+def check_last_dim_contiguous(name: str, t: torch.Tensor) -> None:
+    if t.dim() and t.stride(-1) != 1 and t.shape[-1] > 1:
+        raise ValueError(f"{name} must be contiguous in its last dimension "
+                         f"(stride {t.stride(-1)} given)")
+
+
+@functools.cache
+def _cuda_num_sms(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def num_sms(device: torch.device) -> int:
+    """Streaming multiprocessors (NVIDIA) or compute units (AMD) of `device`."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return _cuda_num_sms(index)
+    return DEFAULT_NUM_SMS

@@ -1,0 +1,199 @@
+"""Paged attention over the KV cache: prefill, chunked prefill and decode through one entry point.
+
+The wrapper validates its inputs, picks tile sizes and (for small grids over long contexts)
+a split-KV factor, and launches the kernels of `attention_kernels.py`. Layouts are those of
+kernels/reference.py: packed queries [num_tokens, num_heads, head_dim], caches
+[num_blocks, block_size, num_kv_heads, head_dim].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from localserve.kernels.triton._common import (
+    FLOAT_DTYPES,
+    INDEX_DTYPES,
+    cdiv,
+    check_last_dim_contiguous,
+    check_same_device,
+    check_tensor,
+    next_pow2,
+    num_sms,
+)
+from localserve.kernels.triton.attention_kernels import (
+    paged_attention_kernel,
+    reduce_splits_kernel,
+)
+
+# A split must cover at least this many keys: below it the partial-result traffic and the
+# reduction cost more than the parallelism buys.
+MIN_KEYS_PER_SPLIT = 256
+MAX_SPLITS = 64
+# Query lengths up to this are "decode-like" (decode, speculative tokens): small query tiles and
+# split-KV allowed. Longer ones are prefill chunks that fill the GPU on their own.
+MAX_DECODE_QUERY_LEN = 16
+LOG2E = 1.4426950408889634
+
+
+@dataclass(frozen=True)
+class AttentionLaunchSpec:
+    """Tile sizes and grid shape chosen for one call (derived from the batch, never from data)."""
+
+    block_q: int        # query tokens per program
+    block_m: int        # rows per program = block_q * next_pow2(group)
+    block_n: int        # keys per tile
+    num_splits: int     # programs per query block along the keys (1 = no split-KV)
+    num_warps: int
+    num_stages: int
+
+
+def choose_launch(*, num_seqs: int, num_kv_heads: int, group: int, head_dim: int,
+                  max_query_len: int, max_seq_len: int, num_sms: int,
+                  num_kv_splits: int | None = None) -> AttentionLaunchSpec:
+    """Tile sizes for head_dim/GQA group; split-KV when too few programs would fill the GPU."""
+    group_pad = next_pow2(group)
+    head_dim_pad = next_pow2(head_dim)
+    decode_like = max_query_len <= MAX_DECODE_QUERY_LEN
+    max_rows = 64 if (decode_like or head_dim_pad > 128) else 128
+    # tl.dot needs at least 16 rows; a group wider than max_rows still gets one token per program.
+    block_m = max(16, group_pad, min(max_rows, group_pad * next_pow2(max_query_len)))
+    block_q = block_m // group_pad
+    block_n = 64 if head_dim_pad <= 128 else 32
+    num_warps = 8 if block_m >= 128 else 4
+    num_stages = 2 if (head_dim_pad > 128 or block_m >= 128) else 3
+
+    if num_kv_splits is not None:
+        num_splits = num_kv_splits
+    elif not decode_like:
+        num_splits = 1
+    else:
+        programs = num_seqs * cdiv(max_query_len, block_q) * num_kv_heads
+        wanted = cdiv(4 * num_sms, max(programs, 1))  # ~4 resident programs per SM
+        num_splits = max(1, min(wanted, cdiv(max_seq_len, MIN_KEYS_PER_SPLIT), MAX_SPLITS))
+    return AttentionLaunchSpec(block_q=block_q, block_m=block_m, block_n=block_n,
+                               num_splits=num_splits, num_warps=num_warps,
+                               num_stages=num_stages)
+
+
+def _check_inputs(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                  block_tables: torch.Tensor, query_start_loc: torch.Tensor,
+                  seq_lens: torch.Tensor) -> None:
+    check_tensor("q", q, ndim=3, dtypes=FLOAT_DTYPES)
+    check_tensor("k_cache", k_cache, ndim=4, dtypes=(q.dtype,))
+    check_tensor("v_cache", v_cache, ndim=4, dtypes=(q.dtype,))
+    check_tensor("block_tables", block_tables, ndim=2, dtypes=INDEX_DTYPES)
+    check_tensor("query_start_loc", query_start_loc, ndim=1, dtypes=INDEX_DTYPES)
+    check_tensor("seq_lens", seq_lens, ndim=1, dtypes=INDEX_DTYPES)
+    check_same_device(q=q, k_cache=k_cache, v_cache=v_cache, block_tables=block_tables,
+                      query_start_loc=query_start_loc, seq_lens=seq_lens)
+    if v_cache.shape != k_cache.shape:
+        raise ValueError(f"v_cache shape {tuple(v_cache.shape)} != "
+                         f"k_cache shape {tuple(k_cache.shape)}")
+    num_heads, head_dim = q.shape[1], q.shape[2]
+    num_kv_heads = k_cache.shape[2]
+    if k_cache.shape[3] != head_dim:
+        raise ValueError(f"k_cache head_dim {k_cache.shape[3]} != q head_dim {head_dim}")
+    if num_kv_heads == 0 or num_heads % num_kv_heads:
+        raise ValueError(f"num_heads {num_heads} is not a multiple of num_kv_heads {num_kv_heads}")
+    if head_dim < 16 or head_dim > 512:
+        raise ValueError(f"head_dim {head_dim} not supported (16..512)")
+    num_seqs = seq_lens.shape[0]
+    if query_start_loc.shape[0] != num_seqs + 1:
+        raise ValueError(f"query_start_loc has {query_start_loc.shape[0]} entries, "
+                         f"expected num_seqs + 1 = {num_seqs + 1}")
+    if block_tables.shape[0] != num_seqs:
+        raise ValueError(f"block_tables has {block_tables.shape[0]} rows for {num_seqs} sequences")
+    check_last_dim_contiguous("k_cache", k_cache)
+    check_last_dim_contiguous("v_cache", v_cache)
+
+
+def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                    block_tables: torch.Tensor, query_start_loc: torch.Tensor,
+                    seq_lens: torch.Tensor, scale: float, sliding_window: int | None = None,
+                    soft_cap: float | None = None, *, max_query_len: int | None = None,
+                    max_seq_len: int | None = None,
+                    num_kv_splits: int | None = None) -> torch.Tensor:
+    """Causal attention of packed queries over paged K/V; see kernels/reference.py.
+
+    Args:
+        q: [num_tokens, num_heads, head_dim] fp16/bf16/fp32, the new tokens of all sequences.
+        k_cache, v_cache: [num_blocks, block_size, num_kv_heads, head_dim], q's dtype.
+        block_tables: [num_seqs, max_blocks_per_seq] int32/int64.
+        query_start_loc: [num_seqs + 1]; seq_lens: [num_seqs] (cached + new tokens).
+        scale: softmax scale; sliding_window: a query at p sees keys k with p - k < window;
+        soft_cap: scores become soft_cap * tanh(scores / soft_cap).
+        max_query_len, max_seq_len: host-side bounds; pass them to avoid a device sync.
+        num_kv_splits: force the split-KV factor (tests, tuning); None = heuristic.
+    Returns:
+        [num_tokens, num_heads, head_dim] in q's dtype (fp32 accumulation).
+    """
+    _check_inputs(q, k_cache, v_cache, block_tables, query_start_loc, seq_lens)
+    if sliding_window is not None and int(sliding_window) < 1:
+        raise ValueError(f"sliding_window must be >= 1 or None, got {sliding_window}")
+    if soft_cap is not None and not soft_cap > 0:
+        raise ValueError(f"soft_cap must be > 0 or None, got {soft_cap}")
+    if num_kv_splits is not None and not 1 <= num_kv_splits <= 1024:
+        raise ValueError(f"num_kv_splits must be in 1..1024, got {num_kv_splits}")
+    if q.stride(-1) != 1:
+        q = q.contiguous()
+    if block_tables.stride(-1) != 1:
+        block_tables = block_tables.contiguous()
+    query_start_loc = query_start_loc.contiguous()
+    seq_lens = seq_lens.contiguous()
+
+    num_tokens, num_heads, head_dim = q.shape
+    num_kv_heads = k_cache.shape[2]
+    group = num_heads // num_kv_heads
+    num_seqs = seq_lens.shape[0]
+    out = torch.empty((num_tokens, num_heads, head_dim), dtype=q.dtype, device=q.device)
+    if num_tokens == 0 or num_seqs == 0:
+        return out
+    if max_query_len is None:  # device sync; callers on the hot path pass it
+        max_query_len = int((query_start_loc[1:] - query_start_loc[:-1]).max())
+    if max_seq_len is None:
+        max_seq_len = int(seq_lens.max())
+    max_query_len = max(1, max_query_len)
+
+    spec = choose_launch(num_seqs=num_seqs, num_kv_heads=num_kv_heads, group=group,
+                         head_dim=head_dim, max_query_len=max_query_len,
+                         max_seq_len=max(1, max_seq_len), num_sms=num_sms(q.device),
+                         num_kv_splits=num_kv_splits)
+    split_kv = spec.num_splits > 1
+    # Scores are computed in log2 units (exp2 is the native instruction).
+    qk_scale = float(scale) / float(soft_cap) if soft_cap is not None else float(scale) * LOG2E
+    if split_kv:
+        part_acc = torch.empty((num_tokens, num_heads, spec.num_splits, head_dim),
+                               dtype=torch.float32, device=q.device)
+        part_max = torch.empty((num_tokens, num_heads, spec.num_splits),
+                               dtype=torch.float32, device=q.device)
+        part_sum = torch.empty_like(part_max)
+    else:  # unused by the kernel; any fp32 tensor satisfies the signature
+        part_acc = part_max = part_sum = out.new_empty((1,), dtype=torch.float32)
+
+    # Upper bound on query blocks; programs past the end of their sequence exit at once.
+    grid = (num_tokens // spec.block_q + num_seqs, num_kv_heads, spec.num_splits)
+    paged_attention_kernel[grid](
+        out, part_acc, part_max, part_sum,
+        q, k_cache, v_cache, block_tables, query_start_loc, seq_lens,
+        qk_scale, float(soft_cap or 1.0) * LOG2E, int(sliding_window or 0),
+        num_seqs, spec.num_splits,
+        q.stride(0), q.stride(1), out.stride(0), out.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+        block_tables.stride(0),
+        GROUP=group, GROUP_PAD=next_pow2(group), BLOCK_Q=spec.block_q, BLOCK_M=spec.block_m,
+        BLOCK_N=spec.block_n, HEAD_DIM=head_dim, HEAD_DIM_PAD=next_pow2(head_dim),
+        PAGE_SIZE=k_cache.shape[1], SPLIT_KV=split_kv,
+        USE_WINDOW=sliding_window is not None, USE_SOFT_CAP=soft_cap is not None,
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        num_warps=spec.num_warps, num_stages=spec.num_stages,
+    )
+    if split_kv:
+        reduce_splits_kernel[(num_tokens, num_heads)](
+            out, part_acc, part_max, part_sum, num_heads, spec.num_splits,
+            out.stride(0), out.stride(1),
+            SPLITS_PAD=next_pow2(spec.num_splits), HEAD_DIM=head_dim,
+            HEAD_DIM_PAD=next_pow2(head_dim), num_warps=4,
+        )
+    return out
