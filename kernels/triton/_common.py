@@ -6,9 +6,10 @@ device fails in Python with a message that names the argument, not inside a kern
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import torch
 
@@ -105,3 +106,29 @@ def num_sms(device: torch.device) -> int:
         index = device.index if device.index is not None else torch.cuda.current_device()
         return _cuda_num_sms(index)
     return DEFAULT_NUM_SMS
+
+
+_poison_outputs = False
+
+
+@contextlib.contextmanager
+def poisoned_outputs() -> Iterator[None]:
+    """While active, every buffer the wrappers allocate starts filled with NaN (tests only).
+
+    An element a kernel forgets to write then shows up as NaN in the result, including the
+    split-KV partial buffers the reduction reads.
+    """
+    global _poison_outputs
+    previous, _poison_outputs = _poison_outputs, True
+    try:
+        yield
+    finally:
+        _poison_outputs = previous
+
+
+def empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """torch.empty for kernel outputs; NaN-filled inside `poisoned_outputs()`."""
+    t = torch.empty(shape, dtype=dtype, device=device)
+    if _poison_outputs:
+        t.fill_(float("nan"))
+    return t

@@ -13,6 +13,7 @@ from localserve.kernels.triton._common import (
     check_last_dim_contiguous,
     check_same_device,
     check_tensor,
+    empty,
     next_pow2,
 )
 
@@ -57,7 +58,7 @@ def act_and_mul(x: torch.Tensor, activation: str) -> torch.Tensor:
     check_same_device(x=x)
     check_last_dim_contiguous("x", x)
     d = x.shape[-1] // 2
-    out = torch.empty((*x.shape[:-1], d), dtype=x.dtype, device=x.device)
+    out = empty((*x.shape[:-1], d), x.dtype, x.device)
     if out.numel() == 0:
         return out
     rows = x if x.dim() == 2 else x.reshape(-1, 2 * d)  # [num_rows, 2d]

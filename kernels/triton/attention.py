@@ -18,6 +18,7 @@ from localserve.kernels.triton._common import (
     check_last_dim_contiguous,
     check_same_device,
     check_tensor,
+    empty,
     next_pow2,
     num_sms,
 )
@@ -146,7 +147,7 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     num_kv_heads = k_cache.shape[2]
     group = num_heads // num_kv_heads
     num_seqs = seq_lens.shape[0]
-    out = torch.empty((num_tokens, num_heads, head_dim), dtype=q.dtype, device=q.device)
+    out = empty((num_tokens, num_heads, head_dim), q.dtype, q.device)
     if num_tokens == 0 or num_seqs == 0:
         return out
     if max_query_len is None:  # device sync; callers on the hot path pass it
@@ -163,11 +164,10 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     # Scores are computed in log2 units (exp2 is the native instruction).
     qk_scale = float(scale) / float(soft_cap) if soft_cap is not None else float(scale) * LOG2E
     if split_kv:
-        part_acc = torch.empty((num_tokens, num_heads, spec.num_splits, head_dim),
-                               dtype=torch.float32, device=q.device)
-        part_max = torch.empty((num_tokens, num_heads, spec.num_splits),
-                               dtype=torch.float32, device=q.device)
-        part_sum = torch.empty_like(part_max)
+        parts = (num_tokens, num_heads, spec.num_splits)
+        part_acc = empty((*parts, head_dim), torch.float32, q.device)
+        part_max = empty(parts, torch.float32, q.device)
+        part_sum = empty(parts, torch.float32, q.device)
     else:  # unused by the kernel; any fp32 tensor satisfies the signature
         part_acc = part_max = part_sum = out.new_empty((1,), dtype=torch.float32)
 

@@ -15,6 +15,7 @@ from localserve.kernels.triton._common import (
     check_last_dim_contiguous,
     check_same_device,
     check_tensor,
+    empty,
     next_pow2,
 )
 
@@ -123,8 +124,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
     check_same_device(**tensors)
     weight = weight.contiguous()
 
-    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    new_res = torch.empty_like(out) if residual is not None else None
+    out = empty(tuple(x.shape), x.dtype, x.device)
+    new_res = empty(tuple(x.shape), x.dtype, x.device) if residual is not None else None
     num_rows = x.numel() // hidden if hidden else 0
     if num_rows == 0:
         return out, new_res

@@ -15,6 +15,7 @@ from localserve.kernels.triton._common import (
     check_last_dim_contiguous,
     check_same_device,
     check_tensor,
+    empty,
     next_pow2,
 )
 
@@ -105,8 +106,8 @@ def rotary_embedding(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
     if inplace:
         q_out, k_out = q, k
     else:
-        q_out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-        k_out = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+        q_out = empty(tuple(q.shape), q.dtype, q.device)
+        k_out = empty(tuple(k.shape), k.dtype, k.device)
     num_kv_heads = k.shape[1]
     if num_tokens == 0 or max(num_heads, num_kv_heads) == 0:
         return q_out, k_out
