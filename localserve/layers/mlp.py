@@ -1,0 +1,28 @@
+"""The gated MLP: down(act(gate(x)) * up(x)), gate and up kept as separate linears.
+
+They stay separate because GGUF files quantize them with different types; the activation
+goes through the swappable `layer_ops.act_and_mul` on their concatenation.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from localserve.layers.linear import Linear
+from localserve.layers.ops import DEFAULT_LAYER_OPS, LayerOps
+
+
+class GatedMLP(nn.Module):
+    def __init__(self, hidden_size: int, intermediate_size: int, activation: str,
+                 bias: bool = False) -> None:
+        super().__init__()
+        self.gate_proj = Linear(hidden_size, intermediate_size, bias)
+        self.up_proj = Linear(hidden_size, intermediate_size, bias)
+        self.down_proj = Linear(intermediate_size, hidden_size, bias)
+        self.activation = activation
+        self.layer_ops: LayerOps = DEFAULT_LAYER_OPS
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate_up = torch.cat([self.gate_proj(x), self.up_proj(x)], dim=-1)  # [T, 2 * inter]
+        return self.down_proj(self.layer_ops.act_and_mul(gate_up, self.activation))
