@@ -30,9 +30,6 @@ from localserve.runner.sampler import Sampler, SampleRequest
 
 log = logging.getLogger(__name__)
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
 class TorchModelRunner:
     """Runs the shared torch models on one device with pluggable attention ops."""
 
@@ -51,10 +48,9 @@ class TorchModelRunner:
 
     # -- set-up ----------------------------------------------------------------------------
     def model_dtype(self) -> torch.dtype:
-        name = self.config.model.dtype
-        if name != "auto":
-            return _DTYPES[name]
-        return torch.float32  # the reference path computes in fp32; GPU runners override
+        from localserve.loader import resolve_dtype
+
+        return resolve_dtype(self.config.model.dtype, self.device)
 
     def load_model(self) -> None:
         from localserve.loader import load_model
@@ -105,8 +101,7 @@ class TorchModelRunner:
                 k_cache[dst].copy_(k_cache[src])
                 v_cache[dst].copy_(v_cache[src])
         input_ids, positions, meta, last_rows = self._prepare(scheduled)
-        with forward_context(ForwardContext(meta, self.kv_caches, self.ops)):
-            hidden = self.model(input_ids, positions)  # [num_tokens, hidden]
+        hidden = self._forward(scheduled, input_ids, positions, meta)  # [num_tokens, hidden]
         rows, requests, owners = [], [], []
         for item, last in zip(scheduled.seqs, last_rows, strict=True):
             for choice in item.choice_indices:
@@ -124,6 +119,11 @@ class TorchModelRunner:
         for seq_id, sample in zip(owners, self.sampler(logits, requests), strict=True):
             samples.setdefault(seq_id, []).append(sample)
         return StepOutput(samples)
+
+    def _forward(self, scheduled: SchedulerOutput, input_ids: torch.Tensor,
+                 positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        with forward_context(ForwardContext(meta, self.kv_caches, self.ops)):
+            return self.model(input_ids, positions)
 
     def _prepare(self, scheduled: SchedulerOutput
                  ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[int]]:

@@ -1,0 +1,51 @@
+"""The GPU backend for NVIDIA (CUDA) and AMD (ROCm) through Triton and torch alone.
+
+No NVIDIA-only library is used, so the same code serves ROCm builds of torch
+(`torch.version.hip`). ROCm is untested here (no AMD GPU on our machines): its logic is the
+CUDA path's, which is tested on an H100.
+"""
+
+from __future__ import annotations
+
+from localserve.config import EngineConfig
+from localserve.interfaces import ModelRunner
+from localserve.platform.probe import DeviceInfo
+
+
+class CudaBackend:
+    name = "cuda"
+
+    def probe(self) -> DeviceInfo | None:
+        try:
+            import torch
+
+            if not torch.cuda.is_available():
+                return None
+        except Exception:
+            return None
+        from localserve.platform.probe import probe
+
+        return probe()
+
+    def check(self, config: EngineConfig, device: DeviceInfo) -> list[str]:
+        reasons = []
+        gpus = [g for g in device.gpus if g.vendor in ("nvidia", "amd")]
+        if not gpus:
+            reasons.append("no NVIDIA or AMD GPU visible to torch")
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            reasons.append("triton is not installed (pip install 'localserve[gpu]')")
+        if gpus and config.model.dtype == "bfloat16" and gpus[0].vendor == "nvidia" \
+                and (gpus[0].compute_capability or (0, 0)) < (8, 0):
+            reasons.append(f"{gpus[0].name} has no bf16: use --dtype float16")
+        return reasons
+
+    def create_runner(self, config: EngineConfig, device: DeviceInfo) -> ModelRunner:
+        import torch
+        from localserve.backends.cuda.runner import CudaModelRunner
+
+        return CudaModelRunner(config, torch.device("cuda", 0))
+
+
+BACKEND = CudaBackend()

@@ -1,0 +1,99 @@
+"""CUDA graphs for decode steps: one graph per batch-size bucket, captured on first use.
+
+A decode step (every sequence runs one token) has a fixed shape once the batch is padded to a
+bucket, so the whole forward pass replays as one graph with no per-kernel launch cost. Inputs
+are copied into static buffers; padded rows write no KV (slot -1) and their output is dropped.
+Attention is launched for `max_model_len` keys so one capture serves every context length:
+the kernel skips the key tiles past each sequence's real length.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import torch
+
+from localserve.runner.context import (
+    AttentionMetadata,
+    AttentionOps,
+    ForwardContext,
+    forward_context,
+)
+
+log = logging.getLogger(__name__)
+
+
+def bucket_sizes(max_num_seqs: int) -> list[int]:
+    sizes = [1, 2, 4, 8, *range(16, 257, 16), *range(288, 1025, 32)]
+    sizes = [s for s in sizes if s < max_num_seqs]
+    return [*sizes, max_num_seqs]
+
+
+class DecodeGraphs:
+    def __init__(self, model: torch.nn.Module, kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+                 ops: AttentionOps, max_num_seqs: int, max_blocks_per_seq: int,
+                 max_model_len: int, hidden_size: int, dtype: torch.dtype,
+                 device: torch.device):
+        self.model = model
+        self.kv_caches = kv_caches
+        self.ops = ops
+        self.buckets = bucket_sizes(max_num_seqs)
+        self.max_model_len = max_model_len
+        n = self.buckets[-1]
+        i64, i32 = torch.int64, torch.int32
+        self.input_ids = torch.zeros(n, dtype=i64, device=device)
+        self.positions = torch.zeros(n, dtype=i64, device=device)
+        self.slot_mapping = torch.full((n,), -1, dtype=i64, device=device)
+        self.block_tables = torch.zeros((n, max_blocks_per_seq), dtype=i32, device=device)
+        self.query_start_loc = torch.arange(n + 1, dtype=i32, device=device)
+        self.seq_lens = torch.ones(n, dtype=i32, device=device)
+        self.hidden = torch.zeros((n, hidden_size), dtype=dtype, device=device)
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.pool = None
+
+    def bucket_for(self, batch: int) -> int | None:
+        return next((b for b in self.buckets if b >= batch), None)
+
+    def _meta(self, b: int) -> AttentionMetadata:
+        return AttentionMetadata(self.slot_mapping[:b], self.block_tables[:b],
+                                 self.query_start_loc[:b + 1], self.seq_lens[:b], 1,
+                                 self.max_model_len)
+
+    def _capture(self, b: int) -> torch.cuda.CUDAGraph:
+        start = time.perf_counter()
+        ctx = ForwardContext(self._meta(b), self.kv_caches, self.ops)
+        run: Callable[[], None] = lambda: self.hidden[:b].copy_(
+            self.model(self.input_ids[:b], self.positions[:b]))
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream), forward_context(ctx):
+            run()  # warm-up: Triton compiles and autotunes outside the capture
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool), forward_context(ctx):
+            run()
+        self.pool = graph.pool()
+        log.info("captured a decode graph for batch %d in %.2fs", b,
+                 time.perf_counter() - start)
+        return graph
+
+    def run(self, input_ids: torch.Tensor, positions: torch.Tensor, slot_mapping: torch.Tensor,
+            block_tables: torch.Tensor, seq_lens: torch.Tensor) -> torch.Tensor:
+        """One decode step for `len(input_ids)` sequences; returns hidden [batch, hidden]."""
+        batch = input_ids.shape[0]
+        b = self.bucket_for(batch)
+        assert b is not None
+        self.input_ids[:batch].copy_(input_ids)
+        self.positions[:batch].copy_(positions)
+        self.slot_mapping[:batch].copy_(slot_mapping)
+        self.slot_mapping[batch:b].fill_(-1)
+        self.block_tables[:batch, :block_tables.shape[1]].copy_(block_tables)
+        self.seq_lens[:batch].copy_(seq_lens)
+        self.seq_lens[batch:b].fill_(1)
+        graph = self.graphs.get(b)
+        if graph is None:
+            graph = self.graphs[b] = self._capture(b)
+        graph.replay()
+        return self.hidden[:batch]

@@ -1,0 +1,121 @@
+"""The GPU runner: the shared torch models with Triton kernels, CUDA graphs and memory sizing."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from localserve.backends.cuda.graphs import DecodeGraphs
+from localserve.backends.cuda.ops import TritonAttentionOps, triton_layer_ops
+
+from localserve.config import EngineConfig
+from localserve.interfaces import SchedulerOutput
+from localserve.layers.ops import install_layer_ops
+from localserve.runner.context import AttentionMetadata, ForwardContext, forward_context
+from localserve.runner.torch_runner import TorchModelRunner
+
+log = logging.getLogger(__name__)
+GiB = 2**30
+
+
+class GpuMemoryError(ValueError):
+    """The model or one max-length sequence does not fit: the message says what to change."""
+
+
+class CudaModelRunner(TorchModelRunner):
+    def __init__(self, config: EngineConfig, device: torch.device):
+        super().__init__(config, device, TritonAttentionOps())
+        self.graphs: DecodeGraphs | None = None
+
+    def load_model(self) -> None:
+        torch.cuda.set_device(self.device)
+        free, total = torch.cuda.mem_get_info(self.device)
+        try:
+            super().load_model()
+        except torch.cuda.OutOfMemoryError as e:
+            raise GpuMemoryError(
+                f"the weights do not fit: {free / GiB:.1f} GiB of {total / GiB:.1f} GiB were "
+                "free on the GPU. Use a quantized checkpoint (GGUF Q4_K_M, AWQ, GPTQ) or a "
+                "smaller model.") from e
+        install_layer_ops(self.model, triton_layer_ops())
+        self.weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
+
+    def profile_num_blocks(self) -> int:
+        """KV blocks that fit after a warm-up forward at the largest step the scheduler makes."""
+        spec = self._spec()
+        sched = self.config.scheduler
+        num_tokens = min(sched.max_num_batched_tokens, spec.max_position_embeddings)
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(self.device)
+        free_before, total = torch.cuda.mem_get_info(self.device)
+        others = total - free_before - torch.cuda.memory_reserved(self.device)
+        self._warm_up(num_tokens, min(sched.max_num_seqs, num_tokens))
+        peak = torch.cuda.max_memory_allocated(self.device)
+        budget = total * self.config.cache.gpu_memory_utilization - others - peak
+        num_blocks = int(budget // self.bytes_per_block())
+        tokens = num_blocks * self.block_size
+        model_len = self.config.model.max_model_len or spec.max_position_embeddings
+        log.info("GPU memory: %.1f GiB total, weights %.2f GiB, activation peak %.2f GiB, "
+                 "others %.2f GiB -> KV cache %.2f GiB = %d tokens", total / GiB,
+                 self.weight_bytes / GiB, (peak - self.weight_bytes) / GiB, others / GiB,
+                 max(budget, 0) / GiB, max(tokens, 0))
+        if tokens < model_len and self.config.model.max_model_len:
+            raise GpuMemoryError(
+                f"the KV cache fits {max(tokens, 0)} tokens, fewer than --max-model-len "
+                f"{model_len}: lower --max-model-len, raise --gpu-memory-utilization (now "
+                f"{self.config.cache.gpu_memory_utilization}), or use a smaller/quantized model")
+        if num_blocks < 1:
+            raise GpuMemoryError(
+                f"no memory is left for the KV cache: weights {self.weight_bytes / GiB:.2f} GiB"
+                f" + activations {(peak - self.weight_bytes) / GiB:.2f} GiB exceed "
+                f"{self.config.cache.gpu_memory_utilization:.0%} of {total / GiB:.1f} GiB. "
+                "Lower --max-num-batched-tokens or use a quantized checkpoint.")
+        return num_blocks
+
+    @torch.inference_mode()
+    def _warm_up(self, num_tokens: int, num_seqs: int) -> None:
+        """A forward pass of `num_tokens` prompt tokens (one sequence) plus `num_seqs` logits."""
+        spec = self._spec()
+        num_blocks = -(-num_tokens // self.block_size)
+        shape = (num_blocks, self.block_size, spec.num_kv_heads, spec.head_dim)
+        caches = [(torch.empty(shape, dtype=self.kv_dtype, device=self.device),
+                   torch.empty(shape, dtype=self.kv_dtype, device=self.device))
+                  for _ in range(spec.num_layers)]
+        dev = self.device
+        meta = AttentionMetadata(
+            slot_mapping=torch.arange(num_tokens, device=dev),
+            block_tables=torch.arange(num_blocks, dtype=torch.int32, device=dev)[None],
+            query_start_loc=torch.tensor([0, num_tokens], dtype=torch.int32, device=dev),
+            seq_lens=torch.tensor([num_tokens], dtype=torch.int32, device=dev),
+            max_query_len=num_tokens, max_seq_len=num_tokens)
+        ids = torch.randint(0, spec.vocab_size, (num_tokens,), device=dev)
+        with forward_context(ForwardContext(meta, caches, self.ops)):
+            hidden = self.model(ids, torch.arange(num_tokens, device=dev))
+        self.model.compute_logits(hidden[:num_seqs])
+        torch.cuda.synchronize()
+        del caches
+
+    def init_kv_cache(self, num_blocks: int) -> None:
+        super().init_kv_cache(num_blocks)
+        if not self.config.enforce_eager:
+            spec = self._spec()
+            model_len = self.config.model.max_model_len or spec.max_position_embeddings
+            model_len = min(model_len, num_blocks * self.block_size)
+            self.graphs = DecodeGraphs(
+                self.model, self.kv_caches, self.ops, self.config.scheduler.max_num_seqs,
+                -(-model_len // self.block_size), model_len, self.arch.hidden_size,
+                self.kv_dtype, self.device)
+
+    def _forward(self, scheduled: SchedulerOutput, input_ids: torch.Tensor,
+                 positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        decode = meta.max_query_len == 1
+        if self.graphs is not None and decode and self.graphs.bucket_for(len(scheduled.seqs)):
+            return self.graphs.run(input_ids, positions, meta.slot_mapping, meta.block_tables,
+                                   meta.seq_lens)
+        return super()._forward(scheduled, input_ids, positions, meta)
+
+    def shutdown(self) -> None:
+        self.graphs = None
+        super().shutdown()
+        torch.cuda.empty_cache()
