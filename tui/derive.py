@@ -135,7 +135,7 @@ def histogram_delta(new: Histogram, old: Histogram) -> Histogram | None:
     return Histogram(buckets, new.count - old.count, new.sum - old.sum)
 
 
-def summarize(h: Histogram | None) -> LatencySummary:
+def summarize(h: Histogram | None, scope: str = "all") -> LatencySummary:
     if h is None or h.count <= 0:
         return LatencySummary()
     return LatencySummary(
@@ -144,31 +144,32 @@ def summarize(h: Histogram | None) -> LatencySummary:
         count=h.count,
         p50_beyond=beyond_last_bound(0.5, h.buckets),
         p95_beyond=beyond_last_bound(0.95, h.buckets),
+        scope=scope,  # type: ignore[arg-type]
     )
+
+
+def latency_summary(latest: Histogram | None, base: Histogram | None) -> LatencySummary:
+    """Over the window (latest − base) when it saw observations, else all-time (latest)."""
+    if latest is not None and base is not None and base is not latest:
+        delta = histogram_delta(latest, base)
+        if delta is not None and delta.count > 0:
+            return summarize(delta, "window")
+    return summarize(latest, "all")
 
 
 def latency_view(history: Sequence[Sample], window_s: float) -> LatencyView:
-    """p50/p95 over the last `window_s` seconds if requests finished in it, else all-time."""
+    """p50/p95 per histogram over the last `window_s` seconds, each falling back to all-time
+    when nothing was observed in the window (an idle minute keeps showing the last numbers).
+    """
     if not history or not history[-1].has_metrics:
-        return LatencyView(window_s=window_s)
+        return LatencyView(window_s=window_s, available=False)
     latest = history[-1]
     base = next((s for s in history if s.t >= latest.t - window_s and s.has_metrics), latest)
-    names = (TTFT, ITL, E2E)
-    windowed: dict[str, Histogram | None] = {}
-    for name in names:
-        new, old = latest.histograms.get(name), base.histograms.get(name)
-        windowed[name] = histogram_delta(new, old) if new and old and base is not latest else None
-    if any(h is not None and h.count > 0 for h in windowed.values()):
-        chosen, scope = windowed, "window"
-    else:
-        chosen, scope = {n: latest.histograms.get(n) for n in names}, "all"
-    return LatencyView(
-        ttft=summarize(chosen[TTFT]),
-        itl=summarize(chosen[ITL]),
-        e2e=summarize(chosen[E2E]),
-        scope=scope,  # type: ignore[arg-type]
-        window_s=window_s,
-    )
+
+    def one(name: str) -> LatencySummary:
+        return latency_summary(latest.histograms.get(name), base.histograms.get(name))
+
+    return LatencyView(ttft=one(TTFT), itl=one(ITL), e2e=one(E2E), window_s=window_s)
 
 
 def request_rows(

@@ -89,7 +89,7 @@ class RequestRow:
 
 @dataclass(frozen=True)
 class LatencySummary:
-    """p50/p95 of one latency histogram over `LatencyView.scope`; None = no observations."""
+    """p50/p95 of one latency histogram; None = no observations."""
 
     p50: float | None = None
     p95: float | None = None
@@ -97,6 +97,7 @@ class LatencySummary:
     # The quantile fell in the +Inf bucket, so the value shown is the largest finite bound.
     p50_beyond: bool = False
     p95_beyond: bool = False
+    scope: Literal["window", "all"] = "all"  # over the last `LatencyView.window_s`, or ever
 
 
 @dataclass(frozen=True)
@@ -104,8 +105,12 @@ class LatencyView:
     ttft: LatencySummary = LatencySummary()
     itl: LatencySummary = LatencySummary()
     e2e: LatencySummary = LatencySummary()
-    scope: Literal["window", "all", "none"] = "none"  # window = the last `window_s` seconds
     window_s: float = 60.0
+    available: bool = True  # False: the server has no /metrics (or it did not parse)
+
+    @property
+    def summaries(self) -> tuple[LatencySummary, LatencySummary, LatencySummary]:
+        return (self.ttft, self.itl, self.e2e)
 
 
 @dataclass(frozen=True)

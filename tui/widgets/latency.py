@@ -3,11 +3,28 @@
 from __future__ import annotations
 
 from localserve.tui import format as fmt
-from localserve.tui.snapshot import DashboardSnapshot, LatencySummary
+from localserve.tui.snapshot import DashboardSnapshot, LatencyView
 from localserve.tui.widgets.base import SnapshotPanel
 from rich.console import RenderableType
 from rich.table import Table
 from rich.text import Text
+
+LABELS = ("TTFT", "ITL", "E2E")
+
+
+def scope_note(view: LatencyView) -> str:
+    """Which window the numbers cover; rows that fell back to all-time are dimmed."""
+    if not view.available:
+        return "no /metrics"
+    scopes = {s.scope for s in view.summaries if s.count > 0}
+    window = f"last {view.window_s:.0f}s"
+    if scopes == {"window"}:
+        return f"{window} · {fmt.count(view.e2e.count)} req"
+    if scopes == {"all"}:
+        return f"all time · {fmt.count(view.e2e.count)} req"
+    if scopes:
+        return f"{window} · dim: all time"
+    return "no requests yet"
 
 
 class LatencyPanel(SnapshotPanel):
@@ -16,31 +33,22 @@ class LatencyPanel(SnapshotPanel):
     def subtitle(self, snapshot: DashboardSnapshot | None) -> str:
         if snapshot is None or snapshot.stats is None:
             return ""
-        view = snapshot.latency
-        n = fmt.count(view.e2e.count)
-        if view.scope == "window":
-            return f"last {view.window_s:.0f}s · {n} req"
-        if view.scope == "all":
-            return f"all time · {n} req"
-        return "no /metrics"
+        return scope_note(snapshot.latency)
 
     def render_snapshot(self, snapshot: DashboardSnapshot | None, width: int) -> RenderableType:
         if snapshot is None or snapshot.stats is None:
             return Text("—", style="dim")
         view = snapshot.latency
+        mixed = len({s.scope for s in view.summaries if s.count > 0}) > 1
         grid = Table.grid(expand=True, padding=(0, 1))
         grid.add_column(no_wrap=True, style="bold")
         grid.add_column(justify="right", no_wrap=True)
-        grid.add_column(justify="right", no_wrap=True, style="dim")
-        rows: list[tuple[str, LatencySummary]] = [
-            ("TTFT", view.ttft),
-            ("ITL", view.itl),
-            ("E2E", view.e2e),
-        ]
-        for label, summary in rows:
+        grid.add_column(justify="right", no_wrap=True)
+        for label, s in zip(LABELS, view.summaries, strict=True):
+            style = "dim" if mixed and s.scope == "all" else ""
             grid.add_row(
-                label,
-                fmt.latency(summary.p50, summary.p50_beyond),
-                fmt.latency(summary.p95, summary.p95_beyond),
+                Text(label, style),
+                Text(fmt.latency(s.p50, s.p50_beyond), style),
+                Text(fmt.latency(s.p95, s.p95_beyond), style or "dim"),
             )
         return grid

@@ -85,16 +85,24 @@ def simulate(p: Profile, warmup_s: float, record_s: float, poll_s: float, dt: fl
     waiting: list[Req] = []
     running: list[Req] = []
     stats = dict(preempted=0, queries=0, hits=0, prompt=0, gen=0)
-    hists = {n: Hist(b) for n, b in (("ttft", TTFT_BUCKETS), ("itl", ITL_BUCKETS),
-                                      ("e2e", E2E_BUCKETS))}
+    hists = {
+        n: Hist(b) for n, b in (("ttft", TTFT_BUCKETS), ("itl", ITL_BUCKETS), ("e2e", E2E_BUCKETS))
+    }
     frames = []
     t, next_id, next_poll = 0.0, 0, warmup_s
     while t <= warmup_s + record_s + 1e-9:
         rate = next(r for start, r in reversed(p.arrivals) if t >= start)
         if rng.random() < rate * dt:
             next_id += 1
-            waiting.append(Req(f"cmpl-{rng.getrandbits(48):012x}", rng.randint(*p.prompt_range),
-                               rng.randint(*p.gen_range), t, rng.choice((0, 0, 0, 1))))
+            waiting.append(
+                Req(
+                    f"cmpl-{rng.getrandbits(48):012x}",
+                    rng.randint(*p.prompt_range),
+                    rng.randint(*p.gen_range),
+                    t,
+                    rng.choice((0, 0, 0, 1)),
+                )
+            )
 
         def blocks(r: Req) -> int:
             return math.ceil((r.prompt + r.gen + 1) / block)
@@ -145,43 +153,78 @@ def simulate(p: Profile, warmup_s: float, record_s: float, poll_s: float, dt: fl
 def frame(p, t, running, waiting, stats, hists, block) -> dict:
     used = sum(math.ceil((r.prompt + r.gen + 1) / block) for r in running)
     requests = [
-        {"id": r.id, "state": r.state, "prompt_tokens": r.prompt,
-         "generated_tokens": int(r.gen), "priority": r.priority,
-         "age_s": round(t - r.arrival, 3)}
+        {
+            "id": r.id,
+            "state": r.state,
+            "prompt_tokens": r.prompt,
+            "generated_tokens": int(r.gen),
+            "priority": r.priority,
+            "age_s": round(t - r.arrival, 3),
+        }
         for r in running + waiting
     ]
     engine = {
-        "model": p.model, "backend": p.backend, "device": p.device,
-        "quantization": p.quantization, "max_model_len": p.max_model_len, "block_size": block,
-        "num_running": len(running), "num_waiting": len(waiting),
-        "num_preempted_total": stats["preempted"], "kv_blocks_total": p.kv_blocks_total,
-        "kv_blocks_used": used, "prefix_cache_queries": stats["queries"],
-        "prefix_cache_hits": stats["hits"], "prompt_tokens_total": int(stats["prompt"]),
-        "generation_tokens_total": int(stats["gen"]), "uptime_s": round(t, 3),
+        "model": p.model,
+        "backend": p.backend,
+        "device": p.device,
+        "quantization": p.quantization,
+        "max_model_len": p.max_model_len,
+        "block_size": block,
+        "num_running": len(running),
+        "num_waiting": len(waiting),
+        "num_preempted_total": stats["preempted"],
+        "kv_blocks_total": p.kv_blocks_total,
+        "kv_blocks_used": used,
+        "prefix_cache_queries": stats["queries"],
+        "prefix_cache_hits": stats["hits"],
+        "prompt_tokens_total": int(stats["prompt"]),
+        "generation_tokens_total": int(stats["gen"]),
+        "uptime_s": round(t, 3),
         "requests": requests,
     }
     engine["kv_blocks_free"] = p.kv_blocks_total - used
     engine["kv_usage"] = used / p.kv_blocks_total
     engine["server_uptime_s"] = round(t + 4.2, 3)
-    names = {"ttft": "localserve:time_to_first_token_seconds",
-             "itl": "localserve:inter_token_latency_seconds",
-             "e2e": "localserve:e2e_request_latency_seconds"}
+    names = {
+        "ttft": "localserve:time_to_first_token_seconds",
+        "itl": "localserve:inter_token_latency_seconds",
+        "e2e": "localserve:e2e_request_latency_seconds",
+    }
     metrics = "\n".join(hists[k].text(n, p.model) for k, n in names.items()) + "\n"
     return {"ts": round(1_790_000_000 + t, 3), "stats": engine, "metrics": metrics}
 
 
 NORMAL = Profile(
-    model="gemma-3-270m-it-Q4_K_M", backend="cpu", device="cpu (x86_64 avx2, 8 threads)",
-    quantization="Q4_K_M", max_model_len=32768, kv_blocks_total=2048, max_running=8,
-    prefill_tps=900.0, decode_tps=38.0, batch_gain=0.6, arrivals=[(0, 0.3), (420, 0.6)],
-    prompt_range=(40, 900), gen_range=(32, 256), seed=7,
+    model="gemma-3-270m-it-Q4_K_M",
+    backend="cpu",
+    device="cpu (x86_64 avx2, 8 threads)",
+    quantization="Q4_K_M",
+    max_model_len=32768,
+    kv_blocks_total=2048,
+    max_running=8,
+    prefill_tps=900.0,
+    decode_tps=38.0,
+    batch_gain=0.6,
+    arrivals=[(0, 0.3), (420, 0.6)],
+    prompt_range=(40, 900),
+    gen_range=(32, 256),
+    seed=7,
 )
 BUSY = Profile(
-    model="Qwen2.5-7B-Instruct-AWQ", backend="cuda", device="NVIDIA GeForce RTX 4090",
-    quantization="awq", max_model_len=16384, kv_blocks_total=2400, max_running=48,
-    prefill_tps=9000.0, decode_tps=75.0, batch_gain=0.8,
+    model="Qwen2.5-7B-Instruct-AWQ",
+    backend="cuda",
+    device="NVIDIA GeForce RTX 4090",
+    quantization="awq",
+    max_model_len=16384,
+    kv_blocks_total=2400,
+    max_running=48,
+    prefill_tps=9000.0,
+    decode_tps=75.0,
+    batch_gain=0.8,
     arrivals=[(0, 1.0), (420, 3.0), (500, 2.0)],
-    prompt_range=(200, 2400), gen_range=(64, 700), seed=11,
+    prompt_range=(200, 2400),
+    gen_range=(64, 700),
+    seed=11,
 )
 
 
@@ -194,9 +237,11 @@ def main() -> None:
             for fr in frames:
                 f.write(json.dumps(fr, separators=(",", ":")) + "\n")
         last = frames[-1]["stats"]
-        print(f"{path.name}: {len(frames)} frames, {path.stat().st_size // 1024} KiB, "
-              f"running {last['num_running']} waiting {last['num_waiting']} "
-              f"kv {last['kv_usage']:.0%} preempted {last['num_preempted_total']}")
+        print(
+            f"{path.name}: {len(frames)} frames, {path.stat().st_size // 1024} KiB, "
+            f"running {last['num_running']} waiting {last['num_waiting']} "
+            f"kv {last['kv_usage']:.0%} preempted {last['num_preempted_total']}"
+        )
 
 
 if __name__ == "__main__":
