@@ -38,7 +38,6 @@ class CudaModelRunner(TorchModelRunner):
                 "free on the GPU. Use a quantized checkpoint (GGUF Q4_K_M, AWQ, GPTQ) or a "
                 "smaller model.") from e
         install_layer_ops(self.model, triton_layer_ops())
-        self.weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
 
     def profile_num_blocks(self) -> int:
         """KV blocks that fit after a warm-up forward at the largest step the scheduler makes."""

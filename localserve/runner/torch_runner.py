@@ -61,6 +61,10 @@ class TorchModelRunner:
         self.arch = loaded.arch
         self.spec = loaded.spec
         self.kv_dtype = self.model_dtype()
+        # Bytes a forward pass must read: parameters and raw quantized blocks (not RoPE tables).
+        weights = [*self.model.parameters(),
+                   *(b for n, b in self.model.named_buffers() if n.endswith("qweight"))]
+        self.weight_bytes = sum(t.numel() * t.element_size() for t in weights)
 
     def set_eos_token_ids(self, eos_token_ids: frozenset[int]) -> None:
         spec = self._spec()

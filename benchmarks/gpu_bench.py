@@ -1,0 +1,237 @@
+"""GPU benchmarks of the cuda backend on real model shapes with dummy weights (issue 6).
+
+Usage (on the GPU machine): python benchmarks/gpu_bench.py [--only a b c d] [--hf] [--quick]
+        (on a CPU, a smoke run at tiny shapes): python benchmarks/gpu_bench.py --smoke
+
+Workloads (model shapes from benchmarks/configs/*/config.json, bf16, max_model_len 4096,
+prompts of random token ids):
+ (a) Llama-3.1-8B, batch 1: 512-token prompt, 128 greedy tokens; decode tok/s = 127 / (total -
+     TTFT), TTFT from a max_tokens=1 call; vs the bandwidth roofline (weight bytes per token).
+ (b) Qwen3-0.6B, nano-vllm's workload: 256 prompts of 100-1024 ids, max_tokens 100-1024,
+     temperature 0.6, all at once; throughput = sum(max_tokens) / wall time; fraction of the
+     per-step roofline (weights + KV read per step / bandwidth).
+ (c) Llama-3.1-8B, ShareGPT-like: 500 prompts of 100-300 ids, outputs 100-260, greedy.
+ (d) start-up: engine construction to ready, cold.
+--hf adds HF transformers as the in-run peer for (a) (plain generate, dynamic cache).
+A table is printed last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+LLAMA = os.path.join(HERE, "configs", "llama-3.1-8b", "config.json")
+QWEN = os.path.join(HERE, "configs", "qwen3-0.6b", "config.json")
+VLLM = {"a": "152 tok/s (TTFT 17.7 ms)", "b": "17,854 tok/s", "c": "72.3 req/s, 13,047 tok/s",
+        "d": "82 s"}
+
+
+def bandwidth_bytes_per_s(device) -> float:
+    """Measured copy bandwidth (read + write) with a 2 GiB device-to-device copy."""
+    import torch
+
+    n = 1 << 30
+    a = torch.empty(n, dtype=torch.uint8, device=device)
+    b = torch.empty_like(a)
+    for _ in range(3):
+        b.copy_(a)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(10):
+        b.copy_(a)
+    torch.cuda.synchronize()
+    return 2 * n * 10 / (time.perf_counter() - start)
+
+
+def make_llm(config: str, args: argparse.Namespace, **kw):
+    from localserve import LLM
+
+    opts = {"load_format": "dummy", "max_model_len": args.max_model_len, "backend": args.backend,
+            "dtype": args.dtype}
+    opts.update(kw)
+    return LLM(config, **opts)
+
+
+def bench_a(args, results, table) -> None:
+    from localserve import SamplingParams
+
+    llm = make_llm(args.llama, args, max_num_seqs=8)
+    rng = random.Random(0)
+    prompt = [rng.randint(0, 10000) for _ in range(512)]
+    g1 = SamplingParams(max_tokens=1, temperature=0, ignore_eos=True)
+    g128 = SamplingParams(max_tokens=128, temperature=0, ignore_eos=True)
+    for _ in range(2):  # warm-up: compile kernels, capture the batch-1 graph
+        llm.generate([prompt], g128)
+    ttfts, totals = [], []
+    for _ in range(3):
+        t = time.perf_counter()
+        llm.generate([prompt], g1)
+        ttfts.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        llm.generate([prompt], g128)
+        totals.append(time.perf_counter() - t)
+    ttft, total = sorted(ttfts)[1], sorted(totals)[1]
+    tok_s = 127 / (total - ttft)
+    runner = llm.engine.runner
+    roofline = args.bw / runner.weight_bytes
+    results["a"] = {"decode_tok_s": tok_s, "ttft_ms": ttft * 1e3, "roofline_tok_s": roofline}
+    table.append(("(a) 8B batch-1 decode", f"{tok_s:.1f} tok/s, TTFT {ttft * 1e3:.1f} ms",
+                  f"{tok_s / roofline:.0%} of {roofline:.0f}", VLLM["a"]))
+    if args.hf:
+        hf = hf_batch1(args.llama, prompt)
+        results["a"]["hf_tok_s"] = hf
+        table.append(("(a) HF generate (peer)", f"{hf:.1f} tok/s", f"{hf / roofline:.0%}", ""))
+    del llm
+
+
+def hf_batch1(config: str, prompt: list[int]) -> float:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.from_pretrained(os.path.dirname(config))
+    with torch.device("cuda"):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+    model.eval()
+    ids = torch.tensor([prompt], device="cuda")
+    kw = {"do_sample": False, "min_new_tokens": 128, "max_new_tokens": 128}
+    with torch.inference_mode():
+        model.generate(ids, **kw)
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        model.generate(ids, max_new_tokens=1, min_new_tokens=1, do_sample=False)
+        torch.cuda.synchronize()
+        ttft = time.perf_counter() - t
+        t = time.perf_counter()
+        model.generate(ids, **kw)
+        torch.cuda.synchronize()
+        total = time.perf_counter() - t
+    del model
+    torch.cuda.empty_cache()
+    return 127 / (total - ttft)
+
+
+def bench_b(args, results, table) -> None:
+    from localserve import SamplingParams
+
+    random.seed(0)
+    n = 256 if not args.quick else 64
+    prompts = [[random.randint(0, 10000) for _ in range(random.randint(100, 1024))]
+               for _ in range(n)]
+    params = [SamplingParams(temperature=0.6, ignore_eos=True, max_tokens=random.randint(100, 1024))
+              for _ in range(n)]
+    llm = make_llm(args.qwen, args, max_num_seqs=256, max_num_batched_tokens=16384)
+    llm.generate([[1, 2, 3]], SamplingParams(max_tokens=8))  # warm-up
+    counter = StepBytes(llm)
+    t = time.perf_counter()
+    llm.generate(prompts, params)
+    wall = time.perf_counter() - t
+    total = sum(p.max_tokens for p in params)
+    frac = counter.bytes / args.bw / wall
+    results["b"] = {"tok_s": total / wall, "wall_s": wall, "roofline_fraction": frac,
+                    "steps": counter.steps}
+    table.append(("(b) Qwen3-0.6B nano-vllm", f"{total / wall:,.0f} tok/s ({n} reqs)",
+                  f"{frac:.0%} of per-step roofline", VLLM["b"]))
+    del llm
+
+
+class StepBytes:
+    """Counts the bytes each step must read at least: all weights once + the KV it attends."""
+
+    def __init__(self, llm):
+        engine = llm.engine
+        runner = engine.runner
+        spec = runner.spec
+        kv_per_token = runner.bytes_per_block() // runner.block_size
+        self.bytes = 0
+        self.steps = 0
+        inner = runner.execute
+
+        def execute(scheduled):
+            self.steps += 1
+            ctx = sum(s.start_pos + s.num_tokens for s in scheduled.seqs)
+            self.bytes += runner.weight_bytes + ctx * kv_per_token
+            return inner(scheduled)
+
+        runner.execute = execute
+        self.spec = spec
+
+
+def bench_c(args, results, table) -> None:
+    from localserve import SamplingParams
+
+    random.seed(1)
+    n = 500 if not args.quick else 100
+    prompts = [[random.randint(0, 10000) for _ in range(random.randint(100, 300))]
+               for _ in range(n)]
+    outs = [random.randint(100, 260) for _ in range(n)]
+    params = [SamplingParams(temperature=0, ignore_eos=True, max_tokens=m) for m in outs]
+    llm = make_llm(args.llama, args, max_num_seqs=256, max_num_batched_tokens=8192)
+    llm.generate([[1, 2, 3]], SamplingParams(max_tokens=8))
+    t = time.perf_counter()
+    llm.generate(prompts, params)
+    wall = time.perf_counter() - t
+    results["c"] = {"req_s": n / wall, "out_tok_s": sum(outs) / wall}
+    table.append(("(c) 8B ShareGPT-like", f"{n / wall:.1f} req/s, {sum(outs) / wall:,.0f} tok/s",
+                  "", VLLM["c"]))
+    del llm
+
+
+def bench_d(args, results, table) -> None:
+    t = time.perf_counter()
+    llm = make_llm(args.llama, args)
+    startup = time.perf_counter() - t
+    results["d"] = {"startup_s": startup}
+    table.append(("(d) 8B start-up (cold)", f"{startup:.1f} s", "", VLLM["d"]))
+    del llm
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="GPU benchmarks (issue 6)")
+    ap.add_argument("--only", nargs="+", default=["d", "a", "b", "c"])
+    ap.add_argument("--hf", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="smaller (b) and (c)")
+    ap.add_argument("--smoke", action="store_true", help="CPU, tiny shapes, reference backend")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    args.llama, args.qwen = LLAMA, QWEN
+    args.max_model_len, args.backend, args.dtype = 4096, "cuda", "bfloat16"
+    import torch
+
+    if args.smoke:
+        args.llama = args.qwen = os.path.join(HERE, "configs", "tiny-llama", "config.json")
+        args.backend, args.dtype, args.max_model_len = "reference", "float32", 2048
+        args.quick = True
+        args.bw = 10e9
+        args.only = [x for x in args.only if x != "c"]
+    else:
+        args.bw = bandwidth_bytes_per_s(torch.device("cuda"))
+    import gc
+
+    import localserve
+
+    results: dict = {"bandwidth_GBps": args.bw / 1e9}
+    table: list[tuple[str, str, str, str]] = []
+    for name in args.only:
+        {"a": bench_a, "b": bench_b, "c": bench_c, "d": bench_d}[name](args, results, table)
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    dev = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    print(f"\n{dev}, torch {torch.__version__}, localserve {localserve.__version__}, "
+          f"copy bandwidth {args.bw / 1e9:.0f} GB/s")
+    w = [max(len(r[i]) for r in [("workload", "localserve", "roofline", "vLLM 0.25.1"), *table])
+         for i in range(4)]
+    for row in [("workload", "localserve", "roofline", "vLLM 0.25.1"), *table]:
+        print(" | ".join(c.ljust(w[i]) for i, c in enumerate(row)))
+
+
+if __name__ == "__main__":
+    main()
