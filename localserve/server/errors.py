@@ -84,18 +84,26 @@ def not_ready() -> APIError:
                     headers={"Retry-After": "1"})
 
 
+# Parts of a pydantic error location that name a union member, not a field ("prompt.str").
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "bytes"}
+
+
+def _where(loc: tuple) -> str:
+    parts = [str(p) for p in loc if p != "body"]
+    return ".".join(p for p in parts if p not in _TYPE_TAGS and "[" not in p and "-" not in p)
+
+
 def validation_error(e: ValidationError | RequestValidationError) -> APIError:
     """A pydantic validation failure as one 400 naming the first bad field."""
     errors = e.errors()
     first = errors[0] if errors else {}
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-    param = ".".join(loc) or None
+    param = _where(tuple(first.get("loc", ()))) or None
     if first.get("type") == "json_invalid":
         return APIError(400, f"the body is not valid JSON: {first.get('msg', '')}",
                         code="invalid_json")
     parts = []
     for err in errors[:5]:
-        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+        where = _where(tuple(err.get("loc", ()))) or "body"
         parts.append(f"{where}: {err.get('msg', 'invalid')}")
     more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
     return APIError(400, "; ".join(parts) + more, param=param, code="invalid_value")

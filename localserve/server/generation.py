@@ -111,8 +111,10 @@ class EngineStream:
         try:
             self._first = await self._iter.__anext__()
         except StopAsyncIteration:
+            self.finished = True
             raise RuntimeError(f"engine ended request {self.request_id} without output") from None
         except Exception as e:
+            self.finished = True  # rejected: nothing to abort
             mapped = from_engine_error(e)
             if mapped is None:
                 raise

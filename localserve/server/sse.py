@@ -50,6 +50,8 @@ class EventStreamResponse(Response):
         super().__init__(content=None, status_code=200, headers={
             "cache-control": "no-cache", "x-accel-buffering": "no", **(headers or {})},
             media_type=self.media_type)
+        # The length is unknown: drop the `content-length: 0` Response adds for an empty body.
+        self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
         self.events = events
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
