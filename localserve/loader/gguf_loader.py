@@ -97,23 +97,31 @@ def arch_from_gguf(gguf: GGUFFile) -> ModelArchConfig:
         qkv_bias="blk.0.attn_q.bias" in gguf.tensors,
         o_bias="blk.0.attn_output.bias" in gguf.tensors,
         mlp_bias="blk.0.ffn_up.bias" in gguf.tensors)
+    window = key("attention.sliding_window")
     if model_type == "gemma3_text":
-        window = key("attention.sliding_window", 4096)
-        # llama.cpp: every 6th layer is global; the 27B scales queries by hidden/heads.
-        pattern = 6
-        types = tuple(SLIDING_ATTENTION if (i + 1) % pattern else FULL_ATTENTION
-                      for i in range(num_layers))
+        window = window if window is not None else 4096
+        # llama.cpp: every 6th layer is global unless the file says otherwise (an int period,
+        # or one bool per layer, True = sliding); the 27B scales queries by hidden/heads.
+        pattern = key("attention.sliding_window_pattern", 6)
+        if isinstance(pattern, list):
+            types = tuple(SLIDING_ATTENTION if p else FULL_ATTENTION for p in pattern)
+        else:
+            types = tuple(SLIDING_ATTENTION if (i + 1) % int(pattern) else FULL_ATTENTION
+                          for i in range(num_layers))
         scalar = hidden // num_heads if (num_layers, hidden) == (62, 5376) else head_dim
         return ModelArchConfig(
             **common, max_position_embeddings=int(key("context_length", 131_072)),
-            rope_theta=float(key("rope.freq_base", 1_000_000.0)), rope_local_theta=10_000.0,
+            rope_theta=float(key("rope.freq_base", 1_000_000.0)),
+            rope_local_theta=float(key("rope.freq_base_swa", 10_000.0)),
             sliding_window=int(window) if window else None, layer_types=types,
             activation="gelu_tanh", qk_norm=True, query_pre_attn_scalar=float(scalar),
-            attn_logit_softcapping=key("attn_logit_softcapping"),
             final_logit_softcapping=key("final_logit_softcapping"))
+    # A window in a llama-family file (a Mistral) applies to every layer.
     return ModelArchConfig(
         **common, max_position_embeddings=int(key("context_length", 2048)),
         rope_theta=float(key("rope.freq_base", 10_000.0)),
+        sliding_window=int(window) if window else None,
+        layer_types=(SLIDING_ATTENTION if window else FULL_ATTENTION,) * num_layers,
         qk_norm=model_type == "qwen3")
 
 

@@ -223,6 +223,8 @@ def _gemma3_from_hf(cfg: Mapping[str, Any]) -> ModelArchConfig:
         o_bias=bool(cfg.get("attention_bias", False)),
         qk_norm=True,
         query_pre_attn_scalar=float(cfg.get("query_pre_attn_scalar", 256)),
-        attn_logit_softcapping=cfg.get("attn_logit_softcapping"),
+        # Gemma 3 does not soft-cap attention scores (HF's and llama.cpp's Gemma 3 ignore
+        # attn_logit_softcapping, which its checkpoints leave null anyway).
+        attn_logit_softcapping=None,
         final_logit_softcapping=cfg.get("final_logit_softcapping"),
     )
