@@ -1,0 +1,301 @@
+/* AVX-512 (F/BW/VL/DQ + VNNI) kernels. vpdpbusd (u8 x s8 summed into s32) replaces the
+ * maddubs+madd pair, and vpdpwssd applies per-sub-block scales while accumulating. 32-element
+ * blocks are processed two per zmm; the K-quants map a 64-element chunk onto one zmm. */
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+
+#include "ls_common.h"
+
+#define TGT __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")))
+#define INL static inline __attribute__((always_inline)) TGT
+
+INL float fp16(uint16_t h) { return _cvtsh_ss(h); }
+
+INL __m512i join256(__m256i lo, __m256i hi) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+}
+
+/* Broadcast a to the low 8 lanes and b to the high 8. */
+INL __m512 pair_ps(float a, float b) {
+    return _mm512_mask_blend_ps((__mmask16)0xFF00, _mm512_set1_ps(a), _mm512_set1_ps(b));
+}
+
+INL void q8_0_nt(int K, const blk_q8_0 *b, const uint8_t *act, const ls_act_layout *lay,
+                 const int NT, float *out, size_t os) {
+    __m512 acc[LS_NT];
+    const int8_t *xq[LS_NT];
+    const float *xd[LS_NT];
+    for (int t = 0; t < NT; t++) {
+        acc[t] = _mm512_setzero_ps();
+        xq[t] = ls_act_qs(act + t * lay->stride);
+        xd[t] = ls_act_d(act + t * lay->stride, lay);
+    }
+    const int nb = K / LS_QK;
+    int i = 0;
+    for (; i + 2 <= nb; i += 2) {
+        __m512i w = join256(_mm256_loadu_si256((const __m256i *)b[i].qs),
+                            _mm256_loadu_si256((const __m256i *)b[i + 1].qs));
+        __m512i aw = _mm512_abs_epi8(w);
+        __mmask64 neg = _mm512_movepi8_mask(w);
+        float d0 = fp16(b[i].d), d1 = fp16(b[i + 1].d);
+        for (int t = 0; t < NT; t++) {
+            __m512i x = _mm512_loadu_si512((const void *)(xq[t] + 32 * i));
+            x = _mm512_mask_sub_epi8(x, neg, _mm512_setzero_si512(), x);  /* sign(x, w) */
+            __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), aw, x);
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p),
+                                     pair_ps(d0 * xd[t][i], d1 * xd[t][i + 1]), acc[t]);
+        }
+    }
+    for (int t = 0; t < NT; t++) {
+        float s = _mm512_reduce_add_ps(acc[t]);
+        if (i < nb) {  /* odd block count: one ymm block */
+            __m256i w = _mm256_loadu_si256((const __m256i *)b[i].qs);
+            __m256i x = _mm256_loadu_si256((const __m256i *)(xq[t] + 32 * i));
+            __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_abs_epi8(w),
+                                            _mm256_sign_epi8(x, w));
+            __m256 f = _mm256_cvtepi32_ps(p);
+            __m128 h = _mm_add_ps(_mm256_castps256_ps128(f), _mm256_extractf128_ps(f, 1));
+            h = _mm_hadd_ps(h, h);
+            h = _mm_hadd_ps(h, h);
+            s += fp16(b[i].d) * xd[t][i] * _mm_cvtss_f32(h);
+        }
+        out[t * os] = s;
+    }
+}
+
+/* One Q5_0 block as 32 unsigned codes in [0, 31]. */
+INL __m256i q5_codes(const blk_q5_0 *b) {
+    __m128i q = _mm_loadu_si128((const __m128i *)b->qs);
+    __m256i nib = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q),
+                                   _mm256_set1_epi8(0xF));
+    uint32_t qh;
+    memcpy(&qh, b->qh, 4);
+    return _mm256_mask_add_epi8(nib, (__mmask32)qh, nib, _mm256_set1_epi8(0x10));
+}
+
+INL void q5_0_nt(int K, const blk_q5_0 *b, const uint8_t *act, const ls_act_layout *lay,
+                 const int NT, float *out, size_t os) {
+    __m512 acc[LS_NT];
+    float corr[LS_NT];
+    const int8_t *xq[LS_NT];
+    const float *xd[LS_NT], *xs[LS_NT];
+    for (int t = 0; t < NT; t++) {
+        acc[t] = _mm512_setzero_ps();
+        corr[t] = 0.0f;
+        xq[t] = ls_act_qs(act + t * lay->stride);
+        xd[t] = ls_act_d(act + t * lay->stride, lay);
+        xs[t] = ls_act_s(act + t * lay->stride, lay);
+    }
+    const int nb = K / LS_QK;
+    int i = 0;
+    for (; i + 2 <= nb; i += 2) {
+        __m512i w = join256(q5_codes(&b[i]), q5_codes(&b[i + 1]));
+        float d0 = fp16(b[i].d), d1 = fp16(b[i + 1].d);
+        for (int t = 0; t < NT; t++) {
+            __m512i x = _mm512_loadu_si512((const void *)(xq[t] + 32 * i));
+            __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, x);
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p),
+                                     pair_ps(d0 * xd[t][i], d1 * xd[t][i + 1]), acc[t]);
+            corr[t] += d0 * xs[t][i] + d1 * xs[t][i + 1];
+        }
+    }
+    for (int t = 0; t < NT; t++) {
+        float s = _mm512_reduce_add_ps(acc[t]);
+        if (i < nb) {
+            __m256i x = _mm256_loadu_si256((const __m256i *)(xq[t] + 32 * i));
+            __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), q5_codes(&b[i]), x);
+            __m512 f = _mm512_cvtepi32_ps(_mm512_castsi256_si512(p));
+            float d = fp16(b[i].d);
+            s += d * xd[t][i] * _mm512_mask_reduce_add_ps(0xFF, f);
+            corr[t] += d * xs[t][i];
+        }
+        out[t * os] = s - 16.0f * corr[t];
+    }
+}
+
+INL void q4_K_nt(int K, const blk_q4_K *b, const uint8_t *act, const ls_act_layout *lay,
+                 const int NT, float *out, size_t os) {
+    __m512 acc[LS_NT];
+    float corr[LS_NT];
+    for (int t = 0; t < NT; t++) {
+        acc[t] = _mm512_setzero_ps();
+        corr[t] = 0.0f;
+    }
+    const __m256i m4 = _mm256_set1_epi8(0xF);
+    for (int i = 0; i < K / LS_QK_K; i++) {
+        uint8_t sc[8], mn[8];
+        for (int j = 0; j < 8; j++) ls_q4k_scale_min(j, b[i].scales, &sc[j], &mn[j]);
+        __m512i q[4], s16[4];
+        for (int j = 0; j < 4; j++) {  /* chunk j = sub-blocks 2j (low nibbles), 2j+1 (high) */
+            __m256i v = _mm256_loadu_si256((const __m256i *)(b[i].qs + 32 * j));
+            q[j] = join256(_mm256_and_si256(v, m4),
+                           _mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
+            s16[j] = _mm512_mask_blend_epi16((__mmask32)0xFFFF0000u, _mm512_set1_epi16(sc[2 * j]),
+                                             _mm512_set1_epi16(sc[2 * j + 1]));
+        }
+        float d = fp16(b[i].d), dmin = fp16(b[i].dmin);
+        for (int t = 0; t < NT; t++) {
+            const uint8_t *a = act + t * lay->stride;
+            const int8_t *x = ls_act_qs(a) + 256 * i;
+            const int16_t *bs = ls_act_bsums(a, lay) + 16 * i;
+            __m512i sumi = _mm512_setzero_si512();
+            for (int j = 0; j < 4; j++) {
+                __m512i p = _mm512_maddubs_epi16(q[j], _mm512_loadu_si512((const void *)(x + 64 * j)));
+                sumi = _mm512_dpwssd_epi32(sumi, p, s16[j]);
+            }
+            int32_t summ = 0;
+            for (int j = 0; j < 8; j++) summ += mn[j] * (bs[2 * j] + bs[2 * j + 1]);
+            float dx = ls_act_d(a, lay)[i];
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi), _mm512_set1_ps(d * dx), acc[t]);
+            corr[t] += dmin * dx * (float)summ;
+        }
+    }
+    for (int t = 0; t < NT; t++) out[t * os] = _mm512_reduce_add_ps(acc[t]) - corr[t];
+}
+
+INL void q6_K_nt(int K, const blk_q6_K *b, const uint8_t *act, const ls_act_layout *lay,
+                 const int NT, float *out, size_t os) {
+    __m512 acc[LS_NT];
+    for (int t = 0; t < NT; t++) acc[t] = _mm512_setzero_ps();
+    const __m256i m4 = _mm256_set1_epi8(0xF), m3 = _mm256_set1_epi8(0x30);
+    /* zmm k covers 16-element groups 4k..4k+3, 8 int16 lanes each after maddubs. */
+    const __m512i gidx = _mm512_set_epi16(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2,
+                                          1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    for (int i = 0; i < K / LS_QK_K; i++) {
+        __m512i q[4], scv[4];
+        __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)b[i].scales));
+        for (int h = 0; h < 2; h++) {
+            __m256i l0 = _mm256_loadu_si256((const __m256i *)(b[i].ql + 64 * h));
+            __m256i l1 = _mm256_loadu_si256((const __m256i *)(b[i].ql + 64 * h + 32));
+            __m256i qh = _mm256_loadu_si256((const __m256i *)(b[i].qh + 32 * h));
+            __m256i q1 = _mm256_or_si256(_mm256_and_si256(l0, m4),
+                                         _mm256_and_si256(_mm256_slli_epi16(qh, 4), m3));
+            __m256i q2 = _mm256_or_si256(_mm256_and_si256(l1, m4),
+                                         _mm256_and_si256(_mm256_slli_epi16(qh, 2), m3));
+            __m256i q3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                                         _mm256_and_si256(qh, m3));
+            __m256i q4 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                                         _mm256_and_si256(_mm256_srli_epi16(qh, 2), m3));
+            q[2 * h] = join256(q1, q2);
+            q[2 * h + 1] = join256(q3, q4);
+        }
+        for (int k = 0; k < 4; k++)
+            scv[k] = _mm512_permutexvar_epi16(_mm512_add_epi16(gidx, _mm512_set1_epi16((short)(4 * k))),
+                                              _mm512_castsi256_si512(sc16));
+        float d = fp16(b[i].d);
+        for (int t = 0; t < NT; t++) {
+            const uint8_t *a = act + t * lay->stride;
+            const int8_t *x = ls_act_qs(a) + 256 * i;
+            __m256i bs = _mm256_loadu_si256((const __m256i *)(ls_act_bsums(a, lay) + 16 * i));
+            __m256i c = _mm256_slli_epi32(_mm256_madd_epi16(sc16, bs), 5);  /* 32*sc*sum(x) */
+            __m512i sumi = _mm512_castsi256_si512(_mm256_sub_epi32(_mm256_setzero_si256(), c));
+            sumi = _mm512_maskz_mov_epi32(0x00FF, sumi);
+            for (int k = 0; k < 4; k++) {
+                __m512i p = _mm512_maddubs_epi16(q[k], _mm512_loadu_si512((const void *)(x + 64 * k)));
+                sumi = _mm512_dpwssd_epi32(sumi, p, scv[k]);
+            }
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi),
+                                     _mm512_set1_ps(d * ls_act_d(a, lay)[i]), acc[t]);
+        }
+    }
+    for (int t = 0; t < NT; t++) out[t * os] = _mm512_reduce_add_ps(acc[t]);
+}
+
+INL __m512 load_w(const void *w, int type, int k) {
+    if (type == LS_F32) return _mm512_loadu_ps((const float *)w + k);
+    __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)w + k));
+    if (type == LS_F16) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+INL float load_w1(const void *w, int type, int k) {
+    if (type == LS_F32) return ((const float *)w)[k];
+    uint16_t h = ((const uint16_t *)w)[k];
+    return type == LS_F16 ? fp16(h) : ls_bf16_to_f32(h);
+}
+
+INL void float_nt(int K, const void *w, int type, const uint8_t *act,
+                  const ls_act_layout *lay, const int NT, float *out, size_t os) {
+    __m512 acc[LS_NT];
+    const float *x[LS_NT];
+    for (int t = 0; t < NT; t++) {
+        acc[t] = _mm512_setzero_ps();
+        x[t] = (const float *)(act + t * lay->stride);
+    }
+    int k = 0;
+    for (; k + 16 <= K; k += 16) {
+        __m512 wv = load_w(w, type, k);
+        for (int t = 0; t < NT; t++)
+            acc[t] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x[t] + k), acc[t]);
+    }
+    for (int t = 0; t < NT; t++) {
+        float s = _mm512_reduce_add_ps(acc[t]);
+        for (int r = k; r < K; r++) s += load_w1(w, type, r) * x[t][r];
+        out[t * os] = s;
+    }
+}
+
+#define LS_SPECIALISE(name, call)                                                         \
+    static TGT void name(int K, const void *w, const uint8_t *act, const ls_act_layout *lay, \
+                         int nt, float *out, size_t os) {                                 \
+        switch (nt) {                                                                     \
+        case 1: call(1); break;                                                           \
+        case 2: call(2); break;                                                           \
+        case 3: call(3); break;                                                           \
+        default: call(4); break;                                                          \
+        }                                                                                 \
+    }
+#define C_Q8_0(n) q8_0_nt(K, (const blk_q8_0 *)w, act, lay, n, out, os)
+#define C_Q5_0(n) q5_0_nt(K, (const blk_q5_0 *)w, act, lay, n, out, os)
+#define C_Q4_K(n) q4_K_nt(K, (const blk_q4_K *)w, act, lay, n, out, os)
+#define C_Q6_K(n) q6_K_nt(K, (const blk_q6_K *)w, act, lay, n, out, os)
+#define C_F32(n) float_nt(K, w, LS_F32, act, lay, n, out, os)
+#define C_F16(n) float_nt(K, w, LS_F16, act, lay, n, out, os)
+#define C_BF16(n) float_nt(K, w, LS_BF16, act, lay, n, out, os)
+LS_SPECIALISE(dot_q8_0, C_Q8_0)
+LS_SPECIALISE(dot_q5_0, C_Q5_0)
+LS_SPECIALISE(dot_q4_K, C_Q4_K)
+LS_SPECIALISE(dot_q6_K, C_Q6_K)
+LS_SPECIALISE(dot_f32, C_F32)
+LS_SPECIALISE(dot_f16, C_F16)
+LS_SPECIALISE(dot_bf16, C_BF16)
+
+static TGT float vdot(const float *a, const float *b, int n) {
+    __m512 s = _mm512_setzero_ps();
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        s = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s);
+    if (i < n) {
+        __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+        s = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), s);
+    }
+    return _mm512_reduce_add_ps(s);
+}
+
+static TGT void vaxpy(float *y, float a, const float *x, int n) {
+    __m512 av = _mm512_set1_ps(a);
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(y + i, _mm512_fmadd_ps(av, _mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
+    for (; i < n; i++) y[i] += a * x[i];
+}
+
+static TGT void vscale(float *y, float a, int n) {
+    __m512 av = _mm512_set1_ps(a);
+    int i = 0;
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, _mm512_mul_ps(av, _mm512_loadu_ps(y + i)));
+    for (; i < n; i++) y[i] *= a;
+}
+
+static TGT void vf16(float *dst, const uint16_t *src, int n) {
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(src + i))));
+    for (; i < n; i++) dst[i] = fp16(src[i]);
+}
+
+const ls_kernels ls_kernels_avx512 = {
+    "avx512", dot_q8_0, dot_q5_0, dot_q4_K, dot_q6_K, dot_f16, dot_bf16, dot_f32,
+    {vdot, vaxpy, vscale, vf16},
+};
+#endif

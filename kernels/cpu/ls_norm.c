@@ -1,0 +1,59 @@
+/* Fused elementwise kernels that run between the matmuls every layer: RMSNorm (with the
+ * pre-norm residual add and Gemma's weight offset) and gated activations. */
+#include <math.h>
+
+#include "ls_common.h"
+#include "ls_threads.h"
+
+/* h = x (+ residual, written to residual_out); out = h * rsqrt(mean(h^2) + eps) * (off + w).
+ * x [T, H], residual/residual_out/out [T, H] or NULL; w [H]. out may alias x. */
+LS_API void ls_rms_norm(const float *x, const float *residual, float *residual_out,
+                        const float *w, float *out, int T, int H, float eps, float w_offset) {
+    for (int t = 0; t < T; t++) {
+        const float *xr = x + (size_t)t * H;
+        float *o = out + (size_t)t * H;
+        if (residual) {
+            float *h = residual_out + (size_t)t * H;
+            const float *r = residual + (size_t)t * H;
+            for (int i = 0; i < H; i++) h[i] = xr[i] + r[i];
+            xr = h;
+        }
+        double ss = 0.0;  /* double: H can be large and the mean feeds every output */
+        for (int i = 0; i < H; i++) ss += (double)xr[i] * xr[i];
+        float inv = 1.0f / sqrtf((float)(ss / H) + eps);
+        for (int i = 0; i < H; i++) o[i] = xr[i] * inv * (w_offset + w[i]);
+    }
+}
+
+typedef struct {
+    const float *x;
+    float *out;
+    int T, d, kind;
+} act_job;
+
+static void act_task(void *p, int ith, int nth) {
+    const act_job *j = (const act_job *)p;
+    const float c = 0.7978845608028654f;  /* sqrt(2 / pi) */
+    /* Each thread takes a column range of every token, so decode (T = 1) splits too. */
+    const int i0 = (int)((long)j->d * ith / nth), i1 = (int)((long)j->d * (ith + 1) / nth);
+    for (int t = 0; t < j->T; t++) {
+        const float *g = j->x + (size_t)t * 2 * j->d, *u = g + j->d;
+        float *o = j->out + (size_t)t * j->d;
+        if (j->kind == 0) {
+            for (int i = i0; i < i1; i++) o[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+        } else {
+            for (int i = i0; i < i1; i++) {
+                float v = g[i];
+                o[i] = 0.5f * v * (1.0f + tanhf(c * (v + 0.044715f * v * v * v))) * u[i];
+            }
+        }
+    }
+}
+
+/* out[T, d] = act(x[:, :d]) * x[:, d:] for x [T, 2d]; kind 0 = SiLU, 1 = GELU (tanh). */
+LS_API int ls_act_and_mul(const float *x, float *out, int T, int d, int kind) {
+    if (kind != 0 && kind != 1) return LS_EBADTYPE;
+    act_job j = {x, out, T, d, kind};
+    ls_parallel(act_task, &j, (double)T * d >= 16384 ? ls_pool_threads() : 1);
+    return LS_OK;
+}

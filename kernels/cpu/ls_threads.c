@@ -1,0 +1,156 @@
+/* Persistent pthread pool. Kernels run once per layer per decode step (tens of microseconds),
+ * so workers spin briefly on an atomic generation counter before sleeping on a condvar: a
+ * condvar wake-up alone costs about as much as a small matmul. The spin is bounded
+ * (LOCALSERVE_CPU_SPIN_US, default 100) so idle workers do not steal a shared CPU. */
+#define _POSIX_C_SOURCE 200809L
+#include "ls_threads.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ls_common.h"
+
+#define LS_MAX_THREADS 256
+
+static struct {
+    pthread_mutex_t submit;  /* one job at a time; a concurrent caller runs serially */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    pthread_t tid[LS_MAX_THREADS];
+    int nworkers;            /* pool threads besides the caller */
+    atomic_int gen;          /* bumped once per job */
+    atomic_int pending;      /* workers that have not finished the current job */
+    atomic_int sleepers;
+    atomic_int quit;
+    ls_task_fn fn;
+    void *ctx;
+    int nth;
+    long spin_ns;
+    int start_gen;
+} P = {.submit = PTHREAD_MUTEX_INITIALIZER, .mu = PTHREAD_MUTEX_INITIALIZER,
+       .cv = PTHREAD_COND_INITIALIZER, .nworkers = -1};
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+static long now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000000000L + ts.tv_nsec;
+}
+
+static void *worker(void *arg) {
+    const int ith = (int)(intptr_t)arg;
+    int seen = P.start_gen;  /* not P.gen: a job may already be posted when we start */
+    for (;;) {
+        long t0 = now_ns();
+        int spins = 0;
+        while (atomic_load_explicit(&P.gen, memory_order_acquire) == seen) {
+            cpu_relax();
+            if ((++spins & 255) == 0 && now_ns() - t0 > P.spin_ns) {
+                pthread_mutex_lock(&P.mu);
+                atomic_fetch_add(&P.sleepers, 1);
+                while (atomic_load(&P.gen) == seen && !atomic_load(&P.quit))
+                    pthread_cond_wait(&P.cv, &P.mu);
+                atomic_fetch_sub(&P.sleepers, 1);
+                pthread_mutex_unlock(&P.mu);
+                break;
+            }
+        }
+        if (atomic_load(&P.quit)) return NULL;
+        seen = atomic_load(&P.gen);
+        if (ith < P.nth) P.fn(P.ctx, ith, P.nth);
+        atomic_fetch_sub_explicit(&P.pending, 1, memory_order_release);
+    }
+}
+
+static void wake_all(void) {
+    if (atomic_load(&P.sleepers) > 0) {
+        pthread_mutex_lock(&P.mu);
+        pthread_cond_broadcast(&P.cv);
+        pthread_mutex_unlock(&P.mu);
+    }
+}
+
+static void stop_pool(void) {
+    if (P.nworkers <= 0) return;
+    atomic_store(&P.quit, 1);
+    pthread_mutex_lock(&P.mu);
+    pthread_cond_broadcast(&P.cv);
+    pthread_mutex_unlock(&P.mu);
+    for (int i = 0; i < P.nworkers; i++) pthread_join(P.tid[i], NULL);
+    P.nworkers = 0;
+    atomic_store(&P.quit, 0);
+}
+
+static void start_pool(int nthreads) {
+    const char *spin = getenv("LOCALSERVE_CPU_SPIN_US");
+    P.spin_ns = (spin ? atol(spin) : 100) * 1000L;
+    if (nthreads < 1) nthreads = 1;
+    if (nthreads > LS_MAX_THREADS) nthreads = LS_MAX_THREADS;
+    P.nworkers = 0;
+    P.start_gen = atomic_load(&P.gen);
+    for (int i = 1; i < nthreads; i++) {
+        if (pthread_create(&P.tid[P.nworkers], NULL, worker, (void *)(intptr_t)i) != 0) break;
+        P.nworkers++;
+    }
+}
+
+static void ensure_pool(void) {
+    if (P.nworkers < 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        start_pool(n > 0 ? (int)n : 1);
+    }
+}
+
+LS_API void ls_set_num_threads(int n) {
+    pthread_mutex_lock(&P.submit);
+    if (P.nworkers >= 0) stop_pool();
+    start_pool(n);
+    pthread_mutex_unlock(&P.submit);
+}
+
+LS_API int ls_get_num_threads(void) {
+    pthread_mutex_lock(&P.submit);
+    ensure_pool();
+    int n = P.nworkers + 1;
+    pthread_mutex_unlock(&P.submit);
+    return n;
+}
+
+int ls_pool_threads(void) {
+    int n = P.nworkers;
+    if (n < 0) return ls_get_num_threads();
+    return n + 1;
+}
+
+void ls_parallel(ls_task_fn fn, void *ctx, int nth) {
+    if (nth > 1 && pthread_mutex_trylock(&P.submit) == 0) {
+        ensure_pool();
+        if (nth > P.nworkers + 1) nth = P.nworkers + 1;
+        if (nth > 1) {
+            P.fn = fn;
+            P.ctx = ctx;
+            P.nth = nth;
+            atomic_store(&P.pending, P.nworkers);
+            atomic_fetch_add_explicit(&P.gen, 1, memory_order_seq_cst);
+            wake_all();
+            fn(ctx, 0, nth);
+            while (atomic_load_explicit(&P.pending, memory_order_acquire) > 0) cpu_relax();
+            pthread_mutex_unlock(&P.submit);
+            return;
+        }
+        pthread_mutex_unlock(&P.submit);
+    }
+    /* Single thread, or the pool is busy with another caller: run the shares serially. */
+    if (nth < 1) nth = 1;
+    for (int i = 0; i < nth; i++) fn(ctx, i, nth);
+}

@@ -1,0 +1,14 @@
+/* A small persistent pthread pool: one parallel region per kernel call. */
+#ifndef LS_THREADS_H
+#define LS_THREADS_H
+
+typedef void (*ls_task_fn)(void *ctx, int ith, int nth);
+
+/* Runs fn(ctx, i, nth) for i in [0, nth) on the pool (the caller runs i = 0) and waits.
+ * nth is clamped to the pool size; nth <= 1 calls fn directly. */
+void ls_parallel(ls_task_fn fn, void *ctx, int nth);
+
+/* Threads a kernel may use (the caller's thread included). */
+int ls_pool_threads(void);
+
+#endif

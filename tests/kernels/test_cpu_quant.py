@@ -1,0 +1,176 @@
+"""C CPU GGUF matmul and quantized embedding vs kernels/reference.py, on every ISA path here.
+
+Two checks per case:
+- exact: the reference applied to x after the same activation quantization the kernel does
+  (Q8_0-style 32-blocks for Q5_0/Q8_0, Q8_K 256-blocks for the K-quants; d = amax/127,
+  q = rint(x/d), emulated bit for bit in numpy): only fp32 accumulation differs, so the
+  error must be below 2e-5 * ||x|| * ||w_row||. One wrong element (~||x||*||w||/K) fails it.
+- bounded: vs the float64 reference on the unquantized x, the activation rounding error
+  is at most ||w_row|| * ||e|| with |e_i| <= d/2, i.e. sqrt(block)/254 * ||x|| * ||w_row||
+  (0.0223 for 32-blocks, 0.063 for 256-blocks).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from gguf import GGMLQuantizationType as Q
+from gguf.quants import quantize
+
+from localserve.kernels import reference
+from localserve.kernels import cpu
+
+pytestmark = pytest.mark.cpu
+ISAS = ["scalar", "avx2", "avx512"]
+ACT_BLOCK = {Q.Q8_0: 32, Q.Q5_0: 32, Q.Q4_K: 256, Q.Q6_K: 256}
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    if not cpu.available():
+        pytest.skip("C CPU kernels unavailable (no compiler)")
+    try:
+        cpu.set_isa(request.param)
+    except ValueError:
+        pytest.skip(f"this CPU lacks the {request.param} path (best: {cpu.best_isa()})")
+    yield request.param
+    cpu.set_isa(None)
+
+
+def random_weight(qtype: Q, out: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Raw GGUF bytes [out, row_bytes] (typed array for F32/F16)."""
+    w = rng.standard_normal((out, k)).astype(np.float32)
+    if qtype in (Q.Q8_0, Q.Q5_0, Q.BF16, Q.F16, Q.F32):
+        return np.ascontiguousarray(quantize(w, qtype))
+    nb = k // 256
+    if qtype == Q.Q4_K:  # gguf cannot quantize K-quants: random codes with sane scales
+        blk = np.zeros((out, nb, 144), np.uint8)
+        blk[..., 0:2] = rng.uniform(1e-3, 2e-2, (out, nb)).astype(np.float16)[..., None].view(np.uint8)
+        blk[..., 2:4] = rng.uniform(1e-3, 2e-2, (out, nb)).astype(np.float16)[..., None].view(np.uint8)
+        blk[..., 4:] = rng.integers(0, 256, (out, nb, 140), dtype=np.uint8)
+    else:  # Q6_K: ql[128] qh[64] scales[16] (int8) d (fp16)
+        blk = np.zeros((out, nb, 210), np.uint8)
+        blk[..., :192] = rng.integers(0, 256, (out, nb, 192), dtype=np.uint8)
+        blk[..., 192:208] = rng.integers(-128, 128, (out, nb, 16), dtype=np.int8).view(np.uint8)
+        blk[..., 208:210] = rng.uniform(1e-4, 2e-3, (out, nb)).astype(np.float16)[..., None].view(np.uint8)
+    return blk.reshape(out, nb * blk.shape[-1])
+
+
+def quantized_activations(x: np.ndarray, block: int) -> np.ndarray:
+    """What the kernel actually multiplies by: x rounded like the C quantizer, in float64."""
+    t, k = x.shape
+    xb = x.reshape(t, k // block, block).astype(np.float32)
+    d = (np.abs(xb).max(-1, keepdims=True) / np.float32(127)).astype(np.float32)
+    with np.errstate(divide="ignore"):
+        inv = np.where(d != 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
+    q = np.rint((xb * inv).astype(np.float32))
+    return (q.astype(np.float64) * d.astype(np.float64)).reshape(t, k)
+
+
+def check_matmul(qtype: Q, tokens: int, k: int, out: int, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    raw = random_weight(qtype, out, k, rng)
+    x = torch.from_numpy(rng.standard_normal((tokens, k)).astype(np.float32))
+    x[0, :7] *= 40.0  # outliers stretch one block's scale, as real activations do
+    y = cpu.gguf_matmul(x, raw, int(qtype), out)
+    assert y.shape == (tokens, out) and y.dtype == torch.float32
+    w = torch.from_numpy(np.asarray(reference.gguf_linear(torch.eye(k), raw, int(qtype))).T.copy())
+    norm = x.double().norm(dim=1, keepdim=True) * w.norm(dim=1)[None, :]  # [T, out]
+    if qtype in ACT_BLOCK:
+        xq = torch.from_numpy(quantized_activations(x.numpy(), ACT_BLOCK[qtype]))
+        exact = reference.gguf_linear(xq, raw, int(qtype))
+        err = ((y.double() - exact).abs() / norm).max().item()
+        assert err < 2e-5, f"{qtype.name}: kernel differs from quantized-x reference by {err:.2e}"
+        bound = math.sqrt(ACT_BLOCK[qtype]) / 254 * 1.001 + 1e-5
+    else:
+        bound = 2e-6 * math.sqrt(k)
+    ref = reference.gguf_linear(x, raw, int(qtype))
+    err = ((y.double() - ref).abs() / norm).max().item()
+    assert err < bound, f"{qtype.name}: error {err:.3e} above bound {bound:.3e}"
+
+
+@pytest.mark.parametrize("qtype", [Q.Q8_0, Q.Q5_0])
+@pytest.mark.parametrize(("tokens", "k", "out"), [(1, 96, 37), (7, 640, 130), (5, 2048, 9)])
+def test_matmul_32_blocks(isa, qtype, tokens, k, out):
+    check_matmul(qtype, tokens, k, out)
+
+
+@pytest.mark.parametrize("qtype", [Q.Q4_K, Q.Q6_K])
+@pytest.mark.parametrize(("tokens", "k", "out"), [(1, 256, 37), (6, 768, 130), (2, 2048, 11)])
+def test_matmul_k_quants(isa, qtype, tokens, k, out):
+    check_matmul(qtype, tokens, k, out)
+
+
+@pytest.mark.parametrize("qtype", [Q.F32, Q.F16, Q.BF16])
+@pytest.mark.parametrize(("tokens", "k", "out"), [(1, 100, 19), (5, 640, 70)])
+def test_matmul_float(isa, qtype, tokens, k, out):
+    check_matmul(qtype, tokens, k, out)
+
+
+def test_matmul_threads_agree(isa):
+    """Splitting rows across threads must not change any output bit."""
+    rng = np.random.default_rng(3)
+    raw = random_weight(Q.Q4_K, 300, 512, rng)
+    x = torch.from_numpy(rng.standard_normal((9, 512)).astype(np.float32))
+    n = cpu.get_num_threads()
+    try:
+        cpu.set_num_threads(1)
+        one = cpu.gguf_matmul(x, raw, int(Q.Q4_K), 300)
+        cpu.set_num_threads(max(2, n))
+        many = cpu.gguf_matmul(x, raw, int(Q.Q4_K), 300)
+    finally:
+        cpu.set_num_threads(n)
+    assert torch.equal(one, many)
+    single = torch.cat([cpu.gguf_matmul(x[i:i + 1], raw, int(Q.Q4_K), 300) for i in range(9)])
+    assert torch.equal(single, many), "token tiling must match the one-token path exactly"
+
+
+def test_matmul_prepared_weight_and_errors():
+    rng = np.random.default_rng(4)
+    raw = random_weight(Q.Q8_0, 64, 128, rng)
+    w = cpu.prepare_weight(raw, int(Q.Q8_0), 64)
+    assert (w.in_features, w.out_features) == (128, 64)
+    x = torch.randn(2, 3, 128)
+    y = cpu.gguf_matmul(x, w)
+    assert y.shape == (2, 3, 64)
+    torch.testing.assert_close(y.reshape(6, 64), cpu.gguf_matmul(x.reshape(6, 128), w))
+    with pytest.raises(ValueError, match="in_features"):
+        cpu.gguf_matmul(torch.randn(2, 96), w)
+    with pytest.raises(TypeError, match="float32"):
+        cpu.gguf_matmul(torch.randn(2, 128, dtype=torch.float64), w)
+    with pytest.raises(ValueError, match="whole"):
+        cpu.prepare_weight(raw[:, :-1].copy(), int(Q.Q8_0), 64)
+    with pytest.raises(ValueError, match="unsupported"):
+        cpu.prepare_weight(raw, 2, 64)  # Q4_0 is not supported
+
+
+@pytest.mark.parametrize("qtype", [Q.Q8_0, Q.Q5_0, Q.Q4_K, Q.Q6_K, Q.F16, Q.BF16])
+def test_embedding_rows(qtype):
+    rng = np.random.default_rng(5)
+    raw = random_weight(qtype, 50, 512, rng)
+    ids = torch.tensor([[3, 0, 49], [7, 7, 1]])
+    got = cpu.embedding(ids, raw, int(qtype), 50, scale=2.0)
+    from gguf.quants import dequantize
+
+    table = torch.from_numpy(np.asarray(dequantize(raw, int(qtype)), np.float32))
+    torch.testing.assert_close(got, table[ids] * 2.0, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="out of range"):
+        cpu.embedding(torch.tensor([50]), raw, int(qtype), 50)
+
+
+def test_embedding_q8_k():
+    """Q8_K (float d, int8 qs[256], int16 bsums[16]); gguf cannot decode it, numpy can."""
+    rng = np.random.default_rng(6)
+    rows, nb = 10, 2
+    d = rng.uniform(0.01, 0.1, (rows, nb)).astype(np.float32)
+    qs = rng.integers(-127, 128, (rows, nb, 256), dtype=np.int8)
+    blk = np.zeros((rows, nb, 292), np.uint8)
+    blk[..., :4] = d[..., None].view(np.uint8)
+    blk[..., 4:260] = qs.view(np.uint8)
+    raw = blk.reshape(rows, -1)
+    want = torch.from_numpy((qs.astype(np.float32) * d[..., None]).reshape(rows, 512))
+    got = cpu.embedding(torch.tensor([9, 2]), raw, int(Q.Q8_K), rows)
+    torch.testing.assert_close(got, want[[9, 2]], rtol=0, atol=0)
