@@ -176,24 +176,29 @@ def cmd_probe(args: argparse.Namespace) -> int:
     config = resolve(config)
     device = probe()
     print(f"device: {device.describe()}")
+    code = 0
     try:
         print(select(config, device).explain())
     except ValueError as e:
         print(f"backend: none can run this model here\n{e}")
+        code = 1
+    except Exception as e:  # a broken backend plugin: say so, keep probing
+        print(f"backend: selection failed: {type(e).__name__}: {e}")
+        code = 1
     model = config.model.model or "?"
     print(f"model: {config.model.served_model_name} ({model})")
     try:
         facts = model_facts(model)
     except (OSError, ValueError, KeyError) as e:
         print(f"  cannot read the model's size: {e}")
-        return 0
+        return 1
     context = min(settings.max_model_len or facts.context_length, facts.context_length or 1 << 30)
     per_token = facts.kv_bytes_per_token()
     print(f"  weights: {facts.weights_bytes / 2**20:,.0f} MiB on disk")
     print(f"  KV cache (16-bit): {per_token / 2**10:,.1f} KiB per token "
           f"({facts.num_layers} layers x {facts.num_kv_heads} KV heads x {facts.head_dim}); "
           f"one {context:,}-token context = {per_token * context / 2**20:,.0f} MiB")
-    return 0
+    return code
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -225,8 +230,12 @@ def cmd_pull(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
     except RepositoryNotFoundError:
         raise UsageError(f"repo {args.repo!r} not found (or private: set HF_TOKEN)") from None
-    except HfHubHTTPError as e:
-        print(f"localserve: download failed: {e}", file=sys.stderr)
+    except Exception as e:
+        network = isinstance(e, HfHubHTTPError | OSError) or \
+            type(e).__module__.split(".")[0] in ("httpx", "httpx2", "httpcore")
+        if not network:
+            raise
+        print(f"localserve: download of {args.repo} failed: {e}", file=sys.stderr)
         return 1
     print(f"pulled {args.repo} into {dest}; serve it with: localserve serve {args.repo}")
     return 0

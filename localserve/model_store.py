@@ -179,6 +179,8 @@ def pull(repo_id: str, *, revision: str | None = None, include: list[str] | None
 
     if repo_id.count("/") != 1 or repo_id.startswith("/") or repo_id.endswith("/"):
         raise PullError(f"expected a repo id like 'org/name', got {repo_id!r}")
+    # huggingface_hub reads HF_ENDPOINT once, at import; read it now so the caller's value holds.
+    endpoint = endpoint or os.environ.get("HF_ENDPOINT") or None
     api = HfApi(endpoint=endpoint, token=token)
     files = api.list_repo_files(repo_id, revision=revision)
     chosen = choose_files(files, include)
