@@ -69,14 +69,13 @@ class Scheduler:
     # -- one step --------------------------------------------------------------------------
     def schedule(self) -> SchedulerOutput:
         if self.mixed_batches:
-            return self._schedule(prompt_step=None)
-        # A runner that cannot mix gets prompt steps first, else single-token steps.
-        out = self._schedule(prompt_step=True)
-        return out if out.seqs else self._schedule(prompt_step=False)
+            return self._schedule(single=None)
+        # A runner that cannot mix gets multi-token steps first, else single-token steps.
+        out = self._schedule(single=False)
+        return out if out.seqs else self._schedule(single=True)
 
-    def _schedule(self, prompt_step: bool | None) -> SchedulerOutput:
-        """prompt_step: None = mix freely; True = no single-token decodes of running
-        sequences; False = only single-token decodes, no admissions."""
+    def _schedule(self, single: bool | None) -> SchedulerOutput:
+        """single: None = any mix; True/False = only items of one token / of several."""
         budget = self.config.max_num_batched_tokens
         chosen: list[tuple[Sequence, int]] = []
         copies: list[tuple[int, int]] = []
@@ -85,10 +84,9 @@ class Scheduler:
         preempted_now = False
         while order and budget > 0:
             seq = order.pop(0)
-            remaining = seq.num_tokens - seq.num_computed
-            if prompt_step is not None and (remaining == 1) == prompt_step:
+            num_new = min(seq.num_tokens - seq.num_computed, budget)
+            if single is not None and (num_new == 1) != single:
                 continue
-            num_new = min(remaining, budget)
             while (cow := self.block_manager.append_slots(seq, num_new)) is None:
                 victim = order.pop() if order else seq  # lowest priority, latest arrival
                 self._preempt(victim)
@@ -102,7 +100,7 @@ class Scheduler:
             budget -= num_new
 
         # No admissions in a step that had to preempt: the pool is under pressure.
-        if not preempted_now and prompt_step is not False:
+        if not preempted_now:
             self.waiting.sort(key=Sequence.sort_key)
             while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
                 seq = self.waiting[0]
@@ -110,6 +108,10 @@ class Scheduler:
                 num_new = self.block_manager.allocate(seq, budget)
                 if num_new is None:
                     break  # keep the order: nobody overtakes the head of the queue
+                if single is not None and (num_new == 1) != single:
+                    self.block_manager.free(seq)
+                    seq.num_computed = 0
+                    break
                 if first_time:
                     self.prefix_cache_queries += seq.num_prompt_tokens
                     self.prefix_cache_hits += seq.num_computed

@@ -43,7 +43,7 @@ def test_closing_the_stream_aborts_and_frees_blocks():
     engine = AsyncLLMEngine(fake_engine(num_blocks=64))
     try:
         async def main():
-            gen = engine.generate([2, 3, 4], SamplingParams(max_tokens=10_000, ignore_eos=True),
+            gen = engine.generate([2, 3, 4], SamplingParams(max_tokens=200, ignore_eos=True),
                                   "a")
             await gen.__anext__()
             await gen.aclose()
