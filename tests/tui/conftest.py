@@ -12,7 +12,7 @@ import pytest
 from localserve.tui.client import DashboardClient, HttpSource
 from localserve.tui.hardware import FixedHardware
 from localserve.tui.recording import RawSample, load_recording
-from localserve.tui.snapshot import GpuSample, HardwareSample
+from localserve.tui.snapshot import HardwareSample
 from rich.console import Console
 from textual.app import App
 
@@ -20,12 +20,6 @@ DATA = Path(__file__).parent / "data"
 GIB = 2**30
 
 LAPTOP = HardwareSample(37.0, int(9.1 * GIB), int(23.3 * GIB), (), "n/a (no pynvml)")
-WORKSTATION = HardwareSample(
-    61.0,
-    int(41.7 * GIB),
-    int(62.6 * GIB),
-    (GpuSample(0, "NVIDIA GeForce RTX 4090", int(21.9 * GIB), int(24.0 * GIB), 97.0),),
-)
 
 
 class FakeServer:

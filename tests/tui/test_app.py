@@ -17,6 +17,7 @@ from localserve.tui.server_runner import InProcessServer, SubprocessServer
 from localserve.tui.snapshot import HardwareSample
 from localserve.tui.widgets.hardware import HardwarePanel
 from localserve.tui.widgets.help_screen import HelpScreen
+from localserve.tui.widgets.model_panel import ModelPanel
 from localserve.tui.widgets.requests_table import RequestsTable
 from localserve.tui.widgets.server_log import ServerLog
 
@@ -115,7 +116,8 @@ def test_disconnected_then_reconnects_by_itself(
             await wait_for(pilot, lambda: client.snapshot.connection.status == "disconnected")
             await pilot.pause(0.1)
             assert "gemma-3-270m-it-Q4_K_M" in read_screen(app)
-            assert app.screen.query_one(HardwarePanel).has_class("-stale")
+            assert app.screen.query_one(ModelPanel).has_class("-stale")
+            assert not app.screen.query_one(HardwarePanel).has_class("-stale")  # local data
 
     asyncio.run(scenario())
 
@@ -165,7 +167,10 @@ def test_table_keeps_the_highlighted_request(fake_server_factory, make_http_clie
             )
             table = app.screen.query_one(RequestsTable)
             table.focus()
-            await pilot.press(*["down"] * target)
+            await pilot.press("down")  # the keys move the cursor…
+            assert table.cursor_coordinate.row == 1
+            table.move_cursor(row=target)  # …and this goes straight to the row we want
+            await pilot.pause()
             key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
             assert key == first[target]
             server.samples, server.position = samples, 1

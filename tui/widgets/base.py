@@ -29,6 +29,7 @@ class SnapshotPanel(Widget):
     """
 
     PANEL_TITLE = ""
+    DIM_WHEN_STALE = True  # False for panels whose data does not come from the server
     snapshot: reactive[DashboardSnapshot | None] = reactive(None, always_update=True)
 
     def on_mount(self) -> None:
@@ -36,7 +37,8 @@ class SnapshotPanel(Widget):
 
     def watch_snapshot(self, snapshot: DashboardSnapshot | None) -> None:
         stale = snapshot is not None and snapshot.stats is not None and not snapshot.connected
-        self.set_class(stale and snapshot.connection.status == "disconnected", "-stale")
+        down = stale and snapshot.connection.status == "disconnected"
+        self.set_class(down and self.DIM_WHEN_STALE, "-stale")
         self.border_subtitle = self.subtitle(snapshot)
         self.refresh()
 

@@ -45,6 +45,7 @@ def hardware_lines(hw: HardwareSample, width: int) -> list[Text]:
 
 class HardwarePanel(SnapshotPanel):
     PANEL_TITLE = "This machine"
+    DIM_WHEN_STALE = False  # read locally: live even while the server is unreachable
 
     def render_snapshot(self, snapshot: DashboardSnapshot | None, width: int) -> RenderableType:
         hw = snapshot.hardware if snapshot else None

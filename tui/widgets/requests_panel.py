@@ -22,9 +22,12 @@ class RequestsPanel(SnapshotPanel):
         grid.add_row(Text("running", "green"), Text(str(stats.num_running), "bold green"))
         grid.add_row(Text("waiting", "yellow"), Text(str(stats.num_waiting), "bold yellow"))
         preempted = Text(str(stats.num_preempted_now), "bold red")
-        total = f" Σ{stats.num_preempted_total}"
-        if width >= len("preempted") + 1 + len(preempted) + len(total):
-            preempted.append(total, "dim")  # preemptions since start, when there is room
-        grid.add_row(Text("preempted", "red"), preempted)
-        grid.add_row(Text("Σ preempted", "dim"), Text(str(stats.num_preempted_total), "dim"))
+        total = str(stats.num_preempted_total)
+        if self.content_size.height >= 4:
+            grid.add_row(Text("preempted", "red"), preempted)
+            grid.add_row(Text("Σ preempted", "dim"), Text(total, "dim"))
+        else:  # short terminal: the total since start goes on the same line, if it fits
+            if width >= len("preempted") + 1 + len(preempted) + 2 + len(total):
+                preempted.append(f" Σ{total}", "dim")
+            grid.add_row(Text("preempted", "red"), preempted)
         return grid

@@ -41,6 +41,11 @@ class RequestsTable(DataTable):
         height: 1fr;
         min-height: 4;
     }
+    RequestsTable:focus > .datatable--cursor {
+        background: $primary 40%; color: $foreground; text-style: bold;
+    }
+    RequestsTable > .datatable--cursor { background: $primary 15%; }
+    RequestsTable.-stale { text-opacity: 55%; }
     """
 
     snapshot: reactive[DashboardSnapshot | None] = reactive(None, always_update=True)
@@ -54,6 +59,7 @@ class RequestsTable(DataTable):
     def watch_snapshot(self, snapshot: DashboardSnapshot | None) -> None:
         if not self.is_mounted or snapshot is None:
             return
+        self.set_class(snapshot.connection.status == "disconnected", "-stale")
         rows = snapshot.requests
         keep: str | None = None
         if self.row_count:

@@ -35,13 +35,15 @@ class StatusBar(Widget):
 
     def render(self) -> RenderableType:
         snap = self.snapshot
-        left = Text.assemble(("localserve ", "bold"), (snap.source if snap else "", "dim"), " ")
+        left = Text.assemble(("localserve ", "bold"))
         left.append_text(connection_text(snap))
+        if snap is not None:
+            left.append(f"  {snap.source}", "dim")  # last: the first thing cut when narrow
         right = Text(no_wrap=True)
         if self.paused:
             right.append(" ⏸ paused ", "bold reverse yellow")
-        elif snap is not None and snap.stats is not None and snap.stats.server_uptime_s:
-            right.append(f"server up {fmt.duration(snap.stats.server_uptime_s)}", "dim")
+        elif snap is not None and snap.connected and snap.stats and snap.stats.server_uptime_s:
+            right.append(f" server up {fmt.duration(snap.stats.server_uptime_s)}", "dim")
         grid = Table.grid(expand=True)
         grid.add_column(no_wrap=True, overflow="ellipsis", ratio=1)
         grid.add_column(justify="right", no_wrap=True)
