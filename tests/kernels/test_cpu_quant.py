@@ -92,19 +92,19 @@ def check_matmul(qtype: Q, tokens: int, k: int, out: int, seed: int = 0) -> None
     assert err < bound, f"{qtype.name}: error {err:.3e} above bound {bound:.3e}"
 
 
-@pytest.mark.parametrize("qtype", [Q.Q8_0, Q.Q5_0])
+@pytest.mark.parametrize("qtype", [Q.Q8_0, Q.Q5_0], ids=lambda q: q.name)
 @pytest.mark.parametrize(("tokens", "k", "out"), [(1, 96, 37), (7, 640, 130), (5, 2048, 9)])
 def test_matmul_32_blocks(isa, qtype, tokens, k, out):
     check_matmul(qtype, tokens, k, out)
 
 
-@pytest.mark.parametrize("qtype", [Q.Q4_K, Q.Q6_K])
+@pytest.mark.parametrize("qtype", [Q.Q4_K, Q.Q6_K], ids=lambda q: q.name)
 @pytest.mark.parametrize(("tokens", "k", "out"), [(1, 256, 37), (6, 768, 130), (2, 2048, 11)])
 def test_matmul_k_quants(isa, qtype, tokens, k, out):
     check_matmul(qtype, tokens, k, out)
 
 
-@pytest.mark.parametrize("qtype", [Q.F32, Q.F16, Q.BF16])
+@pytest.mark.parametrize("qtype", [Q.F32, Q.F16, Q.BF16], ids=lambda q: q.name)
 @pytest.mark.parametrize(("tokens", "k", "out"), [(1, 100, 19), (5, 640, 70)])
 def test_matmul_float(isa, qtype, tokens, k, out):
     check_matmul(qtype, tokens, k, out)
@@ -147,7 +147,8 @@ def test_matmul_prepared_weight_and_errors():
         cpu.prepare_weight(raw, 2, 64)  # Q4_0 is not supported
 
 
-@pytest.mark.parametrize("qtype", [Q.Q8_0, Q.Q5_0, Q.Q4_K, Q.Q6_K, Q.F16, Q.BF16])
+@pytest.mark.parametrize("qtype", [Q.Q8_0, Q.Q5_0, Q.Q4_K, Q.Q6_K, Q.F16, Q.BF16],
+                         ids=lambda q: q.name)
 def test_embedding_rows(qtype):
     rng = np.random.default_rng(5)
     raw = random_weight(qtype, 50, 512, rng)
