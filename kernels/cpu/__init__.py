@@ -7,7 +7,7 @@ The shared library is plain C loaded with ctypes; see _loader.py for how it is f
 if __name__ != "localserve.kernels.cpu":
     raise ImportError(f"import this package as 'localserve.kernels.cpu', not {__name__!r}")
 
-from localserve.kernels.cpu._runtime import (  # noqa: E402
+from localserve.kernels.cpu._runtime import (
     available,
     best_isa,
     get_num_threads,
@@ -15,8 +15,8 @@ from localserve.kernels.cpu._runtime import (  # noqa: E402
     set_isa,
     set_num_threads,
 )
-from localserve.kernels.cpu.attention import paged_attention, write_kv  # noqa: E402
-from localserve.kernels.cpu.ops import (  # noqa: E402
+from localserve.kernels.cpu.attention import paged_attention, write_kv
+from localserve.kernels.cpu.ops import (
     GGUFWeight,
     act_and_mul,
     embedding,

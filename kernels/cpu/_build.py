@@ -28,7 +28,8 @@ def source_files(folder: str = HERE) -> list[str]:
 
 def source_hash(folder: str = HERE) -> str | None:
     """Hash of every source and header plus the flags; None if the sources are not shipped."""
-    names = sorted(f for f in os.listdir(folder) if f.startswith("ls_") and f.endswith((".c", ".h")))
+    names = sorted(f for f in os.listdir(folder)
+                   if f.startswith("ls_") and f.endswith((".c", ".h")))
     if not names:
         return None
     h = hashlib.sha256(" ".join(CFLAGS).encode())

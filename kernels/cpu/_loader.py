@@ -24,20 +24,20 @@ _lib: ctypes.CDLL | None = None
 _tried = False
 _error: str | None = None
 
-P, I, F, I64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_float, ctypes.c_int64
+P, N, F, I64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_float, ctypes.c_int64  # N: C int
 SIGNATURES: dict[str, tuple[object, list[object]]] = {
-    "ls_gguf_matmul": (I, [P, I, I, P, I, I, P]),
-    "ls_paged_attention": (I, [P, I, I, I, P, P, I, I, I, I, P, I, P, P, I, F, I, F, P]),
-    "ls_write_kv": (I, [P, P, I, P, P, I, I, I, I, I, I, P]),
-    "ls_rms_norm": (None, [P, P, P, P, P, I, I, F, F]),
-    "ls_act_and_mul": (I, [P, P, I, I, I]),
-    "ls_embedding": (I, [P, I, P, I, I, I64, F, P]),
-    "ls_dequantize_row": (I, [P, I, I, P]),
-    "ls_set_isa": (I, [I]),
-    "ls_get_isa": (I, []),
-    "ls_best_isa": (I, []),
-    "ls_set_num_threads": (None, [I]),
-    "ls_get_num_threads": (I, []),
+    "ls_gguf_matmul": (N, [P, N, N, P, N, N, P]),
+    "ls_paged_attention": (N, [P, N, N, N, P, P, N, N, N, N, P, N, P, P, N, F, N, F, P]),
+    "ls_write_kv": (N, [P, P, N, P, P, N, N, N, N, N, N, P]),
+    "ls_rms_norm": (None, [P, P, P, P, P, N, N, F, F]),
+    "ls_act_and_mul": (N, [P, P, N, N, N]),
+    "ls_embedding": (N, [P, N, P, N, N, I64, F, P]),
+    "ls_dequantize_row": (N, [P, N, N, P]),
+    "ls_set_isa": (N, [N]),
+    "ls_get_isa": (N, []),
+    "ls_best_isa": (N, []),
+    "ls_set_num_threads": (None, [N]),
+    "ls_get_num_threads": (N, []),
     "ls_build_id": (ctypes.c_char_p, []),
 }
 

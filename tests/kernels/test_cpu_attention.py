@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from localserve.kernels import cpu, reference
 
 pytestmark = pytest.mark.cpu
@@ -32,7 +31,7 @@ def make_batch(cached: list[int], new: list[int], num_heads: int, num_kv_heads: 
                head_dim: int, dtype: torch.dtype, block_size: int = 16, seed: int = 0):
     """Caches holding every sequence's first `cached` tokens, plus the `new` tokens' q/k/v."""
     g = torch.Generator().manual_seed(seed)
-    lens = [c + n for c, n in zip(cached, new)]
+    lens = [c + n for c, n in zip(cached, new, strict=True)]
     max_blocks = max((n + block_size - 1) // block_size for n in lens) + 1
     num_blocks = len(lens) * max_blocks + 3
     perm = torch.randperm(num_blocks, generator=g).to(torch.int32)  # scattered blocks
@@ -45,7 +44,7 @@ def make_batch(cached: list[int], new: list[int], num_heads: int, num_kv_heads: 
     k = torch.randn(num_tokens, num_kv_heads, head_dim, generator=g)
     v = torch.randn(num_tokens, num_kv_heads, head_dim, generator=g)
     slots = []
-    for s, (c, n) in enumerate(zip(cached, new)):
+    for s, (c, n) in enumerate(zip(cached, new, strict=True)):
         for p in range(c, c + n):
             slots.append(int(block_tables[s, p // block_size]) * block_size + p % block_size)
     qsl = torch.tensor([0, *torch.tensor(new).cumsum(0).tolist()], dtype=torch.int32)

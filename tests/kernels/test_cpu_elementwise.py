@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from localserve.kernels import cpu, reference
 
 pytestmark = pytest.mark.cpu
