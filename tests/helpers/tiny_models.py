@@ -252,13 +252,14 @@ TINY_CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content']
 
 
 def build_tiny_tokenizer(vocab_size: int = 320) -> Any:
-    """A byte-level BPE (GPT-2 style) with <pad>, <s>, </s> as ids 0, 1, 2."""
+    """A byte-level BPE (GPT-2 style) with <pad>, <s>, </s>, <|endoftext|> as ids 0-3."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<s>", "</s>"],
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<s>", "</s>",
+                                                                  "<|endoftext|>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
     tok.train_from_iterator(_CORPUS, trainer)

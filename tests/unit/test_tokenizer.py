@@ -1,0 +1,124 @@
+"""load_tokenizer from HF folders and GGUF files: ids, chat templates, stop tokens, errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from localserve.tokenizer import GEMMA_CHAT_TEMPLATE, load_tokenizer
+from tests.helpers.tiny_models import (
+    TINY_CHAT_TEMPLATE,
+    build_tiny_hf_model,
+    build_tiny_tokenizer,
+    save_tiny_tokenizer,
+    write_gguf,
+)
+
+TEXTS = ["Hello, world!", "Ünïcödé tèxt — naïve café, 東京 😀🎉", "def f(x):\n    return x\n",
+         "", " leading space", "<s>starts with BOS", "in-text </s> special"]
+CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"},
+        {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Bye"}]
+
+
+@pytest.fixture(scope="module")
+def tiny_sources(tmp_path_factory):
+    """(HF folder, GGUF file) holding the same tiny byte-level BPE tokenizer."""
+    root = tmp_path_factory.mktemp("tok")
+    tok = build_tiny_tokenizer()
+    folder = save_tiny_tokenizer(tok, root / "hf")
+    gguf_path = root / "tiny.gguf"
+    write_gguf(build_tiny_hf_model("llama"), gguf_path, "f32", tokenizer=tok)
+    return folder, gguf_path
+
+
+def test_hf_folder_matches_transformers(tiny_sources):
+    from transformers import AutoTokenizer
+
+    folder, _ = tiny_sources
+    ours, ref = load_tokenizer(folder), AutoTokenizer.from_pretrained(str(folder))
+    for text in TEXTS[:-2]:
+        assert ours.encode(text) == ref.encode(text), text
+        assert ours.encode(text, add_special_tokens=False) == ref.encode(
+            text, add_special_tokens=False), text
+        ids = ref.encode(text)
+        assert ours.decode(ids) == ref.decode(ids, skip_special_tokens=True)
+        assert ours.decode(ids, skip_special_tokens=False) == ref.decode(ids)
+    assert ours.bos_token_id == 1 and ours.eos_token_ids == frozenset({2})
+    assert ours.convert_ids_to_tokens([1, 2]) == ["<s>", "</s>"]
+    assert ours.apply_chat_template(CHAT) == ref.apply_chat_template(
+        CHAT, tokenize=False, add_generation_prompt=True)
+
+
+def test_gguf_tokenizer_matches_hf_folder(tiny_sources):
+    folder, gguf_path = tiny_sources
+    hf, gguf = load_tokenizer(folder), load_tokenizer(gguf_path)
+    for text in TEXTS:
+        assert gguf.encode(text) == hf.encode(text), text
+        assert gguf.decode(hf.encode(text)) == hf.decode(hf.encode(text))
+    assert gguf.eos_token_ids == hf.eos_token_ids and gguf.bos_token_id == hf.bos_token_id
+    assert gguf.vocab_size == hf.vocab_size
+    assert gguf.chat_template == TINY_CHAT_TEMPLATE
+    assert gguf.apply_chat_template(CHAT, add_generation_prompt=False) == (
+        "<|system|>Be brief.</s><|user|>Hi there</s><|assistant|>Hello.</s><|user|>Bye</s>")
+
+
+def test_bos_added_once(tiny_sources):
+    tok = load_tokenizer(tiny_sources[0])
+    assert tok.encode("hi")[0] == 1 and tok.encode("hi", add_special_tokens=False)[0] != 1
+    ids = tok.encode("<s>hi")
+    assert ids[0] == 1 and ids[1] != 1
+    assert ids == tok.encode("<s>hi", add_special_tokens=False)
+
+
+def test_no_chat_template_is_a_clear_error(tmp_path):
+    tok = load_tokenizer(save_tiny_tokenizer(build_tiny_tokenizer(), tmp_path, None))
+    with pytest.raises(ValueError, match="no chat template"):
+        tok.apply_chat_template([{"role": "user", "content": "hi"}])
+
+
+def test_missing_source_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_tokenizer(tmp_path / "nope.gguf")
+    with pytest.raises(FileNotFoundError, match="tokenizer"):
+        load_tokenizer(tmp_path)
+
+
+def test_loading_is_memoized(tiny_sources):
+    assert load_tokenizer(tiny_sources[1]) is load_tokenizer(tiny_sources[1])
+
+
+# -- the default model (Gemma 3 270M GGUF: no chat template inside) ---------------------------
+@pytest.fixture(scope="module")
+def gemma():
+    return load_tokenizer(None)
+
+
+def test_default_model_ids(gemma):
+    # Reference ids from transformers' AutoTokenizer.from_pretrained(..., gguf_file=...).
+    assert gemma.encode("Hello world 😀 é") == [2, 9259, 1902, 163543, 1559]
+    assert gemma.encode("<start_of_turn>user\nhi<end_of_turn>", add_special_tokens=False) == [
+        105, 2364, 107, 2202, 106]
+    assert gemma.bos_token_id == 2
+    assert gemma.eos_token_ids == frozenset({1, 106})  # <eos> and <end_of_turn>
+    assert gemma.decode(gemma.encode("Hello world 😀 é")) == "Hello world 😀 é"
+    assert gemma.byte_fallback and gemma.is_byte_token(gemma.backend.token_to_id("<0xF0>"))
+
+
+def test_default_model_gemma_turn_format(gemma):
+    assert gemma.chat_template is None
+    text = gemma.apply_chat_template(CHAT)
+    assert text == ("<bos><start_of_turn>user\nBe brief.\n\nHi there<end_of_turn>\n"
+                    "<start_of_turn>model\nHello.<end_of_turn>\n"
+                    "<start_of_turn>user\nBye<end_of_turn>\n<start_of_turn>model\n")
+    assert gemma.encode(text) == gemma.encode(text, add_special_tokens=False)
+    assert gemma.encode(text).count(2) == 1
+    with pytest.raises(ValueError, match="alternate"):
+        gemma.apply_chat_template([{"role": "user", "content": "a"},
+                                   {"role": "user", "content": "b"}])
+
+
+def test_gemma_template_matches_hf_renderer_on_list_content(gemma):
+    from localserve.tokenizer import render_chat_template
+
+    messages = [{"role": "user", "content": [{"type": "text", "text": " hi "}]}]
+    assert render_chat_template(GEMMA_CHAT_TEMPLATE, messages, False, {"bos_token": "<bos>"}) \
+        == "<bos><start_of_turn>user\nhi<end_of_turn>\n"
