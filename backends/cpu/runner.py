@@ -1,0 +1,53 @@
+"""The CPU runner: TorchModelRunner with the C kernels installed after loading."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from localserve.backends.cpu.methods import CAttentionOps, c_layer_ops, install_c_methods
+from localserve.config import EngineConfig
+from localserve.layers.ops import install_layer_ops
+from localserve.platform.probe import DeviceInfo
+from localserve.runner.context import ReferenceAttentionOps
+from localserve.runner.torch_runner import TorchModelRunner
+
+log = logging.getLogger(__name__)
+
+
+def c_kernels_available() -> bool:
+    try:
+        from localserve.kernels.cpu import available
+    except Exception as e:  # a broken build must not take the server down
+        log.warning("C kernels unavailable (%s): running the torch reference path", e)
+        return False
+    if not available():
+        log.warning("C kernels were not built (no C compiler?): running the torch reference "
+                    "path, which is several times slower")
+        return False
+    return True
+
+
+class CpuModelRunner(TorchModelRunner):
+    def __init__(self, config: EngineConfig, device: DeviceInfo):
+        self.use_c = c_kernels_available()
+        ops = CAttentionOps() if self.use_c else ReferenceAttentionOps()
+        super().__init__(config, torch.device("cpu"), ops, keep_quantized=self.use_c)
+        threads = config.num_threads or device.physical_cores
+        torch.set_num_threads(threads)
+        if self.use_c:
+            from localserve.kernels.cpu import isa, set_num_threads
+
+            set_num_threads(threads)
+            log.info("C kernels: %s, %d threads", isa(), threads)
+
+    def model_dtype(self) -> torch.dtype:
+        return torch.float32
+
+    def load_model(self) -> None:
+        super().load_model()
+        if self.use_c:
+            n = install_c_methods(self.model)
+            install_layer_ops(self.model, c_layer_ops())
+            log.info("%d layers read raw GGUF blocks through the C kernels", n)
