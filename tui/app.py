@@ -11,6 +11,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import ClassVar
 
+from textual.app import App, ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal
+from textual.reactive import reactive
+from textual.timer import Timer
+from textual.widgets import Footer
+
 from localserve.tui.client import DashboardClient, HardwareReader, HttpSource, StatsSource
 from localserve.tui.messages import ServerExited, ServerLogLine, SnapshotReady
 from localserve.tui.recording import RecordingSource, ReplaySource
@@ -26,12 +33,6 @@ from localserve.tui.widgets.requests_table import RequestsTable
 from localserve.tui.widgets.server_log import ServerLog
 from localserve.tui.widgets.status_bar import StatusBar
 from localserve.tui.widgets.throughput import ThroughputPanel
-from textual.app import App, ComposeResult
-from textual.binding import Binding, BindingType
-from textual.containers import Horizontal
-from textual.reactive import reactive
-from textual.timer import Timer
-from textual.widgets import Footer
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 Breakpoints = list[tuple[int, str]]
@@ -106,7 +107,12 @@ class DashboardApp(App[int]):
         self.run_worker(self._poll(), group="poll", exclusive=True, exit_on_error=False)
 
     async def _poll(self) -> None:
-        self.post_message(SnapshotReady(await self.client.poll()))
+        try:
+            snapshot = await self.client.poll()
+        except Exception as e:  # a bug in one poll must not stop the dashboard
+            self.log.error(f"poll failed: {e!r}")
+            snapshot = self.client.snapshot
+        self.post_message(SnapshotReady(snapshot))
 
     def on_snapshot_ready(self, message: SnapshotReady) -> None:
         self.snapshot = message.snapshot

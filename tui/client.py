@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import httpx
+
 from localserve.tui.derive import DeriveConfig, disconnected, fold
 from localserve.tui.parse import parse_sample
 from localserve.tui.snapshot import ConnectionState, DashboardSnapshot, HardwareSample
@@ -161,7 +162,7 @@ class DashboardClient:
 
     async def poll(self) -> DashboardSnapshot:
         """Fetch once and return the next snapshot. Never raises for server trouble."""
-        hw = self.hardware.sample() if self.hardware is not None else None
+        hw = self._read_hardware()
         try:
             raw = await self.source.fetch()
         except ReplayFinished as e:
@@ -179,6 +180,14 @@ class DashboardClient:
             else:
                 self.snapshot = fold(self.snapshot, sample, hw, self.config)
         return self.snapshot
+
+    def _read_hardware(self) -> HardwareSample | None:
+        if self.hardware is None:
+            return None
+        try:
+            return self.hardware.sample()
+        except Exception:  # e.g. psutil denied in a container: show the last reading
+            return None
 
     def _fail(self, message: str, hw: HardwareSample | None) -> None:
         snap = disconnected(self.snapshot, message, self.backoff_base_s, self.backoff_max_s)

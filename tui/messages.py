@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from localserve.tui.snapshot import DashboardSnapshot
 from textual.message import Message
+
+from localserve.tui.snapshot import DashboardSnapshot
 
 
 class SnapshotReady(Message):

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
+from rich.console import Console
+from textual.app import App
+
 from localserve.tui.client import DashboardClient, HttpSource
 from localserve.tui.hardware import FixedHardware
 from localserve.tui.recording import RawSample, load_recording
 from localserve.tui.snapshot import HardwareSample
-from rich.console import Console
-from textual.app import App
 
 DATA = Path(__file__).parent / "data"
 GIB = 2**30
@@ -106,10 +106,3 @@ def screen_text(app: App) -> str:
 @pytest.fixture
 def read_screen() -> Callable[[App], str]:
     return screen_text
-
-
-def stats_json(**overrides) -> dict:
-    """A minimal stats answer, for tests that build their own."""
-    base = json.loads((DATA / "normal.jsonl").open().readline())["stats"]
-    base.update(overrides)
-    return base

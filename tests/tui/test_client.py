@@ -7,6 +7,7 @@ import types
 
 import httpx
 import pytest
+
 from localserve.tui.client import DashboardClient, HttpSource, RawSample
 from localserve.tui.hardware import LocalHardware
 from localserve.tui.recording import RecordingSource, ReplaySource, load_recording

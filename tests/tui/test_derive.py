@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+
 from localserve.tui.derive import (
     DeriveConfig,
     backoff_delay,

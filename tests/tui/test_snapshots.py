@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import httpx
+
 from localserve.tui.app import DashboardApp
 from localserve.tui.client import DashboardClient, HttpSource
 from localserve.tui.hardware import FixedHardware

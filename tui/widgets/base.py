@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from localserve.tui.snapshot import DashboardSnapshot
 from rich.console import RenderableType
 from textual.reactive import reactive
 from textual.widget import Widget
+
+from localserve.tui.snapshot import DashboardSnapshot
 
 
 class SnapshotPanel(Widget):

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from localserve.tui import format as fmt
-from localserve.tui.snapshot import DashboardSnapshot, LatencyView
-from localserve.tui.widgets.base import SnapshotPanel
 from rich.console import RenderableType
 from rich.table import Table
 from rich.text import Text
+
+from localserve.tui import format as fmt
+from localserve.tui.snapshot import DashboardSnapshot, LatencyView
+from localserve.tui.widgets.base import SnapshotPanel
 
 LABELS = ("TTFT", "ITL", "E2E")
 

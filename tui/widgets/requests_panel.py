@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from localserve.tui.snapshot import DashboardSnapshot
-from localserve.tui.widgets.base import SnapshotPanel
 from rich.console import RenderableType
 from rich.table import Table
 from rich.text import Text
+
+from localserve.tui.snapshot import DashboardSnapshot
+from localserve.tui.widgets.base import SnapshotPanel
 
 
 class RequestsPanel(SnapshotPanel):

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from localserve.tui import format as fmt
-from localserve.tui.snapshot import DashboardSnapshot, RequestRow
 from rich.text import Text
 from textual.reactive import reactive
 from textual.widgets import DataTable
+
+from localserve.tui import format as fmt
+from localserve.tui.snapshot import DashboardSnapshot, RequestRow
 
 COLUMNS = ("id", "state", "prompt", "gen", "tok/s", "age", "prio")
 STATE_STYLES = {"running": "green", "waiting": "yellow", "preempted": "red"}

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from localserve.tui import format as fmt
-from localserve.tui.snapshot import DashboardSnapshot
 from rich.console import RenderableType
 from rich.table import Table
 from rich.text import Text
 from textual.reactive import reactive
 from textual.widget import Widget
+
+from localserve.tui import format as fmt
+from localserve.tui.snapshot import DashboardSnapshot
 
 
 def connection_text(snapshot: DashboardSnapshot | None) -> Text:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from rich.console import Group, RenderableType
+from rich.text import Text
+
 from localserve.tui import format as fmt
 from localserve.tui.snapshot import DashboardSnapshot
 from localserve.tui.widgets.base import SnapshotPanel
-from rich.console import Group, RenderableType
-from rich.text import Text
 
 LABEL_WIDTH = 7
 VALUE_WIDTH = 8
