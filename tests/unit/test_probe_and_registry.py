@@ -1,0 +1,47 @@
+"""The hardware probe and backend selection (reasons for each backend passed over)."""
+
+from __future__ import annotations
+
+import pytest
+
+from localserve.backends import get_backend, select
+from localserve.config import engine_config
+from localserve.platform.probe import probe
+
+
+def test_probe_reads_this_machine():
+    d = probe()
+    assert d.logical_cores >= 1 and d.physical_cores >= 1
+    assert d.ram_total > d.ram_available > 0
+    assert d.cpu_model
+    with open("/proc/cpuinfo") as f:
+        if " avx2" in f.read():
+            assert "avx2" in d.simd
+    assert "RAM" in d.describe()
+
+
+def test_auto_selects_a_cpu_backend_here_and_explains_the_rest():
+    selection = select(engine_config(), probe())
+    assert selection.backend.name in ("cpu", "reference")
+    text = selection.explain()
+    assert f"backend: {selection.backend.name}" in text
+    assert "cuda" in selection.rejected  # no GPU on CI: said why
+
+
+def test_forced_backend_and_unknown_backend():
+    assert select(engine_config(backend="reference"), probe()).backend.name == "reference"
+    with pytest.raises(ValueError, match="unknown backend 'tpu'"):
+        get_backend("tpu")
+    with pytest.raises(ValueError, match="cannot run here"):
+        select(engine_config(backend="mlx"), probe())
+
+
+def test_engine_config_flat_names():
+    c = engine_config(max_num_seqs=3, num_kv_blocks=7, scheduling_policy="priority",
+                      max_model_len=99, backend="cpu")
+    assert (c.scheduler.max_num_seqs, c.cache.num_blocks, c.scheduler.policy,
+            c.model.max_model_len, c.backend) == (3, 7, "priority", 99, "cpu")
+    with pytest.raises(TypeError, match="unknown engine option 'bogus'"):
+        engine_config(bogus=1)
+    with pytest.raises(ValueError, match="block_size"):
+        engine_config(block_size=3)
