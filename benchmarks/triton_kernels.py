@@ -97,6 +97,7 @@ class Bench:
 
     def __init__(self, smoke: bool, dtype) -> None:
         import torch
+
         from localserve.kernels import reference
         from localserve.kernels import triton as kernels
         from localserve.kernels.triton import testing
@@ -217,7 +218,7 @@ class Bench:
             spec = attn_mod.choose_launch(
                 num_seqs=len(case.seq_lens), num_kv_heads=case.kvh, group=case.nh // case.kvh,
                 head_dim=case.hd, num_sms=self.testing_num_sms(), num_kv_splits=num_kv_splits,
-                **bounds)
+                elem_bytes=self.elem, **bounds)
             row = Row("paged_attention", f"{case.label} {variant}".strip())
             self.check(row, run(), case.ref, self.testing.ATTENTION_TOL[self.dtype])
             row.ms = self.time_ms(run)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
 from localserve.kernels.triton._common import (
     FLOAT_DTYPES,
     INDEX_DTYPES,
@@ -51,18 +52,24 @@ class AttentionLaunchSpec:
 
 def choose_launch(*, num_seqs: int, num_kv_heads: int, group: int, head_dim: int,
                   max_query_len: int, max_seq_len: int, num_sms: int,
-                  num_kv_splits: int | None = None) -> AttentionLaunchSpec:
-    """Tile sizes for head_dim/GQA group; split-KV when too few programs would fill the GPU."""
+                  num_kv_splits: int | None = None, elem_bytes: int = 2) -> AttentionLaunchSpec:
+    """Tile sizes for head_dim/GQA group; split-KV when too few programs would fill the GPU.
+
+    elem_bytes: 2 for fp16/bf16, 4 for fp32 (exact FMA dots, no tensor cores: they hold a
+    whole [rows, keys] product per thread, so smaller tiles, or the kernel spills on sm_90).
+    """
     group_pad = next_pow2(group)
     head_dim_pad = next_pow2(head_dim)
     decode_like = max_query_len <= MAX_DECODE_QUERY_LEN
     max_rows = 64 if (decode_like or head_dim_pad > 128) else 128
+    if elem_bytes > 2:
+        max_rows = 32 if head_dim_pad <= 128 else 16
     # tl.dot needs at least 16 rows; a group wider than max_rows still gets one token per program.
     block_m = max(16, group_pad, min(max_rows, group_pad * next_pow2(max_query_len)))
     block_q = block_m // group_pad
-    block_n = 64 if head_dim_pad <= 128 else 32
+    block_n = (64 if head_dim_pad <= 128 else 32) if elem_bytes <= 2 else 16
     num_warps = 8 if block_m >= 128 else 4
-    num_stages = 2 if (head_dim_pad > 128 or block_m >= 128) else 3
+    num_stages = 2 if (head_dim_pad > 128 or block_m >= 128 or elem_bytes > 2) else 3
 
     if num_kv_splits is not None:
         num_splits = num_kv_splits
@@ -159,7 +166,7 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     spec = choose_launch(num_seqs=num_seqs, num_kv_heads=num_kv_heads, group=group,
                          head_dim=head_dim, max_query_len=max_query_len,
                          max_seq_len=max(1, max_seq_len), num_sms=num_sms(q.device),
-                         num_kv_splits=num_kv_splits)
+                         num_kv_splits=num_kv_splits, elem_bytes=q.element_size())
     split_kv = spec.num_splits > 1
     # Scores are computed in log2 units (exp2 is the native instruction).
     qk_scale = float(scale) / float(soft_cap) if soft_cap is not None else float(scale) * LOG2E
@@ -186,7 +193,8 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         BLOCK_N=spec.block_n, HEAD_DIM=head_dim, HEAD_DIM_PAD=next_pow2(head_dim),
         PAGE_SIZE=k_cache.shape[1], SPLIT_KV=split_kv,
         USE_WINDOW=sliding_window is not None, USE_SOFT_CAP=soft_cap is not None,
-        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        # fp32 inputs: exact products (no TF32); fp16/bf16: the target's default.
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else None,
         num_warps=spec.num_warps, num_stages=spec.num_stages,
     )
     if split_kv:

@@ -78,7 +78,9 @@ def paged_attention_kernel(
     USE_SOFT_CAP: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    q_block = tl.program_id(0)
+    # Last query blocks first: under the causal mask they see the most keys, so the longest
+    # programs start in the first wave and the short ones fill the tail.
+    q_block = tl.num_programs(0) - 1 - tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
 

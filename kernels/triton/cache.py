@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
 from localserve.kernels.triton._common import (
     FLOAT_DTYPES,
     INDEX_DTYPES,

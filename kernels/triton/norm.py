@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
 from localserve.kernels.triton._common import (
     FLOAT_DTYPES,
     check_last_dim_contiguous,

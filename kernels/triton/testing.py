@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 
 import torch
+
 from localserve.kernels.triton._common import interpreting
 
 # Bounds on max|out - ref| / max|ref| per output dtype: fp32 is the interpreter's exact path;
