@@ -26,6 +26,7 @@ from functools import partial
 
 import numpy as np
 import torch
+
 from localserve.kernels import cpu
 
 # ggml type -> (name, elements per block, bytes per block, byte offsets of fp16 scales)
@@ -95,7 +96,11 @@ def time_shape(raw: np.ndarray, qtype: int, k: int, n: int,
     for tokens in args.tokens:
         x = torch.randn(tokens, k)
         out = torch.empty(tokens, n)
+        # torch's idle OpenMP workers spin and would steal the cores our pool runs on: a
+        # runner that uses these kernels should likewise keep torch at one thread.
+        torch.set_num_threads(1)
         t_c = median_time(partial(cpu.gguf_matmul, x, w, out=out), args.repeat)
+        torch.set_num_threads(cpu.get_num_threads())
         t_t = t_n = float("nan")
         if dense is not None:
             t_t = median_time(partial(torch.nn.functional.linear, x, dense), args.repeat)
@@ -134,9 +139,12 @@ def main() -> None:
         shapes = model_shapes(path)
         source = os.path.basename(path)
     bw = read_bandwidth(threads)
-    torch.set_num_threads(threads)
+    tiny = cpu.prepare_weight(random_raw(8, 32, 1, rng), 8, 1)
+    torch.set_num_threads(1)
+    overhead = median_time(partial(cpu.gguf_matmul, torch.randn(1, 32), tiny), 200)
     print(f"source: {source}; isa: {cpu.isa()}; threads: {threads}; "
-          f"measured read bandwidth: {bw / 1e9:.1f} GB/s")
+          f"measured read bandwidth: {bw / 1e9:.1f} GB/s; "
+          f"call overhead (1x32 @ 32x1): {overhead * 1e6:.1f} us")
     hdr = (f"{'type':5} {'in':>5} {'out':>6} {'T':>4} {'MB':>7} {'C us':>9} {'GFLOP/s':>8} "
            f"{'GB/s':>6} {'%bw':>5} {'torch us':>9} {'numpy us':>9} {'x torch':>7}")
     print(hdr)

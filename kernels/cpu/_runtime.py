@@ -6,6 +6,7 @@ import ctypes
 import os
 
 import torch
+
 from localserve.kernels.cpu import _loader
 
 ISA_NAMES = ("scalar", "avx2", "avx512", "neon")

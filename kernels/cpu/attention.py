@@ -5,6 +5,7 @@ kernels/reference.py. q is computed in fp32; KV caches may be fp32, fp16 or bf16
 from __future__ import annotations
 
 import torch
+
 from localserve.kernels.cpu._runtime import DTYPE_CODES, check, lib
 
 

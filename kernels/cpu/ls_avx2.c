@@ -96,7 +96,7 @@ INL void q4_K_nt(int K, const blk_q4_K *b, const uint8_t *act, const ls_act_layo
     const __m256i m4 = _mm256_set1_epi8(0xF);
     for (int i = 0; i < K / LS_QK_K; i++) {
         uint8_t sc[8], mn[8];
-        for (int j = 0; j < 8; j++) ls_q4k_scale_min(j, b[i].scales, &sc[j], &mn[j]);
+        ls_q4k_unpack(b[i].scales, sc, mn);
         __m256i lo[4], hi[4];
         for (int j = 0; j < 4; j++) {
             __m256i q = _mm256_loadu_si256((const __m256i *)(b[i].qs + 32 * j));

@@ -15,49 +15,54 @@ INL __m512i join256(__m256i lo, __m256i hi) {
     return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
 }
 
-/* Broadcast a to the low 8 lanes and b to the high 8. */
-INL __m512 pair_ps(float a, float b) {
-    return _mm512_mask_blend_ps((__mmask16)0xFF00, _mm512_set1_ps(a), _mm512_set1_ps(b));
+/* fp16 scales of blocks i (lanes 0-7) and i+1 (lanes 8-15) as fp32. */
+INL __m512 pair_scales(uint16_t d0, uint16_t d1) {
+    __m256i h = _mm256_mask_set1_epi16(_mm256_set1_epi16((short)d0), (__mmask16)0xFF00,
+                                       (short)d1);
+    return _mm512_cvtph_ps(h);
 }
 
+/* Q8_0 pairs: w + 128 (xor 0x80) is unsigned, so vpdpbusd takes it directly; the extra
+ * 128 * sum(x) is cancelled by starting the accumulator at -128 * sum(qs), a per-pair
+ * vector prepared with the activations. Scales are one fp16 broadcast pair + one multiply. */
 INL void q8_0_nt(int K, const blk_q8_0 *b, const uint8_t *act, const ls_act_layout *lay,
                  const int NT, float *out, size_t os) {
     __m512 acc[LS_NT];
     const int8_t *xq[LS_NT];
     const float *xd[LS_NT];
+    const uint8_t *pp[LS_NT];
     for (int t = 0; t < NT; t++) {
         acc[t] = _mm512_setzero_ps();
         xq[t] = ls_act_qs(act + t * lay->stride);
         xd[t] = ls_act_d(act + t * lay->stride, lay);
+        pp[t] = act + t * lay->stride + lay->off_p;
     }
+    const __m512i bias = _mm512_set1_epi8((char)0x80);
     const int nb = K / LS_QK;
     int i = 0;
     for (; i + 2 <= nb; i += 2) {
         __m512i w = join256(_mm256_loadu_si256((const __m256i *)b[i].qs),
                             _mm256_loadu_si256((const __m256i *)b[i + 1].qs));
-        __m512i aw = _mm512_abs_epi8(w);
-        __mmask64 neg = _mm512_movepi8_mask(w);
-        float d0 = fp16(b[i].d), d1 = fp16(b[i + 1].d);
+        w = _mm512_xor_si512(w, bias);
+        __m512 dw = pair_scales(b[i].d, b[i + 1].d);
         for (int t = 0; t < NT; t++) {
+            const uint8_t *p = pp[t] + (size_t)i * 64;
+            __m512i init = _mm512_slli_epi32(_mm512_load_si512((const void *)p), 7);
             __m512i x = _mm512_loadu_si512((const void *)(xq[t] + 32 * i));
-            x = _mm512_mask_sub_epi8(x, neg, _mm512_setzero_si512(), x);  /* sign(x, w) */
-            __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), aw, x);
-            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p),
-                                     pair_ps(d0 * xd[t][i], d1 * xd[t][i + 1]), acc[t]);
+            __m512i d = _mm512_dpbusd_epi32(init, w, x);
+            __m512 sc = _mm512_mul_ps(dw, _mm512_load_ps((const float *)(p + 64)));
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), sc, acc[t]);
         }
     }
     for (int t = 0; t < NT; t++) {
         float s = _mm512_reduce_add_ps(acc[t]);
-        if (i < nb) {  /* odd block count: one ymm block */
+        if (i < nb) {  /* odd block count: one ymm block, sign trick */
             __m256i w = _mm256_loadu_si256((const __m256i *)b[i].qs);
             __m256i x = _mm256_loadu_si256((const __m256i *)(xq[t] + 32 * i));
             __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_abs_epi8(w),
                                             _mm256_sign_epi8(x, w));
-            __m256 f = _mm256_cvtepi32_ps(p);
-            __m128 h = _mm_add_ps(_mm256_castps256_ps128(f), _mm256_extractf128_ps(f, 1));
-            h = _mm_hadd_ps(h, h);
-            h = _mm_hadd_ps(h, h);
-            s += fp16(b[i].d) * xd[t][i] * _mm_cvtss_f32(h);
+            __m512 f = _mm512_cvtepi32_ps(_mm512_castsi256_si512(p));
+            s += fp16(b[i].d) * xd[t][i] * _mm512_mask_reduce_add_ps(0xFF, f);
         }
         out[t * os] = s;
     }
@@ -73,30 +78,33 @@ INL __m256i q5_codes(const blk_q5_0 *b) {
     return _mm256_mask_add_epi8(nib, (__mmask32)qh, nib, _mm256_set1_epi8(0x10));
 }
 
+/* Q5_0 pairs: codes in [0, 31] are unsigned; the -16 offset is folded into the accumulator
+ * start (-16 * sum(qs)) like Q8_0's bias. */
 INL void q5_0_nt(int K, const blk_q5_0 *b, const uint8_t *act, const ls_act_layout *lay,
                  const int NT, float *out, size_t os) {
     __m512 acc[LS_NT];
-    float corr[LS_NT];
     const int8_t *xq[LS_NT];
     const float *xd[LS_NT], *xs[LS_NT];
+    const uint8_t *pp[LS_NT];
     for (int t = 0; t < NT; t++) {
         acc[t] = _mm512_setzero_ps();
-        corr[t] = 0.0f;
         xq[t] = ls_act_qs(act + t * lay->stride);
         xd[t] = ls_act_d(act + t * lay->stride, lay);
         xs[t] = ls_act_s(act + t * lay->stride, lay);
+        pp[t] = act + t * lay->stride + lay->off_p;
     }
     const int nb = K / LS_QK;
     int i = 0;
     for (; i + 2 <= nb; i += 2) {
         __m512i w = join256(q5_codes(&b[i]), q5_codes(&b[i + 1]));
-        float d0 = fp16(b[i].d), d1 = fp16(b[i + 1].d);
+        __m512 dw = pair_scales(b[i].d, b[i + 1].d);
         for (int t = 0; t < NT; t++) {
+            const uint8_t *p = pp[t] + (size_t)i * 64;
+            __m512i init = _mm512_slli_epi32(_mm512_load_si512((const void *)p), 4);
             __m512i x = _mm512_loadu_si512((const void *)(xq[t] + 32 * i));
-            __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, x);
-            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p),
-                                     pair_ps(d0 * xd[t][i], d1 * xd[t][i + 1]), acc[t]);
-            corr[t] += d0 * xs[t][i] + d1 * xs[t][i + 1];
+            __m512i d = _mm512_dpbusd_epi32(init, w, x);
+            __m512 sc = _mm512_mul_ps(dw, _mm512_load_ps((const float *)(p + 64)));
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), sc, acc[t]);
         }
     }
     for (int t = 0; t < NT; t++) {
@@ -106,10 +114,9 @@ INL void q5_0_nt(int K, const blk_q5_0 *b, const uint8_t *act, const ls_act_layo
             __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), q5_codes(&b[i]), x);
             __m512 f = _mm512_cvtepi32_ps(_mm512_castsi256_si512(p));
             float d = fp16(b[i].d);
-            s += d * xd[t][i] * _mm512_mask_reduce_add_ps(0xFF, f);
-            corr[t] += d * xs[t][i];
+            s += d * (xd[t][i] * _mm512_mask_reduce_add_ps(0xFF, f) - 16.0f * xs[t][i]);
         }
-        out[t * os] = s - 16.0f * corr[t];
+        out[t * os] = s;
     }
 }
 
@@ -124,14 +131,18 @@ INL void q4_K_nt(int K, const blk_q4_K *b, const uint8_t *act, const ls_act_layo
     const __m256i m4 = _mm256_set1_epi8(0xF);
     for (int i = 0; i < K / LS_QK_K; i++) {
         uint8_t sc[8], mn[8];
-        for (int j = 0; j < 8; j++) ls_q4k_scale_min(j, b[i].scales, &sc[j], &mn[j]);
+        ls_q4k_unpack(b[i].scales, sc, mn);
         __m512i q[4], s16[4];
+        const __m512i sc16 = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)sc)));
+        const __m128i mn16 = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)mn));
         for (int j = 0; j < 4; j++) {  /* chunk j = sub-blocks 2j (low nibbles), 2j+1 (high) */
             __m256i v = _mm256_loadu_si256((const __m256i *)(b[i].qs + 32 * j));
             q[j] = join256(_mm256_and_si256(v, m4),
                            _mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
-            s16[j] = _mm512_mask_blend_epi16((__mmask32)0xFFFF0000u, _mm512_set1_epi16(sc[2 * j]),
-                                             _mm512_set1_epi16(sc[2 * j + 1]));
+            /* int16 lanes 0-15 <- sc[2j], 16-31 <- sc[2j+1] */
+            s16[j] = _mm512_permutexvar_epi16(
+                _mm512_mask_blend_epi16((__mmask32)0xFFFF0000u, _mm512_set1_epi16((short)(2 * j)),
+                                        _mm512_set1_epi16((short)(2 * j + 1))), sc16);
         }
         float d = fp16(b[i].d), dmin = fp16(b[i].dmin);
         for (int t = 0; t < NT; t++) {
@@ -143,8 +154,13 @@ INL void q4_K_nt(int K, const blk_q4_K *b, const uint8_t *act, const ls_act_layo
                 __m512i p = _mm512_maddubs_epi16(q[j], _mm512_loadu_si512((const void *)(x + 64 * j)));
                 sumi = _mm512_dpwssd_epi32(sumi, p, s16[j]);
             }
-            int32_t summ = 0;
-            for (int j = 0; j < 8; j++) summ += mn[j] * (bs[2 * j] + bs[2 * j + 1]);
+            /* sum_j m_j * (x sum over sub-block j): pairwise-added bsums times the mins */
+            __m128i pairs = _mm_hadd_epi16(_mm_loadu_si128((const __m128i *)bs),
+                                           _mm_loadu_si128((const __m128i *)(bs + 8)));
+            __m128i mm = _mm_madd_epi16(pairs, mn16);
+            mm = _mm_add_epi32(mm, _mm_shuffle_epi32(mm, 0x4E));
+            mm = _mm_add_epi32(mm, _mm_shuffle_epi32(mm, 0xB1));
+            int32_t summ = _mm_cvtsi128_si32(mm);
             float dx = ls_act_d(a, lay)[i];
             acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi), _mm512_set1_ps(d * dx), acc[t]);
             corr[t] += dmin * dx * (float)summ;

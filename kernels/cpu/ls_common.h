@@ -36,7 +36,10 @@ _Static_assert(sizeof(blk_q6_K) == 210, "q6_K layout");
 _Static_assert(sizeof(blk_q8_K) == 292, "q8_K layout");
 
 /* Quantized activations of one token, planar so SIMD loads of qs are contiguous:
- *   A8 (for Q5_0/Q8_0 weights): int8 qs[K]; float d[K/32]; float s[K/32] (s = d * sum(qs))
+ *   A8 (for Q5_0/Q8_0 weights): int8 qs[K]; float d[K/32]; float s[K/32] (s = d * sum(qs));
+ *      then per pair of blocks p (the AVX-512 kernels' unit): int32 nsum[16] (lane 0 and 8:
+ *      -sum(qs) of blocks 2p and 2p+1, other lanes 0) and float dx[16] (d of block 2p in
+ *      lanes 0-7, of 2p+1 in lanes 8-15), so offsets and scales are single vector loads
  *   AK (for Q4_K/Q6_K weights): int8 qs[K]; float d[K/256]; int16 bsums[K/16]
  * Rounding is fixed (d = amax/127, q = rint(x / d) in fp32) so tests can emulate it exactly. */
 typedef enum { LS_ACT_F32 = 0, LS_ACT_A8 = 1, LS_ACT_AK = 2 } ls_act_kind;
@@ -45,6 +48,7 @@ typedef struct {
     size_t stride;  /* bytes between consecutive tokens */
     size_t off_d;   /* byte offset of d[] inside one token */
     size_t off_s;   /* byte offset of s[] (A8) or bsums[] (AK) inside one token */
+    size_t off_p;   /* A8 only: byte offset of the per-pair vectors (128 bytes per pair) */
 } ls_act_layout;
 
 /* Dot of one weight row (K elements) with nt <= LS_NT tokens of activations:
@@ -128,6 +132,20 @@ static inline void ls_q4k_scale_min(int j, const uint8_t *q, uint8_t *sc, uint8_
         *sc = (uint8_t)((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
         *m = (uint8_t)((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
     }
+}
+
+/* All 8 scales and mins at once with 32-bit word operations (same result as above). */
+static inline void ls_q4k_unpack(const uint8_t *q, uint8_t sc[8], uint8_t m[8]) {
+    uint32_t u0, u1, u2, w[4];
+    memcpy(&u0, q, 4);
+    memcpy(&u1, q + 4, 4);
+    memcpy(&u2, q + 8, 4);
+    w[0] = u0 & 0x3f3f3f3fu;                                   /* sc 0-3 */
+    w[1] = (u2 & 0x0f0f0f0fu) | ((u0 >> 2) & 0x30303030u);     /* sc 4-7 */
+    w[2] = u1 & 0x3f3f3f3fu;                                   /* m 0-3 */
+    w[3] = ((u2 >> 4) & 0x0f0f0f0fu) | ((u1 >> 2) & 0x30303030u);  /* m 4-7 */
+    memcpy(sc, w, 8);
+    memcpy(m, w + 2, 8);
 }
 
 /* Activation-layout helpers shared by the matmul driver and the dot kernels. */

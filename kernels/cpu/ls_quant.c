@@ -36,11 +36,12 @@ static int32_t quantize_block(const float *x, int8_t *q, int n, float *d_out) {
 }
 
 ls_act_layout ls_act_layout_for(ls_act_kind kind, int K) {
-    ls_act_layout l = {(size_t)K * sizeof(float), 0, 0};
+    ls_act_layout l = {(size_t)K * sizeof(float), 0, 0, 0};
     if (kind == LS_ACT_A8) {
         l.off_d = ((size_t)K + 63) & ~(size_t)63;
         l.off_s = l.off_d + (size_t)(K / LS_QK) * sizeof(float);
-        l.stride = (l.off_s + (size_t)(K / LS_QK) * sizeof(float) + 63) & ~(size_t)63;
+        l.off_p = (l.off_s + (size_t)(K / LS_QK) * sizeof(float) + 63) & ~(size_t)63;
+        l.stride = l.off_p + (size_t)(K / 64) * 128;
     } else if (kind == LS_ACT_AK) {
         l.off_d = ((size_t)K + 63) & ~(size_t)63;
         l.off_s = l.off_d + (size_t)(K / LS_QK_K) * sizeof(float);
@@ -55,9 +56,18 @@ void ls_quantize_row(ls_act_kind kind, const float *x, int K, uint8_t *dst,
     float *d = (float *)(dst + lay->off_d);
     if (kind == LS_ACT_A8) {
         float *s = (float *)(dst + lay->off_s);
+        uint8_t *pairs = dst + lay->off_p;
         for (int i = 0; i < K / LS_QK; i++) {
             int32_t sum = quantize_block(x + i * LS_QK, q + i * LS_QK, LS_QK, &d[i]);
             s[i] = d[i] * (float)sum;
+            if (i / 2 < K / 64) {
+                int32_t *nsum = (int32_t *)(pairs + (size_t)(i / 2) * 128);
+                float *dx = (float *)(nsum + 16);
+                for (int l = 0; l < 8; l++) {
+                    nsum[8 * (i % 2) + l] = l == 0 ? -sum : 0;
+                    dx[8 * (i % 2) + l] = d[i];
+                }
+            }
         }
     } else if (kind == LS_ACT_AK) {
         int16_t *bs = (int16_t *)(dst + lay->off_s);

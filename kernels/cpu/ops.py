@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
 from localserve.kernels.cpu._runtime import check, lib
 
 # ggml type -> (elements per block, bytes per block), for the types the C kernels accept.

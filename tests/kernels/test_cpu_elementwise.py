@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from localserve.kernels import cpu, reference
 
 pytestmark = pytest.mark.cpu

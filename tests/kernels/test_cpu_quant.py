@@ -19,6 +19,7 @@ import pytest
 import torch
 from gguf import GGMLQuantizationType as Q
 from gguf.quants import quantize
+
 from localserve.kernels import cpu, reference
 
 pytestmark = pytest.mark.cpu
