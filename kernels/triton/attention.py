@@ -131,7 +131,9 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         query_start_loc: [num_seqs + 1]; seq_lens: [num_seqs] (cached + new tokens).
         scale: softmax scale; sliding_window: a query at p sees keys k with p - k < window;
         soft_cap: scores become soft_cap * tanh(scores / soft_cap).
-        max_query_len, max_seq_len: host-side bounds; pass them to avoid a device sync.
+        max_query_len, max_seq_len: host-side bounds; pass them to avoid a device sync. They
+            only steer tile sizes and split-KV: any value gives the right result (a CUDA
+            graph captured for one batch stays correct when its sequences grow).
         num_kv_splits: force the split-KV factor (tests, tuning); None = heuristic.
     Returns:
         [num_tokens, num_heads, head_dim] in q's dtype (fp32 accumulation).

@@ -138,6 +138,14 @@ def test_bounds_computed_when_not_given(seed):
     _check(batch, 0.125, pass_bounds=False)
 
 
+@pytest.mark.parametrize(("max_query_len", "max_seq_len"), [(1, 1), (10**6, 10**6)])
+def test_wrong_bounds_change_speed_not_results(max_query_len, max_seq_len, seed):
+    q_lens, seq_lens = CASES["mixed"]
+    batch = make_paged_batch(q_lens, seq_lens, 8, 2, 64, 16, DTYPES[0], DEV)
+    batch.max_query_len, batch.max_seq_len = max_query_len, max_seq_len
+    _check(batch, 0.125)
+
+
 def test_strided_query_view(seed):
     """q as a view into a fused qkv projection output (token stride wider than the heads)."""
     q_lens, seq_lens = CASES["chunked"]

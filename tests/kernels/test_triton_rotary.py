@@ -30,9 +30,9 @@ FULL = full_shapes()
 DEV = device()
 DTYPES = [torch.float16, torch.bfloat16] if FULL else [torch.float32, torch.float16]
 # (num_heads, num_kv_heads, head_dim, rotary_dim): Llama, Qwen3-0.6B, partial (GPT-NeoX/Phi),
-# and a head count past one program's head block.
-SHAPES = ([(32, 8, 128, 128), (16, 8, 128, 128), (32, 32, 80, 32), (64, 8, 256, 64)] if FULL
-          else [(4, 2, 64, 64), (3, 1, 80, 32), (2, 2, 64, 16)])
+# and more heads than one program's head block (16 at rotary_dim 256) with a partial last block.
+SHAPES = ([(32, 8, 128, 128), (16, 8, 128, 128), (32, 32, 80, 32), (40, 8, 256, 256)] if FULL
+          else [(4, 2, 64, 64), (3, 1, 80, 32), (2, 2, 64, 16), (40, 8, 256, 256)])
 
 
 @pytest.fixture
