@@ -115,3 +115,35 @@ def test_help_80x24(snap_compare):
         await pilot.pause()
 
     assert snap_compare(app, terminal_size=(80, 24), run_before=open_help)
+
+
+class ScriptedServer:
+    """A ServerHandle that prints a fixed startup log (what `localserve up --tui` shows)."""
+
+    LINES = (
+        "loading model...",
+        "INFO localserve.engine.factory: backend: cpu",
+        "INFO localserve.loader.model_loader: loaded gemma3_text (gguf, 268M params) in 7.9s",
+        "INFO localserve.engine.engine: KV pool: 2048 blocks x 16 tokens = 32768 tokens",
+        "localserve ready: http://127.0.0.1:8000/v1 (model gemma-3-270m-it-Q4_K_M, backend cpu)",
+    )
+
+    async def start(self, on_line, on_exit) -> None:
+        for line in self.LINES:
+            on_line(line)
+
+    async def stop(self) -> None:
+        return None
+
+
+def test_up_tui_with_server_log(snap_compare):
+    client = replayed("normal", LAPTOP)
+    app = DashboardApp(client, server=ScriptedServer())
+
+    async def logged(pilot) -> None:
+        await settle(pilot, client, "replay_done")
+        while len(app.screen.query_one("ServerLog").lines) < len(ScriptedServer.LINES):
+            await pilot.pause(0.02)
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=(100, 34), run_before=logged)
