@@ -120,6 +120,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return serve(settings)
     except StartupError as e:
         raise UsageError(str(e)) from None
+    except (ValueError, FileNotFoundError) as e:  # the engine's "cannot run this config here"
+        raise _load_error(e) from None
+
+
+def _load_error(e: Exception) -> UsageError:
+    logging.getLogger("localserve").debug("model loading failed", exc_info=e)
+    return UsageError(f"cannot start the model: {e}")
 
 
 def _serve_with_tui(args: argparse.Namespace, settings: Settings) -> int:
@@ -152,7 +159,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    engine = load_engine(settings, ProgressBar(sys.stderr))
+    try:
+        engine = load_engine(settings, ProgressBar(sys.stderr))
+    except (ValueError, FileNotFoundError) as e:
+        raise _load_error(e) from None
     try:
         return run_chat(engine, args.prompt, params, system=args.system, out=sys.stdout,
                         err=sys.stderr)
@@ -252,7 +262,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.num_prompts < 1 or args.input_len < 1 or args.output_len < 1:
         raise UsageError("--num-prompts, --input-len and --output-len must be >= 1")
     print("loading...", file=sys.stderr)
-    llm = LLM(config=config)
+    try:
+        llm = LLM(config=config)
+    except (ValueError, FileNotFoundError) as e:
+        raise _load_error(e) from None
     words = ("the", "of", "and", "to", "in", "is", "was", "for", "on", "that", "with", "as",
              "by", "at", "from", "his", "her", "it", "an", "were", "are", "which", "this", "be",
              "or", "has", "had", "not", "but", "what", "all", "when", "can", "there", "time")

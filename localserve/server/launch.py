@@ -81,7 +81,7 @@ class ProgressBar:
                 if fraction >= 1.0:
                     self.out.write("\n")
             elif stage != self.stage:
-                self.out.write(f"{stage}...\n")
+                self.out.write(f"{stage}{'' if fraction >= 1.0 else '...'}\n")
             self.stage = stage
             self.out.flush()
 
