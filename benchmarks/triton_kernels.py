@@ -51,11 +51,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _make_localserve_importable() -> None:
+    """Lets the script run from a bare checkout (torch + triton, localserve not installed).
+
+    setup.py ships kernels/ as localserve.kernels; adding the repo root to the `localserve`
+    package's search path maps it the same way. reference.py imports numpy only for its GGUF
+    helper, so where numpy is absent an empty stand-in module lets it load.
+    """
+    try:
+        import localserve.kernels.triton
+        return
+    except ImportError:
+        pass
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sys.path.insert(0, root)
+    import localserve
+
+    if root not in localserve.__path__:
+        localserve.__path__.append(root)
+    try:
+        import numpy  # noqa: F401
+    except ImportError:
+        import types
+
+        sys.modules["numpy"] = types.ModuleType("numpy")
+        print("note: numpy not installed; reference.gguf_linear is unavailable", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.smoke:
         os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported
     import torch
+
+    _make_localserve_importable()
 
     if not args.smoke and not torch.cuda.is_available():
         print("no CUDA device: run with --smoke for the CPU interpreter", file=sys.stderr)
