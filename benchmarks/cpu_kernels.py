@@ -87,26 +87,20 @@ def dequantized(w: cpu.GGUFWeight) -> torch.Tensor:
     return cpu.embedding(torch.arange(w.out_features), w)  # [out, in] fp32
 
 
-def time_shape(raw: np.ndarray, qtype: int, k: int, n: int,
-               args: argparse.Namespace) -> list[tuple[int, float, float, float]]:
-    """[(tokens, C seconds, torch fp32 seconds, numpy fp32 seconds)] for one weight shape."""
+def time_c(raw: np.ndarray, qtype: int, k: int, n: int, tokens: int, repeat: int) -> float:
     w = cpu.prepare_weight(np.ascontiguousarray(raw), qtype, n)
-    dense = None if args.no_peers else dequantized(w)
-    rows = []
-    for tokens in args.tokens:
-        x = torch.randn(tokens, k)
-        out = torch.empty(tokens, n)
-        # torch's idle OpenMP workers spin and would steal the cores our pool runs on: a
-        # runner that uses these kernels should likewise keep torch at one thread.
-        torch.set_num_threads(1)
-        t_c = median_time(partial(cpu.gguf_matmul, x, w, out=out), args.repeat)
-        torch.set_num_threads(cpu.get_num_threads())
-        t_t = t_n = float("nan")
-        if dense is not None:
-            t_t = median_time(partial(torch.nn.functional.linear, x, dense), args.repeat)
-            t_n = median_time(partial(np.dot, x.numpy(), dense.numpy().T), args.repeat)
-        rows.append((tokens, t_c, t_t, t_n))
-    return rows
+    x, out = torch.randn(tokens, k), torch.empty(tokens, n)
+    return median_time(partial(cpu.gguf_matmul, x, w, out=out), repeat)
+
+
+def time_peers(raw: np.ndarray, qtype: int, k: int, n: int, tokens: int,
+               repeat: int) -> tuple[float, float]:
+    """(torch, numpy) seconds for x @ W^T with W dequantized to fp32."""
+    dense = dequantized(cpu.prepare_weight(np.ascontiguousarray(raw), qtype, n))
+    x = torch.randn(tokens, k)
+    t_t = median_time(partial(torch.nn.functional.linear, x, dense), repeat)
+    t_n = median_time(partial(np.dot, x.numpy(), dense.numpy().T), repeat)
+    return t_t, t_n
 
 
 def main() -> None:
@@ -149,9 +143,21 @@ def main() -> None:
            f"{'GB/s':>6} {'%bw':>5} {'torch us':>9} {'numpy us':>9} {'x torch':>7}")
     print(hdr)
     print("-" * len(hdr))
+    # All C timings first, torch at one thread: torch's OpenMP and numpy's BLAS workers spin
+    # for a while after each call and would steal the cores our pool runs on (a runner using
+    # these kernels should likewise keep torch's intra-op threads low).
+    torch.set_num_threads(1)
+    order = sorted(shapes.items(), key=lambda kv: kv[0][2] * kv[0][1])
+    c_times = {(key, t): time_c(raw, *key, t, args.repeat)
+               for key, (_, raw) in order for t in args.tokens}
+    torch.set_num_threads(threads)
     step: Counter[str] = Counter()
-    for (qtype, k, n), (count, raw) in sorted(shapes.items(), key=lambda kv: kv[0][2] * kv[0][1]):
-        for tokens, t_c, t_t, t_n in time_shape(raw, qtype, k, n, args):
+    for key, (count, raw) in order:
+        qtype, k, n = key
+        for tokens in args.tokens:
+            t_c = c_times[key, tokens]
+            t_t, t_n = (float("nan"),) * 2 if args.no_peers else time_peers(
+                raw, qtype, k, n, tokens, args.repeat)
             nbytes = raw.nbytes
             print(f"{TYPES[qtype][0]:5} {k:5d} {n:6d} {tokens:4d} {nbytes / 1e6:7.2f} "
                   f"{t_c * 1e6:9.1f} {2 * tokens * k * n / t_c / 1e9:8.1f} "

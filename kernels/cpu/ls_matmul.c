@@ -95,9 +95,11 @@ LS_API int ls_gguf_matmul(const float *x, int T, int K, const void *w, int qtype
     j.y = y;
     j.lay = ls_act_layout_for(j.kind, K);
     const int pool = ls_pool_threads();
-    /* Waking the pool costs a few microseconds: only worth it above ~64k MACs. */
+    /* Waking a worker costs about a microsecond and a thread needs ~48k MACs (a few us) to
+     * earn it: small decode matmuls use a few threads, large ones all of them. */
     const double macs = (double)T * K * N;
-    int nth = macs < 65536.0 ? 1 : pool;
+    int nth = (int)(macs / 49152.0);
+    nth = nth < 1 ? 1 : nth > pool ? pool : nth;
     if (j.kind == LS_ACT_F32) {
         j.act = (const uint8_t *)x;
     } else {

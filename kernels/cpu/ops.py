@@ -61,11 +61,12 @@ def prepare_weight(qweight: np.ndarray | torch.Tensor, qtype: int,
 
 
 def _f32_input(x: torch.Tensor, name: str) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor) or x.device.type != "cpu":
+    # is_cpu / `is` comparisons: these run per layer per step, x.device builds an object.
+    if not isinstance(x, torch.Tensor) or not x.is_cpu:
         raise TypeError(f"{name} must be a CPU torch tensor")
-    if x.dtype != torch.float32:
+    if x.dtype is not torch.float32:
         raise TypeError(f"{name} must be float32, got {x.dtype}")
-    return x.contiguous()
+    return x if x.is_contiguous() else x.contiguous()
 
 
 def gguf_matmul(x: torch.Tensor, qweight: GGUFWeight | np.ndarray | torch.Tensor,
@@ -76,7 +77,7 @@ def gguf_matmul(x: torch.Tensor, qweight: GGUFWeight | np.ndarray | torch.Tensor
     Quantized types quantize x on the fly (Q8_0 blocks for Q5_0/Q8_0, Q8_K for Q4_K/Q6_K)
     and use integer dot products; F32/F16/BF16 weights use fp32 FMA.
     """
-    w = qweight if isinstance(qweight, GGUFWeight) else prepare_weight(
+    w = qweight if type(qweight) is GGUFWeight else prepare_weight(
         qweight, _required(qtype, "qtype"), _required(out_features, "out_features"))
     if w.qtype not in MATMUL_TYPES:
         raise ValueError(f"ggml type {w.qtype} is not a matmul weight type")
@@ -86,7 +87,7 @@ def gguf_matmul(x: torch.Tensor, qweight: GGUFWeight | np.ndarray | torch.Tensor
     shape = (*x.shape[:-1], w.out_features)
     if out is None:
         out = torch.empty(shape, dtype=torch.float32)
-    elif out.shape != shape or out.dtype != torch.float32 or not out.is_contiguous():
+    elif out.shape != shape or out.dtype is not torch.float32 or not out.is_contiguous():
         raise ValueError(f"out must be a contiguous float32 tensor of shape {shape}")
     tokens = x.numel() // w.in_features
     check(lib().ls_gguf_matmul(x.data_ptr(), tokens, w.in_features, w.ptr, w.qtype,
