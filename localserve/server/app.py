@@ -11,6 +11,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
@@ -25,6 +26,7 @@ from localserve.server.errors import (
 )
 from localserve.server.metrics import ServerMetrics
 from localserve.server.middleware import APIKeyMiddleware, BodyLimitMiddleware, CatchAllMiddleware
+from localserve.server.protocol import openapi_components
 from localserve.server.state import ServerState
 from localserve.settings import Settings
 
@@ -45,6 +47,7 @@ def create_app(engine: Any, settings: Settings) -> FastAPI:
                                        metrics=ServerMetrics(engine))
     for router in (completions.router, chat.router, routes.router):
         app.include_router(router)
+    _document_request_models(app)
     app.add_exception_handler(APIError, handle_api_error)
     app.add_exception_handler(RequestValidationError, handle_validation_error)
     app.add_exception_handler(ValidationError, handle_validation_error)
@@ -60,3 +63,18 @@ def create_app(engine: Any, settings: Settings) -> FastAPI:
                            allow_headers=["authorization", "content-type"],
                            expose_headers=["retry-after"])
     return app
+
+
+def _document_request_models(app: FastAPI) -> None:
+    """Adds the request models to the OpenAPI spec (routes parse bodies themselves)."""
+
+    def build() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            spec = get_openapi(title=app.title, version=app.version,
+                               description=app.description, routes=app.routes)
+            spec.setdefault("components", {}).setdefault("schemas", {}).update(
+                openapi_components())
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = build  # type: ignore[method-assign]

@@ -27,7 +27,7 @@ from localserve.server.generation import (
     usage,
 )
 from localserve.server.logprobs import LogprobFormatter
-from localserve.server.protocol import ChatCompletionRequest, ChatMessage
+from localserve.server.protocol import ChatCompletionRequest, ChatMessage, json_body
 from localserve.server.sse import SSE_DONE, EventStreamResponse, sse_data, stream_error_event
 from localserve.server.state import ServerState, get_state, parse_body
 
@@ -50,9 +50,7 @@ def render_chat(tokenizer: Any, messages: list[ChatMessage], add_generation_prom
         raise
 
 
-@router.post("/v1/chat/completions", openapi_extra={"requestBody": {"content": {
-    "application/json": {"schema": ChatCompletionRequest.model_json_schema()}},
-    "required": True}})
+@router.post("/v1/chat/completions", openapi_extra=json_body(ChatCompletionRequest))
 async def create_chat_completion(request: Request) -> Response:
     state = get_state(request)
     req = await parse_body(request, ChatCompletionRequest)

@@ -28,7 +28,7 @@ from localserve.server.generation import (
     usage,
 )
 from localserve.server.logprobs import LogprobFormatter, merge_completion_logprobs
-from localserve.server.protocol import CompletionRequest
+from localserve.server.protocol import CompletionRequest, json_body
 from localserve.server.sse import SSE_DONE, EventStreamResponse, sse_data, stream_error_event
 from localserve.server.state import ServerState, get_state, parse_body
 
@@ -45,8 +45,7 @@ class _Choice:
     stop_reason: str | int | None = None
 
 
-@router.post("/v1/completions", openapi_extra={"requestBody": {"content": {
-    "application/json": {"schema": CompletionRequest.model_json_schema()}}, "required": True}})
+@router.post("/v1/completions", openapi_extra=json_body(CompletionRequest))
 async def create_completion(request: Request) -> Response:
     state = get_state(request)
     req = await parse_body(request, CompletionRequest)

@@ -215,3 +215,24 @@ class TokenizeRequest(_Request):
 class DetokenizeRequest(_Request):
     model: str | None = None
     tokens: list[TokenId]
+
+
+REQUEST_MODELS: tuple[type[BaseModel], ...] = (CompletionRequest, ChatCompletionRequest,
+                                               TokenizeRequest, DetokenizeRequest)
+_REF = "#/components/schemas/{model}"
+
+
+def json_body(model: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI for a route that parses `model` itself (routes read the body to map errors)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": {"$ref": _REF.format(model=model.__name__)}}}}}
+
+
+def openapi_components() -> dict[str, Any]:
+    """The request models and everything they reference, for `components.schemas`."""
+    schemas: dict[str, Any] = {}
+    for model in REQUEST_MODELS:
+        schema = model.model_json_schema(ref_template=_REF)
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+    return schemas

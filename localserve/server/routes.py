@@ -11,7 +11,7 @@ from localserve import __version__
 from localserve.server.chat import render_chat
 from localserve.server.errors import APIError, error_body
 from localserve.server.generation import check_token_ids
-from localserve.server.protocol import DetokenizeRequest, TokenizeRequest
+from localserve.server.protocol import DetokenizeRequest, TokenizeRequest, json_body
 from localserve.server.state import ServerState, get_state, parse_body
 
 router = APIRouter()
@@ -34,8 +34,7 @@ async def get_model(model_id: str, request: Request) -> dict:
     return _model_card(state)
 
 
-@router.post("/tokenize", openapi_extra={"requestBody": {"content": {
-    "application/json": {"schema": TokenizeRequest.model_json_schema()}}, "required": True}})
+@router.post("/tokenize", openapi_extra=json_body(TokenizeRequest))
 async def tokenize(request: Request) -> dict:
     state = get_state(request)
     req = await parse_body(request, TokenizeRequest)
@@ -49,8 +48,7 @@ async def tokenize(request: Request) -> dict:
     return {"tokens": ids, "count": len(ids), "max_model_len": state.engine.max_model_len}
 
 
-@router.post("/detokenize", openapi_extra={"requestBody": {"content": {
-    "application/json": {"schema": DetokenizeRequest.model_json_schema()}}, "required": True}})
+@router.post("/detokenize", openapi_extra=json_body(DetokenizeRequest))
 async def detokenize(request: Request) -> dict:
     state = get_state(request)
     req = await parse_body(request, DetokenizeRequest)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 from fastapi.testclient import TestClient
 
 from localserve import __version__
@@ -229,5 +232,10 @@ def test_tokenize_detokenize(client: TestClient, engine: FakeEngine) -> None:
 
 def test_openapi_documents_request_bodies(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
+    schemas = spec["components"]["schemas"]
     body = spec["paths"]["/v1/chat/completions"]["post"]["requestBody"]
-    assert "messages" in body["content"]["application/json"]["schema"]["properties"]
+    ref = body["content"]["application/json"]["schema"]["$ref"]
+    assert "messages" in schemas[ref.rsplit("/", 1)[1]]["properties"]
+    # Every reference in the document resolves (tools like schemathesis rely on it).
+    refs = re.findall(r'"\$ref": "#/components/schemas/([^"]+)"', json.dumps(spec))
+    assert refs and all(name in schemas for name in refs), set(refs) - set(schemas)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from localserve.server.launch import resolve_api_key
+from localserve.server.launch import Launcher, resolve_api_key
 from localserve.settings import Settings
 from tests.server.conftest import LiveServer
 from tests.server.fake_engine import FakeEngine
@@ -133,3 +134,14 @@ def test_generated_key_for_open_binds(host: str, key: str | None, no_key: bool,
         assert settings.api_key == new and len(new) > 20
     else:
         assert settings.api_key == key
+
+
+def test_generated_key_is_printed_once_to_stderr(engine: FakeEngine) -> None:
+    out, err = io.StringIO(), io.StringIO()
+    launcher = Launcher(Settings(host="0.0.0.0", port=8000), lambda s, p: engine, out, err)
+    launcher.engine = engine
+    launcher._announce()
+    key = launcher.settings.api_key
+    assert key and err.getvalue().count(key) == 1 and "--no-api-key" in err.getvalue()
+    assert out.getvalue() == ("localserve ready: http://0.0.0.0:8000/v1 (model fake-model, "
+                              "backend fake)\n")
