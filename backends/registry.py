@@ -49,6 +49,8 @@ def _reasons(name: str, config: EngineConfig,
         backend = get_backend(name)
     except ImportError as e:
         return None, [f"not installed ({e})"]
+    except Exception as e:  # a broken plugin must not stop the others
+        return None, [f"failed to import: {e!r}"]
     try:
         if backend.probe() is None:
             return backend, ["no suitable device"]

@@ -40,9 +40,25 @@ def build_engine_parts(
     log.info("%s", selection.explain())
     runner = selection.backend.create_runner(config, device)
     runner.load_model()
-    tokenizer = load_tokenizer(config.model.tokenizer or config.model.model)
+    tokenizer = _tokenizer(config, runner, load_tokenizer)
     device_name = (device.gpus[0].name if selection.backend.name in ("cuda", "mlx") and device.gpus
                    else device.cpu_model)
     info = EngineInfo(config.model.served_model_name or "model", selection.backend.name,
                       device_name)
     return runner, tokenizer, info, config
+
+
+def _tokenizer(config: EngineConfig, runner: ModelRunner, load_tokenizer) -> object:
+    """The model's tokenizer; dummy-weight models without one get token-id I/O only."""
+    source = config.model.tokenizer or config.model.model
+    if source and config.model.load_format == "dummy" and source.endswith("config.json"):
+        source = os.path.dirname(source)
+    try:
+        return load_tokenizer(source)
+    except FileNotFoundError:
+        if config.model.load_format != "dummy":
+            raise
+    from localserve.engine.id_tokenizer import IdTokenizer
+
+    log.info("no tokenizer for this dummy model: token ids in, token ids out")
+    return IdTokenizer(runner.spec.vocab_size, frozenset())
