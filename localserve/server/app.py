@@ -21,9 +21,11 @@ from localserve.server import chat, completions, routes
 from localserve.server.errors import (
     APIError,
     handle_api_error,
+    handle_client_disconnected,
     handle_http_exception,
     handle_validation_error,
 )
+from localserve.server.generation import ClientDisconnected
 from localserve.server.metrics import ServerMetrics
 from localserve.server.middleware import APIKeyMiddleware, BodyLimitMiddleware, CatchAllMiddleware
 from localserve.server.protocol import openapi_components
@@ -49,6 +51,7 @@ def create_app(engine: Any, settings: Settings) -> FastAPI:
         app.include_router(router)
     _document_request_models(app)
     app.add_exception_handler(APIError, handle_api_error)
+    app.add_exception_handler(ClientDisconnected, handle_client_disconnected)
     app.add_exception_handler(RequestValidationError, handle_validation_error)
     app.add_exception_handler(ValidationError, handle_validation_error)
     app.add_exception_handler(StarletteHTTPException, handle_http_exception)

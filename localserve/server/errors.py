@@ -11,7 +11,7 @@ from http import HTTPStatus
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -130,6 +130,11 @@ async def handle_http_exception(request: Request, e: Exception) -> JSONResponse:
         message = str(e.detail) if e.detail else HTTPStatus(status).phrase
     return JSONResponse(error_body(status, message), status_code=status,
                         headers=dict(e.headers or {}))
+
+
+async def handle_client_disconnected(request: Request, e: Exception) -> Response:
+    # Nobody is listening; 499 (nginx's "client closed request") shows up in access logs.
+    return Response(status_code=499)
 
 
 def internal_error_body() -> dict:

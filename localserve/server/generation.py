@@ -154,15 +154,26 @@ class EngineStream:
         try:
             if aclose is not None:
                 await aclose()  # closing the iterator aborts the request in the engine
-            await self.engine.abort(self.request_id)  # idempotent; covers a never-started one
+        except Exception:
+            logger.warning("closing %s failed", self.request_id, exc_info=True)
+        try:
+            await self.engine.abort(self.request_id)  # idempotent; covers a half-started one
         except Exception:
             logger.warning("aborting %s failed", self.request_id, exc_info=True)
 
 
 async def start_all(streams: Sequence[EngineStream]) -> None:
-    """Starts every stream concurrently; on any failure closes them all and raises it."""
-    results = await asyncio.gather(*(s.start() for s in streams), return_exceptions=True)
-    errors = [r for r in results if isinstance(r, BaseException)]
+    """Starts every stream concurrently; on any failure (or cancellation) closes them all."""
+    tasks = [asyncio.ensure_future(s.start()) for s in streams]
+    try:
+        await asyncio.wait(tasks)
+    except BaseException:  # cancelled: the client left or the server is stopping
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await close_all(streams)
+        raise
+    errors = [e for t in tasks if (e := t.exception()) is not None]
     if errors:
         await close_all(streams)
         # Prefer an error the client can act on over a generic one.

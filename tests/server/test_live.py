@@ -116,17 +116,29 @@ def test_disconnect_mid_stream_aborts(path: str, body: dict) -> None:
         assert 'finished_reason="abort"' in metrics
 
 
-def test_disconnect_while_waiting_non_stream_aborts() -> None:
-    engine = FakeEngine(token_delay=0.05)
+@pytest.mark.parametrize("stream, token_delay", [
+    (False, 0.05),  # while the response is being generated
+    (True, 1.0),  # before the first token: the stream has not started yet
+])
+def test_disconnect_before_the_response_aborts(stream: bool, token_delay: float,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    engine = FakeEngine(token_delay=token_delay)
     with LiveServer(engine) as server:
         sock = socket.create_connection(("127.0.0.1", server.port))
-        payload = b'{"prompt": "x", "max_tokens": 200}'
+        payload = b'{"prompt": "x", "max_tokens": 200, "stream": %s}' % (
+            b"true" if stream else b"false")
         sock.sendall(b"POST /v1/completions HTTP/1.1\r\nhost: x\r\n"
                      b"content-type: application/json\r\n"
                      b"content-length: " + str(len(payload)).encode() + b"\r\n\r\n" + payload)
         wait_until(lambda: engine.running)
         sock.close()
         wait_until(lambda: not engine.running and len(engine.aborted) == 1)
+        assert engine.finished == []
+        metrics = httpx.get(server.url + "/metrics").text
+        assert 'localserve:request_success_total{finished_reason="abort",model_name="fake-model"}' \
+            ' 1.0' in metrics
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "WARNING")], \
+        [r.getMessage() for r in caplog.records]
 
 
 def test_concurrent_streams_do_not_serialise() -> None:
