@@ -80,9 +80,9 @@ def test_all_prompts_in_one_batch(llm, golden):
 
 
 def test_tiny_pool_preempts_mid_run(golden):
-    # 84 blocks of 16 = 1344 tokens: the long prompt (~900) plus the others cannot all
-    # stay resident while 32 tokens each are generated.
-    llm = LLM(backend="reference", num_kv_blocks=84, max_num_batched_tokens=256)
+    # 76 blocks of 16 = 1216 tokens: the long prompt (1093) plus the others (84 blocks in all)
+    # cannot all stay resident while 32 tokens each are generated: preemption must happen.
+    llm = LLM(backend="reference", num_kv_blocks=76, max_num_batched_tokens=256)
     keys = list(golden["prompts"])
     outs = llm.generate([golden["prompts"][k]["prompt_ids"] for k in keys],
                         greedy(golden["num_tokens"]))
