@@ -77,6 +77,7 @@ class Gemma3Model(nn.Module):
     def __init__(self, arch: ModelArchConfig) -> None:
         super().__init__()
         self.hidden_size = arch.hidden_size
+        self._scales: dict[torch.dtype, float] = {}
         self.embed_tokens = VocabEmbedding(arch.vocab_size, arch.hidden_size)
         global_rope = RotaryEmbedding(arch.head_dim, arch.max_position_embeddings,
                                       arch.rope_theta, arch.rope_scaling, arch.rope_freq_factors)
@@ -88,11 +89,18 @@ class Gemma3Model(nn.Module):
             for i, kind in enumerate(arch.layer_types))
         self.norm = RMSNorm(arch.hidden_size, arch.rms_norm_eps, offset=1.0)
 
+    def _embed_scale(self, dtype: torch.dtype) -> float:
+        """sqrt(hidden) rounded to `dtype`, as HF casts its fp32 scale to the weight dtype
+        (a Python float: no device copy per step, safe under CUDA graph capture)."""
+        scale = self._scales.get(dtype)
+        if scale is None:
+            scale = float(torch.tensor(self.hidden_size ** 0.5, dtype=torch.float32).to(dtype))
+            self._scales[dtype] = scale
+        return scale
+
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         hidden = self.embed_tokens(input_ids)  # [T, hidden]
-        # HF keeps the scale as an fp32 tensor and casts it to the weight dtype before use.
-        scale = torch.tensor(self.hidden_size ** 0.5, dtype=torch.float32).to(hidden.dtype)
-        hidden = hidden * scale.to(hidden.device)
+        hidden = hidden * self._embed_scale(hidden.dtype)
         residual: torch.Tensor | None = None
         for layer in self.layers:
             hidden, residual = layer(positions, hidden, residual)

@@ -58,8 +58,9 @@ class PagedDriver:
         return ids
 
     @torch.inference_mode()
-    def step(self, chunks: Sequence[Chunk]) -> torch.Tensor:
-        """Runs one packed forward; returns float32 logits of every token [T, vocab]."""
+    def step(self, chunks: Sequence[Chunk], last_only: bool = False) -> torch.Tensor:
+        """Runs one packed forward; returns float32 logits of every token [T, vocab] (or,
+        with `last_only`, of each chunk's last token [num_chunks, vocab])."""
         bs = self.block_size
         ids: list[int] = []
         positions: list[int] = []
@@ -84,6 +85,8 @@ class PagedDriver:
         with forward_context(ForwardContext(meta, self.kv_caches, self.ops)):
             hidden = self.model(torch.tensor(ids, dtype=torch.int64, device=dev),
                                 torch.tensor(positions, dtype=torch.int64, device=dev))
+        if last_only:
+            hidden = hidden[[end - 1 for end in starts[1:]]]
         return self.model.compute_logits(hidden)
 
     def greedy(self, prompt: Sequence[int], num_new: int) -> tuple[list[int], torch.Tensor]:
@@ -92,7 +95,7 @@ class PagedDriver:
         Returns (generated ids, logits [num_new, vocab] that chose them).
         """
         table = self.alloc(len(prompt) + num_new)
-        logits = self.step([Chunk(prompt, 0, table)])[-1:]
+        logits = self.step([Chunk(prompt, 0, table)], last_only=True)
         out, rows = [], [logits[0]]
         for i in range(num_new):
             token = int(rows[-1].argmax())

@@ -27,7 +27,7 @@ from gguf.quants import dequantize as gguf_dequantize
 from gguf.quants import quantize as gguf_quantize
 
 
-def _probe_hf_kernels_without_repo_root() -> None:
+def probe_hf_kernels_without_repo_root() -> None:
     """From the repo root, transformers' probe for the HF `kernels` package would import our
     `kernels/` folder, which refuses that name; run the (cached) probe without the root."""
     from transformers.utils import import_utils
@@ -41,7 +41,7 @@ def _probe_hf_kernels_without_repo_root() -> None:
         sys.path[:] = saved
 
 
-_probe_hf_kernels_without_repo_root()
+probe_hf_kernels_without_repo_root()
 
 ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text")
 FORMATS = ("safetensors", "gguf-f32", "gguf-f16", "gguf-q8_0")
