@@ -52,6 +52,9 @@ class RotaryEmbedding(nn.Module):
 
     def cos_sin(self, device: torch.device) -> torch.Tensor:
         """The table on `device`, built on first use (call once before graph capture)."""
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
         table = self._tables.get(device)
         if table is None:
             table = build_cos_sin(self.rotary_dim, self.max_positions, self.base, self.scaling,

@@ -19,10 +19,9 @@ _MODELS: dict[str, tuple[str, str]] = {
 }
 # config.json model_types that name a supported text model under another key.
 _ALIASES = {"gemma3": "gemma3_text"}
-# general.architecture of a GGUF -> model_type.
+# general.architecture of a GGUF -> model_type (llama.cpp writes Mistral 7B as "llama").
 GGUF_ARCHITECTURES: dict[str, str] = {
     "llama": "llama",
-    "mistral": "mistral",
     "qwen2": "qwen2",
     "qwen3": "qwen3",
     "gemma3": "gemma3_text",
