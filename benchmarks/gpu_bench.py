@@ -82,11 +82,24 @@ def bench_a(args, results, table) -> None:
     results["a"] = {"decode_tok_s": tok_s, "ttft_ms": ttft * 1e3, "roofline_tok_s": roofline}
     table.append(("(a) 8B batch-1 decode", f"{tok_s:.1f} tok/s, TTFT {ttft * 1e3:.1f} ms",
                   f"{tok_s / roofline:.0%} of {roofline:.0f}", VLLM["a"]))
+    release(llm)
+    del llm
     if args.hf:
         hf = hf_batch1(args.llama, prompt)
         results["a"]["hf_tok_s"] = hf
         table.append(("(a) HF generate (peer)", f"{hf:.1f} tok/s", f"{hf / roofline:.0%}", ""))
-    del llm
+
+
+def release(llm) -> None:
+    """Frees the engine's GPU memory (KV pool, graphs) before the next workload."""
+    import gc
+
+    import torch
+
+    llm.engine.shutdown()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def hf_batch1(config: str, prompt: list[int]) -> float:
@@ -136,7 +149,7 @@ def bench_b(args, results, table) -> None:
                     "steps": counter.steps}
     table.append(("(b) Qwen3-0.6B nano-vllm", f"{total / wall:,.0f} tok/s ({n} reqs)",
                   f"{frac:.0%} of per-step roofline", VLLM["b"]))
-    del llm
+    release(llm)
 
 
 class StepBytes:
@@ -178,7 +191,7 @@ def bench_c(args, results, table) -> None:
     results["c"] = {"req_s": n / wall, "out_tok_s": sum(outs) / wall}
     table.append(("(c) 8B ShareGPT-like", f"{n / wall:.1f} req/s, {sum(outs) / wall:,.0f} tok/s",
                   "", VLLM["c"]))
-    del llm
+    release(llm)
 
 
 def bench_d(args, results, table) -> None:
@@ -187,7 +200,7 @@ def bench_d(args, results, table) -> None:
     startup = time.perf_counter() - t
     results["d"] = {"startup_s": startup}
     table.append(("(d) 8B start-up (cold)", f"{startup:.1f} s", "", VLLM["d"]))
-    del llm
+    release(llm)
 
 
 def main() -> None:

@@ -14,18 +14,16 @@ log = logging.getLogger(__name__)
 
 def resolve(config: EngineConfig) -> EngineConfig:
     """A NEW config with "auto" values filled in (the default model's path, for one)."""
+    name = config.model.served_model_name
     if config.model.model is None:
         config = config.with_model(model=default_model_path())
-    if config.model.served_model_name is None:
-        config = config.with_model(served_model_name=_default_name(config.model.model))
-    return config
-
-
-def _default_name(path: str | None) -> str:
-    if path is not None and path == default_model_path():
-        return "gemma-3-270m"
-    base = os.path.basename(os.path.normpath(path or "model"))
-    return base[:-5] if base.endswith(".gguf") else base
+        name = name or "gemma-3-270m"
+    if name is None:
+        base = os.path.basename(os.path.normpath(config.model.model or "model"))
+        if base == "config.json":  # a dummy model named by its config: use the folder
+            base = os.path.basename(os.path.dirname(os.path.normpath(config.model.model)))
+        name = base.removesuffix(".gguf")
+    return config.with_model(served_model_name=name)
 
 
 def build_engine_parts(

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# One device-machine call: install the carried wheels and localserve, run the GPU tests and the
+# benchmarks, keep logs under $OUT. Usage (device tool, carry .whl):
+#   bash benchmarks/gpu_session.sh [tests|kernels|bench|all] [gpu_bench.py args...]
+set -uo pipefail
+what=${1:-all}; shift || true
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+  --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit 1
+python3 -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/install.log" 2>&1 \
+  || { tail -20 "$OUT/install.log"; exit 1; }
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', \
+triton.__version__, 'transformers', transformers.__version__)"
+if [[ $what == tests || $what == all ]]; then
+  python3 -m pytest -p no:cacheprovider -q tests/kernels -k triton 2>&1 | tee "$OUT/kernel_tests.log" | tail -15
+  python3 -m pytest -p no:cacheprovider -q -s -rs tests/e2e/test_tiny_engine_parity.py 2>&1 \
+    | tee "$OUT/parity.log" | tail -15
+fi
+if [[ $what == kernels || $what == all ]]; then
+  python3 benchmarks/triton_kernels.py 2>&1 | tee "$OUT/triton_kernels.log" | tail -30
+fi
+if [[ $what == bench || $what == all ]]; then
+  python3 benchmarks/gpu_bench.py --json "$OUT/gpu_bench.json" "$@" 2>&1 \
+    | grep -v "Warning\|warn(" | tee "$OUT/gpu_bench.log" | tail -25
+fi
