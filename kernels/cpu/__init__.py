@@ -21,10 +21,11 @@ from localserve.kernels.cpu.ops import (
     act_and_mul,
     embedding,
     gguf_matmul,
+    gguf_matmul_multi,
     prepare_weight,
     rms_norm,
 )
 
 __all__ = ["GGUFWeight", "act_and_mul", "available", "best_isa", "embedding",
-           "get_num_threads", "gguf_matmul", "isa", "paged_attention", "prepare_weight",
-           "rms_norm", "set_isa", "set_num_threads", "write_kv"]
+           "get_num_threads", "gguf_matmul", "gguf_matmul_multi", "isa", "paged_attention",
+           "prepare_weight", "rms_norm", "set_isa", "set_num_threads", "write_kv"]

@@ -27,6 +27,7 @@ _error: str | None = None
 P, N, F, I64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_float, ctypes.c_int64  # N: C int
 SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "ls_gguf_matmul": (N, [P, N, N, P, N, N, P]),
+    "ls_gguf_matmul_multi": (N, [P, N, N, N, P, P, P, P]),
     "ls_paged_attention": (N, [P, N, N, N, P, P, N, N, N, N, P, N, P, P, N, F, N, F, P]),
     "ls_write_kv": (N, [P, P, N, P, P, N, N, N, N, N, N, P]),
     "ls_rms_norm": (None, [P, P, P, P, P, N, N, F, F]),

@@ -1,7 +1,9 @@
-/* y[T, N] = x[T, K] @ W^T for W stored as raw GGUF rows. Activations are quantized once per
- * call; threads take chunks of output rows; inside a chunk each weight row is dotted against
- * LS_NT tokens at a time, so a row is unpacked once per token tile and stays in L1 across
- * tiles (the matrix-matrix path); T = 1 is the plain matrix-vector path. */
+/* y_i[T, N_i] = x[T, K] @ W_i^T for one or more weights W_i stored as raw GGUF rows (several
+ * weights sharing x, e.g. q/k/v or gate/up, run as one parallel region: one wake-up, one
+ * activation quantization). Activations are quantized once per kind; threads take chunks of
+ * output rows; inside a chunk each weight row is dotted against LS_NT tokens at a time, so a
+ * row is unpacked once per token tile and stays in L1 across tiles (the matrix-matrix path);
+ * T = 1 is the plain matrix-vector path. */
 #include <stdatomic.h>
 #include <stdlib.h>
 
@@ -9,42 +11,58 @@
 #include "ls_quant.h"
 #include "ls_threads.h"
 
+#define LS_MAX_PARTS 8
+
 typedef struct {
     ls_dot_fn dot;
     const uint8_t *w;
     size_t row_bytes;
-    const uint8_t *act;
-    ls_act_layout lay;
-    ls_act_kind kind;
-    const float *x;
-    int T, K, N, chunk;
+    int kind;          /* ls_act_kind: which activation buffer */
+    int N, first;      /* rows; index of this part's first chunk */
     float *y;
+} mm_part;
+
+typedef struct {
+    mm_part part[LS_MAX_PARTS];
+    int nparts, T, K, chunk, nchunks;
+    const float *x;
+    const uint8_t *act[3];     /* per ls_act_kind */
+    ls_act_layout lay[3];
+    int need[3];
     atomic_int next;
 } mm_job;
 
 static void quantize_task(void *p, int ith, int nth) {
     mm_job *j = (mm_job *)p;
-    for (int t = ith; t < j->T; t += nth)
-        ls_quantize_row(j->kind, j->x + (size_t)t * j->K, j->K,
-                        (uint8_t *)j->act + (size_t)t * j->lay.stride, &j->lay);
+    for (int kind = LS_ACT_A8; kind <= LS_ACT_AK; kind++) {
+        if (!j->need[kind]) continue;
+        for (int t = ith; t < j->T; t += nth)
+            ls_quantize_row((ls_act_kind)kind, j->x + (size_t)t * j->K, j->K,
+                            (uint8_t *)j->act[kind] + (size_t)t * j->lay[kind].stride,
+                            &j->lay[kind]);
+    }
 }
 
 static void matmul_task(void *p, int ith, int nth) {
     (void)ith;
     (void)nth;
     mm_job *j = (mm_job *)p;
-    const int nchunks = (j->N + j->chunk - 1) / j->chunk;
     for (;;) {
         int c = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
-        if (c >= nchunks) break;
-        int r0 = c * j->chunk, r1 = r0 + j->chunk < j->N ? r0 + j->chunk : j->N;
+        if (c >= j->nchunks) break;
+        int pi = 0;
+        while (pi + 1 < j->nparts && j->part[pi + 1].first <= c) pi++;
+        const mm_part *pt = &j->part[pi];
+        const ls_act_layout *lay = &j->lay[pt->kind];
+        int r0 = (c - pt->first) * j->chunk;
+        int r1 = r0 + j->chunk < pt->N ? r0 + j->chunk : pt->N;
         for (int t0 = 0; t0 < j->T; t0 += LS_NT) {
             int nt = j->T - t0 < LS_NT ? j->T - t0 : LS_NT;
-            const uint8_t *a = j->act + (size_t)t0 * j->lay.stride;
-            float *yt = j->y + (size_t)t0 * j->N;
+            const uint8_t *a = j->act[pt->kind] + (size_t)t0 * lay->stride;
+            float *yt = pt->y + (size_t)t0 * pt->N;
             for (int r = r0; r < r1; r++)
-                j->dot(j->K, j->w + (size_t)r * j->row_bytes, a, &j->lay, nt, yt + r,
-                       (size_t)j->N);
+                pt->dot(j->K, pt->w + (size_t)r * pt->row_bytes, a, lay, nt, yt + r,
+                        (size_t)pt->N);
         }
     }
 }
@@ -62,7 +80,7 @@ static uint8_t *scratch(size_t n) {
     return tl_buf;
 }
 
-static ls_dot_fn pick(const ls_kernels *k, int qtype, ls_act_kind *kind) {
+static ls_dot_fn pick(const ls_kernels *k, int qtype, int *kind) {
     *kind = LS_ACT_F32;
     switch (qtype) {
     case LS_Q8_0: *kind = LS_ACT_A8; return k->dot_q8_0;
@@ -76,42 +94,74 @@ static ls_dot_fn pick(const ls_kernels *k, int qtype, ls_act_kind *kind) {
     }
 }
 
-/* Returns LS_OK or a negative error code (unsupported type, K not a multiple of the block). */
-LS_API int ls_gguf_matmul(const float *x, int T, int K, const void *w, int qtype, int N,
-                          float *y) {
-    if (T <= 0 || N <= 0) return T < 0 || N < 0 ? LS_EBADSHAPE : LS_OK;
-    if (ls_row_bytes(qtype, K) == 0) return ls_block_elems(qtype) ? LS_EBADSHAPE : LS_EBADTYPE;
+/* n weights (n <= 8) of ggml types qtypes[i], each [N[i], K], all applied to x [T, K];
+ * y[i] receives [T, N[i]]. Returns LS_OK or a negative error code (unsupported type, K not a
+ * multiple of a weight's block, too many weights). */
+LS_API int ls_gguf_matmul_multi(const float *x, int T, int K, int n, const void *const *w,
+                                const int *qtypes, const int *N, float *const *y) {
+    if (n < 1 || n > LS_MAX_PARTS || T < 0) return LS_EBADSHAPE;
     mm_job j;
+    memset(&j, 0, sizeof(j));
     const ls_kernels *kt = ls_active_kernels();
-    j.dot = pick(kt, qtype, &j.kind);
-    if (!j.dot) j.dot = pick(&ls_kernels_scalar, qtype, &j.kind);
-    if (!j.dot) return LS_EBADTYPE;
-    j.w = (const uint8_t *)w;
-    j.row_bytes = ls_row_bytes(qtype, K);
+    double macs = 0.0;
+    int total_rows = 0;
+    for (int i = 0; i < n; i++) {
+        mm_part *pt = &j.part[i];
+        if (ls_row_bytes(qtypes[i], K) == 0)
+            return ls_block_elems(qtypes[i]) ? LS_EBADSHAPE : LS_EBADTYPE;
+        if (N[i] < 0) return LS_EBADSHAPE;
+        pt->dot = pick(kt, qtypes[i], &pt->kind);
+        if (!pt->dot) pt->dot = pick(&ls_kernels_scalar, qtypes[i], &pt->kind);
+        if (!pt->dot) return LS_EBADTYPE;
+        pt->w = (const uint8_t *)w[i];
+        pt->row_bytes = ls_row_bytes(qtypes[i], K);
+        pt->N = N[i];
+        pt->y = y[i];
+        j.need[pt->kind] = 1;
+        macs += (double)T * K * N[i];
+        total_rows += N[i];
+    }
+    if (T == 0 || total_rows == 0) return LS_OK;
+    j.nparts = n;
     j.x = x;
     j.T = T;
     j.K = K;
-    j.N = N;
-    j.y = y;
-    j.lay = ls_act_layout_for(j.kind, K);
-    const int pool = ls_pool_threads();
     /* Waking a worker costs about a microsecond and a thread needs ~48k MACs (a few us) to
      * earn it: small decode matmuls use a few threads, large ones all of them. */
-    const double macs = (double)T * K * N;
+    const int pool = ls_pool_threads();
     int nth = (int)(macs / 49152.0);
     nth = nth < 1 ? 1 : nth > pool ? pool : nth;
-    if (j.kind == LS_ACT_F32) {
-        j.act = (const uint8_t *)x;
-    } else {
-        uint8_t *buf = scratch((size_t)T * j.lay.stride);
+    size_t bytes = 0;
+    for (int kind = LS_ACT_A8; kind <= LS_ACT_AK; kind++) {
+        j.lay[kind] = ls_act_layout_for((ls_act_kind)kind, K);
+        if (j.need[kind]) bytes += (size_t)T * j.lay[kind].stride;
+    }
+    j.lay[LS_ACT_F32] = ls_act_layout_for(LS_ACT_F32, K);
+    j.act[LS_ACT_F32] = (const uint8_t *)x;
+    if (bytes) {
+        uint8_t *buf = scratch(bytes);
         if (!buf) return LS_ENOMEM;
-        j.act = buf;
+        for (int kind = LS_ACT_A8; kind <= LS_ACT_AK; kind++) {
+            if (!j.need[kind]) continue;
+            j.act[kind] = buf;
+            buf += (size_t)T * j.lay[kind].stride;
+        }
         ls_parallel(quantize_task, &j, T >= 8 ? nth : 1);
     }
     /* Enough chunks per thread to balance a shared CPU, few enough to keep the counter cold. */
-    int chunk = N / (nth * 8);
+    int chunk = total_rows / (nth * 8);
     j.chunk = chunk < 4 ? 4 : chunk > 64 ? 64 : chunk;
+    for (int i = 0; i < n; i++) {
+        j.part[i].first = j.nchunks;
+        j.nchunks += (j.part[i].N + j.chunk - 1) / j.chunk;
+    }
     atomic_init(&j.next, 0);
     ls_parallel(matmul_task, &j, nth);
     return LS_OK;
+}
+
+/* y[T, N] = x[T, K] @ W^T; see ls_gguf_matmul_multi. */
+LS_API int ls_gguf_matmul(const float *x, int T, int K, const void *w, int qtype, int N,
+                          float *y) {
+    return ls_gguf_matmul_multi(x, T, K, 1, &w, &qtype, &N, &y);
 }

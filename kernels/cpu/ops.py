@@ -5,6 +5,8 @@ gated activations. Each checks dtypes and shapes once, then passes raw pointers 
 
 from __future__ import annotations
 
+import ctypes
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -93,6 +95,37 @@ def gguf_matmul(x: torch.Tensor, qweight: GGUFWeight | np.ndarray | torch.Tensor
     check(lib().ls_gguf_matmul(x.data_ptr(), tokens, w.in_features, w.ptr, w.qtype,
                                w.out_features, out.data_ptr()), "gguf_matmul")
     return out
+
+
+def gguf_matmul_multi(x: torch.Tensor, weights: Sequence[GGUFWeight],
+                      outs: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
+    """[x @ W^T for W in weights] in one C call: one activation quantization, one parallel
+    region. For projections that share an input (q/k/v, gate/up) whose GGUF types differ, or
+    to save the per-call overhead in decode. At most 8 weights, all with x's in_features.
+    """
+    if not 1 <= len(weights) <= 8:
+        raise ValueError(f"1 to 8 weights, got {len(weights)}")
+    x = _f32_input(x, "x")
+    k = x.shape[-1] if x.dim() else -1
+    for w in weights:
+        if type(w) is not GGUFWeight or w.qtype not in MATMUL_TYPES:
+            raise TypeError("weights must be matmul-type GGUFWeight (see prepare_weight)")
+        if w.in_features != k:
+            raise ValueError(f"x {tuple(x.shape)} does not end in in_features={w.in_features}")
+    lead = tuple(x.shape[:-1])
+    if outs is None:
+        outs = [torch.empty((*lead, w.out_features), dtype=torch.float32) for w in weights]
+    elif len(outs) != len(weights) or any(
+            o.shape != (*lead, w.out_features) or o.dtype is not torch.float32
+            or not o.is_contiguous() for o, w in zip(outs, weights, strict=True)):
+        raise ValueError("outs must be contiguous float32 tensors [..., out_features] per weight")
+    n = len(weights)
+    check(lib().ls_gguf_matmul_multi(
+        x.data_ptr(), x.numel() // k, k, n, (ctypes.c_void_p * n)(*[w.ptr for w in weights]),
+        (ctypes.c_int * n)(*[w.qtype for w in weights]),
+        (ctypes.c_int * n)(*[w.out_features for w in weights]),
+        (ctypes.c_void_p * n)(*[o.data_ptr() for o in outs])), "gguf_matmul_multi")
+    return list(outs)
 
 
 def embedding(ids: torch.Tensor, qweight: GGUFWeight | np.ndarray | torch.Tensor,

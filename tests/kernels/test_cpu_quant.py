@@ -131,6 +131,22 @@ def test_matmul_threads_agree(isa):
     assert torch.equal(single, many), "token tiling must match the one-token path exactly"
 
 
+def test_matmul_multi_matches_single_calls(isa):
+    """Weights of mixed types sharing x in one call give exactly the per-weight results."""
+    rng = np.random.default_rng(7)
+    types = [Q.Q5_0, Q.Q8_0, Q.Q4_K, Q.Q6_K, Q.F16]
+    sizes = [40, 9, 130, 3, 17]
+    weights = [cpu.prepare_weight(random_weight(t, n, 512, rng), int(t), n)
+               for t, n in zip(types, sizes, strict=True)]
+    for tokens in (1, 6):
+        x = torch.from_numpy(rng.standard_normal((tokens, 512)).astype(np.float32))
+        got = cpu.gguf_matmul_multi(x, weights)
+        for y, w in zip(got, weights, strict=True):
+            assert torch.equal(y, cpu.gguf_matmul(x, w))
+    with pytest.raises(ValueError, match="in_features"):
+        cpu.gguf_matmul_multi(torch.randn(1, 256), weights)
+
+
 def test_matmul_prepared_weight_and_errors():
     rng = np.random.default_rng(4)
     raw = random_weight(Q.Q8_0, 64, 128, rng)
