@@ -68,7 +68,8 @@ def choose_launch(*, num_seqs: int, num_kv_heads: int, group: int, head_dim: int
     block_m = max(16, group_pad, min(max_rows, group_pad * next_pow2(max_query_len)))
     block_q = block_m // group_pad
     block_n = (64 if head_dim_pad <= 128 else 32) if elem_bytes <= 2 else 16
-    num_warps = 8 if block_m >= 128 else 4
+    # 128 rows, or 64 rows of head_dim 256: 8 warps' registers for the accumulator (sm_90).
+    num_warps = 8 if block_m >= 128 or block_m * head_dim_pad >= 128 * 128 else 4
     num_stages = 2 if (head_dim_pad > 128 or block_m >= 128 or elem_bytes > 2) else 3
 
     if num_kv_splits is not None:

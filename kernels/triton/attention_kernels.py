@@ -44,6 +44,64 @@ def _tanh(x):
 
 
 @triton.jit
+def _attend_tiles(
+    acc, l_i, m_i,      # [BLOCK_M, HEAD_DIM_PAD], [BLOCK_M], [BLOCK_M] online-softmax state
+    q, q_pos,           # [BLOCK_M, HEAD_DIM_PAD], [BLOCK_M] absolute query positions
+    k_head_ptr, v_head_ptr,  # caches offset to this program's KV head
+    table,              # this sequence's block-table row
+    stride_kb, stride_ks, stride_vb, stride_vs,
+    tile_lo, tile_hi,   # key tiles [tile_lo, tile_hi) of BLOCK_N keys
+    kv_begin, kv_end,   # keys outside [kv_begin, kv_end) are never loaded (MASKED)
+    sliding_window, qk_scale, soft_cap_log2,
+    BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
+    PAGE_SIZE: tl.constexpr, MASKED: tl.constexpr, USE_WINDOW: tl.constexpr,
+    USE_SOFT_CAP: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Folds key tiles into (acc, l_i, m_i); MASKED applies range, causal and window masks."""
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM_PAD)
+    dim_ok = offs_d < HEAD_DIM
+    for tile in range(tile_lo, tile_hi):
+        k_pos = tile * BLOCK_N + offs_n                             # [BLOCK_N]
+        # Pages wholly outside [kv_begin, kv_end) are never read: a sliding-window layer's
+        # cache may already have given them back.
+        k_ok = (k_pos >= kv_begin) & (k_pos < kv_end)
+        if MASKED:
+            page = tl.load(table + k_pos // PAGE_SIZE, mask=k_ok, other=0).to(tl.int64)
+            k_mask = k_ok[None, :] & dim_ok[:, None]
+            v_mask = k_ok[:, None] & dim_ok[None, :]
+        else:
+            page = tl.load(table + k_pos // PAGE_SIZE).to(tl.int64)
+            k_mask = dim_ok[:, None]
+            v_mask = dim_ok[None, :]
+        in_page = k_pos % PAGE_SIZE
+        k_off = page * stride_kb + in_page * stride_ks
+        v_off = page * stride_vb + in_page * stride_vs
+        k = tl.load(k_head_ptr + k_off[None, :] + offs_d[:, None], mask=k_mask,
+                    other=0.0)                                      # [HEAD_DIM_PAD, BLOCK_N]
+        s = tl.dot(q, k, input_precision=DOT_PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N]
+        if USE_SOFT_CAP:  # scores are kept in log2 units: exp2 below
+            s = soft_cap_log2 * _tanh(s)
+        if MASKED:
+            allowed = k_ok[None, :] & (k_pos[None, :] <= q_pos[:, None])
+            if USE_WINDOW:
+                allowed = allowed & (q_pos[:, None] - k_pos[None, :] < sliding_window)
+            s = tl.where(allowed, s, float("-inf"))
+
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        # A row with nothing allowed yet keeps max -inf; shift by 0 so exp2 gives 0, not NaN.
+        m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.math.exp2(s - m_shift[:, None])
+        alpha = tl.math.exp2(m_i - m_shift)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        v = tl.load(v_head_ptr + v_off[:, None] + offs_d[None, :], mask=v_mask,
+                    other=0.0)                                      # [BLOCK_N, HEAD_DIM_PAD]
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
 def paged_attention_kernel(
     out_ptr,            # [num_tokens, num_heads, head_dim]                (not SPLIT_KV)
     part_acc_ptr,       # [num_tokens, num_heads, num_splits, head_dim] fp32 (SPLIT_KV)
@@ -94,7 +152,6 @@ def paged_attention_kernel(
     context_len = seq_len - q_len
 
     offs_m = tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM_PAD)
     q_idx = local_block * BLOCK_Q + offs_m // GROUP_PAD            # [BLOCK_M] within the seq
     head_in_group = offs_m % GROUP_PAD
@@ -120,40 +177,38 @@ def paged_attention_kernel(
         tile_lo = tile_lo + split * tiles_per_split
         tile_hi = tl.minimum(tile_lo + tiles_per_split, tile_hi)
 
+    # Tiles every real row may see whole (no causal/window/range mask) run unmasked: keys up
+    # to the block's first query, and from its last query's window start.
+    last_q_pos = tl.minimum(first_q_pos + BLOCK_Q - 1, seq_len - 1)
+    full_lo = tile_lo
+    if USE_WINDOW:
+        full_lo = tl.maximum(tl.cdiv(tl.maximum(last_q_pos - sliding_window + 1, 0), BLOCK_N),
+                             tile_lo)
+    full_lo = tl.minimum(full_lo, tile_hi)
+    full_hi = tl.minimum(tl.maximum((first_q_pos + 1) // BLOCK_N, full_lo), tile_hi)
+
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)      # running max (log2)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)                     # running sum
     acc = tl.zeros([BLOCK_M, HEAD_DIM_PAD], dtype=tl.float32)
     table = block_tables_ptr + seq.to(tl.int64) * stride_bt
+    k_head = k_cache_ptr + kv_head * stride_kh
+    v_head = v_cache_ptr + kv_head * stride_vh
 
-    for tile in range(tile_lo, tile_hi):
-        k_pos = tile * BLOCK_N + offs_n                             # [BLOCK_N]
-        # Pages wholly outside [kv_begin, kv_end) are never read: a sliding-window layer's
-        # cache may already have given them back.
-        k_ok = (k_pos >= kv_begin) & (k_pos < kv_end)
-        page = tl.load(table + k_pos // PAGE_SIZE, mask=k_ok, other=0).to(tl.int64)
-        in_page = k_pos % PAGE_SIZE
-        k_off = page * stride_kb + in_page * stride_ks + kv_head * stride_kh
-        v_off = page * stride_vb + in_page * stride_vs + kv_head * stride_vh
-        k = tl.load(k_cache_ptr + k_off[None, :] + offs_d[:, None],
-                    mask=k_ok[None, :] & dim_ok[:, None], other=0.0)  # [HEAD_DIM_PAD, BLOCK_N]
-        s = tl.dot(q, k, input_precision=DOT_PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N]
-        if USE_SOFT_CAP:  # scores are kept in log2 units: exp2 below
-            s = soft_cap_log2 * _tanh(s)
-        allowed = k_ok[None, :] & (k_pos[None, :] <= q_pos[:, None])
-        if USE_WINDOW:
-            allowed = allowed & (q_pos[:, None] - k_pos[None, :] < sliding_window)
-        s = tl.where(allowed, s, float("-inf"))
-
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        # A row with nothing allowed yet keeps max -inf; shift by 0 so exp2 gives 0, not NaN.
-        m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.math.exp2(s - m_shift[:, None])
-        alpha = tl.math.exp2(m_i - m_shift)
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(v_cache_ptr + v_off[:, None] + offs_d[None, :],
-                    mask=k_ok[:, None] & dim_ok[None, :], other=0.0)  # [BLOCK_N, HEAD_DIM_PAD]
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
-        m_i = m_new
+    acc, l_i, m_i = _attend_tiles(
+        acc, l_i, m_i, q, q_pos, k_head, v_head, table, stride_kb, stride_ks, stride_vb,
+        stride_vs, tile_lo, full_lo, kv_begin, kv_end, sliding_window, qk_scale, soft_cap_log2,
+        BLOCK_N, HEAD_DIM, HEAD_DIM_PAD, PAGE_SIZE, True, USE_WINDOW, USE_SOFT_CAP,
+        DOT_PRECISION)
+    acc, l_i, m_i = _attend_tiles(
+        acc, l_i, m_i, q, q_pos, k_head, v_head, table, stride_kb, stride_ks, stride_vb,
+        stride_vs, full_lo, full_hi, kv_begin, kv_end, sliding_window, qk_scale, soft_cap_log2,
+        BLOCK_N, HEAD_DIM, HEAD_DIM_PAD, PAGE_SIZE, False, USE_WINDOW, USE_SOFT_CAP,
+        DOT_PRECISION)
+    acc, l_i, m_i = _attend_tiles(
+        acc, l_i, m_i, q, q_pos, k_head, v_head, table, stride_kb, stride_ks, stride_vb,
+        stride_vs, full_hi, tile_hi, kv_begin, kv_end, sliding_window, qk_scale, soft_cap_log2,
+        BLOCK_N, HEAD_DIM, HEAD_DIM_PAD, PAGE_SIZE, True, USE_WINDOW, USE_SOFT_CAP,
+        DOT_PRECISION)
 
     if not SPLIT_KV:
         l_safe = tl.where(l_i > 0.0, l_i, 1.0)
