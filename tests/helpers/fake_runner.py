@@ -24,8 +24,13 @@ class FakeTokenizer:
     """Token t decodes to a short word; EOS is special. Multi-char words test stop strings."""
 
     eos_token_ids = frozenset({EOS})
+    all_special_ids = frozenset({EOS})
     bos_token_id = None
     vocab_size = VOCAB
+    byte_fallback = False
+
+    def is_byte_token(self, token_id: int) -> bool:
+        return False
 
     def piece(self, t: int) -> str:
         return "" if t == EOS else "abcdefghij"[t % 10] + ("" if t % 3 else " ")
