@@ -38,6 +38,50 @@ GEMMA3_270M = {(6, 640, 1024): 18, (6, 640, 256): 27, (8, 640, 256): 9, (12, 102
                (8, 640, 262144): 1}
 
 
+def model_layers(path: str | None, rng: np.random.Generator) -> tuple[list[dict], cpu.GGUFWeight]:
+    """Per layer {q, k, v, o, gate, up, down} prepared weights, and the LM head.
+
+    From the GGUF file when path is given, else random blocks with the Gemma 3 270M Q4_K_M
+    layout (v and down alternate Q8_0/Q5_0 and Q6_K/Q4_K across layers as in that file).
+    """
+    if path is not None:
+        import gguf
+
+        t = {x.name: x for x in gguf.GGUFReader(path).tensors}
+
+        def prep(name: str) -> cpu.GGUFWeight:
+            x = t[name]
+            return cpu.prepare_weight(np.ascontiguousarray(x.data), int(x.tensor_type),
+                                      int(x.shape[1]))
+
+        names = {"q": "attn_q", "k": "attn_k", "v": "attn_v", "o": "attn_output",
+                 "gate": "ffn_gate", "up": "ffn_up", "down": "ffn_down"}
+        n_layers = len({n.split(".")[1] for n in t if n.startswith("blk.")})
+        layers = [{k: prep(f"blk.{i}.{v}.weight") for k, v in names.items()}
+                  for i in range(n_layers)]
+        return layers, prep("token_embd.weight")
+
+    def rand(qtype: int, k: int, n: int) -> cpu.GGUFWeight:
+        return cpu.prepare_weight(random_raw(qtype, k, n, rng), qtype, n)
+
+    layers = [{"q": rand(6, 640, 1024), "k": rand(6, 640, 256),
+               "v": rand(8 if i % 2 else 6, 640, 256), "o": rand(12, 1024, 640),
+               "gate": rand(6, 640, 2048), "up": rand(6, 640, 2048),
+               "down": rand(14 if i % 2 else 12, 2048, 640)} for i in range(18)]
+    return layers, rand(8, 640, 262144)
+
+
+def decode_step_matmuls(layers: list[dict], head: cpu.GGUFWeight) -> None:
+    """Every matmul of one decode token: fused q/k/v and gate/up calls, o, down, LM head."""
+    h = torch.randn(1, 640)
+    for layer in layers:
+        cpu.gguf_matmul_multi(h, [layer["q"], layer["k"], layer["v"]])
+        cpu.gguf_matmul(torch.empty(1, 1024), layer["o"])
+        cpu.gguf_matmul_multi(h, [layer["gate"], layer["up"]])
+        cpu.gguf_matmul(torch.empty(1, 2048), layer["down"])
+    cpu.gguf_matmul(h, head)
+
+
 def model_shapes(path: str) -> dict[tuple[int, int, int], tuple[int, np.ndarray]]:
     """(type, in, out) -> (count, one real tensor's raw bytes) from a GGUF file."""
     import gguf
@@ -121,6 +165,7 @@ def main() -> None:
     if args.isa:
         cpu.set_isa(args.isa)
     rng = np.random.default_rng(0)
+    path = None
     if args.synthetic:
         shapes = {key: (n, random_raw(*key, rng)) for key, n in GEMMA3_270M.items()}
         source = "synthetic (Gemma 3 270M shapes)"
@@ -167,6 +212,12 @@ def main() -> None:
                 step["c"] += count * t_c
                 step["torch"] += count * t_t
                 step["bytes"] += count * nbytes
+    layers, head = model_layers(None if args.synthetic else path, rng)
+    torch.set_num_threads(1)
+    t_step = median_time(partial(decode_step_matmuls, layers, head), max(5, args.repeat // 2))
+    print(f"\none decode step, every matmul as the runner would call it (fused q/k/v and "
+          f"gate/up, {len(layers)} layers + LM head): {t_step * 1e3:.2f} ms "
+          f"= {1 / t_step:.0f} tokens/s upper bound from matmuls alone")
     if step:
         print(f"\none decode step's matvecs (T=1, all layers + LM head, {step['bytes'] / 1e6:.0f} "
               f"MB of weights): C {step['c'] * 1e3:.2f} ms "
