@@ -101,9 +101,12 @@ class Tokenizer:
         token = self._backend.id_to_token(int(token_id))
         return token is not None and _BYTE_TOKEN.fullmatch(token) is not None
 
-    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True
-                            ) -> str:
-        """The prompt text for `messages` (encode it with add_special_tokens=False)."""
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True,
+                            **template_kwargs: Any) -> str:
+        """The prompt text for `messages` (encode it with add_special_tokens=False).
+
+        `template_kwargs` (e.g. tools=[...], enable_thinking=False) are passed to the template.
+        """
         template = self.chat_template
         if template is None and self.architecture in _GEMMA_ARCHES:
             template = GEMMA_CHAT_TEMPLATE
@@ -112,7 +115,7 @@ class Tokenizer:
                              "metadata define none); use the completions API with a plain "
                              "prompt, or a model that ships a chat template")
         return render_chat_template(template, messages, add_generation_prompt,
-                                    self.special_tokens)
+                                    {**self.special_tokens, **template_kwargs})
 
     def _primary_eos(self) -> int:
         eos = self.special_tokens.get("eos_token")
@@ -126,7 +129,7 @@ class Tokenizer:
 
 
 def render_chat_template(template: str, messages: list[dict], add_generation_prompt: bool,
-                         special_tokens: Mapping[str, str | None]) -> str:
+                         special_tokens: Mapping[str, Any]) -> str:
     """Renders a HF chat template in transformers' jinja sandbox.
 
     Raises ValueError for what the template rejects (e.g. roles that do not alternate).
@@ -148,7 +151,7 @@ def render_chat_template(template: str, messages: list[dict], add_generation_pro
 
 
 def _render_sandboxed(template: str, messages: list[dict], add_generation_prompt: bool,
-                      extra: Mapping[str, str]) -> str:
+                      extra: Mapping[str, Any]) -> str:
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     def raise_exception(message: str) -> None:

@@ -36,6 +36,17 @@ def supported_type_names() -> str:
     return ", ".join(type_name(t) for t in sorted(SUPPORTED_TYPES))
 
 
+def gguf_tensor_types(path: str) -> dict[str, int]:
+    """{tensor name: ggml type} of a GGUF file, from its header only (for backend checks)."""
+    from localserve.loader.gguf_reader import GGUFFile
+
+    gguf = GGUFFile(path)
+    try:
+        return {name: info.qtype for name, info in gguf.tensors.items()}
+    finally:
+        gguf.close()
+
+
 def row_bytes(qtype: int, in_features: int) -> int:
     """Bytes of one row of `in_features` values stored as `qtype`."""
     block, size = GGML_QUANT_SIZES[Q(qtype)]

@@ -161,3 +161,12 @@ def test_resolve_dtype():
     assert resolve_dtype("bfloat16", CPU) is torch.bfloat16
     with pytest.raises(ValueError, match="unknown dtype"):
         resolve_dtype("float8", CPU)
+
+
+def test_gguf_tensor_types_reads_the_header_only(tmp_path):
+    from localserve.quant.gguf import gguf_tensor_types, type_name
+
+    ckpt = make_tiny_checkpoint(tmp_path, "llama", "gguf-q8_0")
+    types = {name: type_name(t) for name, t in gguf_tensor_types(str(ckpt.path)).items()}
+    assert types["token_embd.weight"] == "Q8_0" and types["blk.0.attn_v.weight"] == "Q5_0"
+    assert types["blk.1.attn_norm.weight"] == "F32" and types["rope_freqs.weight"] == "F32"

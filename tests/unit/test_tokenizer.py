@@ -122,3 +122,15 @@ def test_gemma_template_matches_hf_renderer_on_list_content(gemma):
     messages = [{"role": "user", "content": [{"type": "text", "text": " hi "}]}]
     assert render_chat_template(GEMMA_CHAT_TEMPLATE, messages, False, {"bos_token": "<bos>"}) \
         == "<bos><start_of_turn>user\nhi<end_of_turn>\n"
+
+
+def test_template_kwargs_reach_the_template(tiny_sources):
+    from localserve.tokenizer import Tokenizer
+
+    base = load_tokenizer(tiny_sources[0])
+    template = "{{ messages[0]['content'] }}{% if enable_thinking %}!{% endif %}"
+    tok = Tokenizer(base.backend, bos_token_id=1, eos_token_ids={2}, special_tokens={},
+                    chat_template=template, add_bos=True)
+    messages = [{"role": "user", "content": "hi"}]
+    assert tok.apply_chat_template(messages) == "hi"
+    assert tok.apply_chat_template(messages, enable_thinking=True) == "hi!"
