@@ -133,7 +133,8 @@ INL void q4_K_nt(int K, const blk_q4_K *b, const uint8_t *act, const ls_act_layo
         uint8_t sc[8], mn[8];
         ls_q4k_unpack(b[i].scales, sc, mn);
         __m512i q[4], s16[4];
-        const __m512i sc16 = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)sc)));
+        const __m512i sc16 =
+            _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)sc)));
         const __m128i mn16 = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)mn));
         for (int j = 0; j < 4; j++) {  /* chunk j = sub-blocks 2j (low nibbles), 2j+1 (high) */
             __m256i v = _mm256_loadu_si256((const __m256i *)(b[i].qs + 32 * j));
@@ -151,7 +152,8 @@ INL void q4_K_nt(int K, const blk_q4_K *b, const uint8_t *act, const ls_act_layo
             const int16_t *bs = ls_act_bsums(a, lay) + 16 * i;
             __m512i sumi = _mm512_setzero_si512();
             for (int j = 0; j < 4; j++) {
-                __m512i p = _mm512_maddubs_epi16(q[j], _mm512_loadu_si512((const void *)(x + 64 * j)));
+                __m512i xv = _mm512_loadu_si512((const void *)(x + 64 * j));
+                __m512i p = _mm512_maddubs_epi16(q[j], xv);
                 sumi = _mm512_dpwssd_epi32(sumi, p, s16[j]);
             }
             /* sum_j m_j * (x sum over sub-block j): pairwise-added bsums times the mins */
@@ -196,7 +198,8 @@ INL void q6_K_nt(int K, const blk_q6_K *b, const uint8_t *act, const ls_act_layo
             q[2 * h + 1] = join256(q3, q4);
         }
         for (int k = 0; k < 4; k++)
-            scv[k] = _mm512_permutexvar_epi16(_mm512_add_epi16(gidx, _mm512_set1_epi16((short)(4 * k))),
+            scv[k] = _mm512_permutexvar_epi16(
+                _mm512_add_epi16(gidx, _mm512_set1_epi16((short)(4 * k))),
                                               _mm512_castsi256_si512(sc16));
         float d = fp16(b[i].d);
         for (int t = 0; t < NT; t++) {
@@ -207,7 +210,8 @@ INL void q6_K_nt(int K, const blk_q6_K *b, const uint8_t *act, const ls_act_layo
             __m512i sumi = _mm512_castsi256_si512(_mm256_sub_epi32(_mm256_setzero_si256(), c));
             sumi = _mm512_maskz_mov_epi32(0x00FF, sumi);
             for (int k = 0; k < 4; k++) {
-                __m512i p = _mm512_maddubs_epi16(q[k], _mm512_loadu_si512((const void *)(x + 64 * k)));
+                __m512i xv = _mm512_loadu_si512((const void *)(x + 64 * k));
+                __m512i p = _mm512_maddubs_epi16(q[k], xv);
                 sumi = _mm512_dpwssd_epi32(sumi, p, scv[k]);
             }
             acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi),
@@ -292,7 +296,8 @@ static TGT void vaxpy(float *y, float a, const float *x, int n) {
     __m512 av = _mm512_set1_ps(a);
     int i = 0;
     for (; i + 16 <= n; i += 16)
-        _mm512_storeu_ps(y + i, _mm512_fmadd_ps(av, _mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
+        _mm512_storeu_ps(y + i,
+                         _mm512_fmadd_ps(av, _mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
     for (; i < n; i++) y[i] += a * x[i];
 }
 

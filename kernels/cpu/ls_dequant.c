@@ -52,7 +52,8 @@ static void deq_q6_K(const blk_q6_K *b, int nb, float *y) {
                 o[l] = d * sc[is] * (float)(((ql[l] & 0xF) | ((qh[l] & 3) << 4)) - 32);
                 o[l + 32] = d * sc[is + 2] *
                             (float)(((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32);
-                o[l + 64] = d * sc[is + 4] * (float)(((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32);
+                o[l + 64] = d * sc[is + 4] *
+                            (float)(((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32);
                 o[l + 96] = d * sc[is + 6] *
                             (float)(((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32);
             }

@@ -90,7 +90,8 @@ static void dot_q4_K(int K, const void *w, const uint8_t *act, const ls_act_layo
                 hi = dot16(hi, vreinterpretq_s8_u8(vshrq_n_u8(q1, 4)), vld1q_s8(x + 64 * j + 48));
                 sumi += sc[2 * j] * vaddvq_s32(lo) + sc[2 * j + 1] * vaddvq_s32(hi);
             }
-            for (int j = 0; j < 8; j++) summ += mn[j] * (bs[16 * i + 2 * j] + bs[16 * i + 2 * j + 1]);
+            const int16_t *g = bs + 16 * i;
+            for (int j = 0; j < 8; j++) summ += mn[j] * (g[2 * j] + g[2 * j + 1]);
             acc += xd[i] * (ls_fp16_to_f32(b[i].d) * (float)sumi -
                             ls_fp16_to_f32(b[i].dmin) * (float)summ);
         }
@@ -201,7 +202,8 @@ static void vscale(float *y, float a, int n) {
 
 static void vf16(float *dst, const uint16_t *src, int n) {
     int i = 0;
-    for (; i + 4 <= n; i += 4) vst1q_f32(dst + i, vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(src + i))));
+    for (; i + 4 <= n; i += 4)
+        vst1q_f32(dst + i, vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(src + i))));
     for (; i < n; i++) dst[i] = ls_fp16_to_f32(src[i]);
 }
 
