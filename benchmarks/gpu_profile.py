@@ -1,0 +1,77 @@
+"""Where a decode step's time goes on the GPU: kernel table plus host-side phases.
+
+Usage (GPU machine): python benchmarks/gpu_profile.py [--config llama|qwen] [--batch 1]
+Runs a short greedy generation on dummy weights, then (1) the torch profiler's kernel table for
+a few decode steps and (2) wall time per engine phase (schedule, prepare, forward, sample,
+process) averaged over the decode steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import time
+from collections import defaultdict
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CONFIGS = {"llama": "llama-3.1-8b", "qwen": "qwen3-0.6b"}
+
+
+def timed(fn, bucket: list[float]):
+    """fn wrapped to append its synchronized wall time to `bucket`."""
+    import torch
+
+    def wrapper(*a, **kw):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        out = fn(*a, **kw)
+        torch.cuda.synchronize()
+        bucket.append(time.perf_counter() - t)
+        return out
+
+    return wrapper
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config", choices=list(CONFIGS), default="llama")
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--tokens", type=int, default=64)
+    args = ap.parse_args()
+    from torch.profiler import ProfilerActivity, profile
+
+    from localserve import LLM, SamplingParams
+
+    cfg = os.path.join(HERE, "configs", CONFIGS[args.config], "config.json")
+    llm = LLM(cfg, load_format="dummy", dtype="bfloat16", max_model_len=4096, backend="cuda")
+    rng = random.Random(0)
+    prompts = [[rng.randint(0, 10000) for _ in range(512)] for _ in range(args.batch)]
+    params = SamplingParams(max_tokens=args.tokens, temperature=0, ignore_eos=True)
+    llm.generate(prompts, params)  # warm-up + graph capture
+
+    engine, runner = llm.engine, llm.engine.runner
+    totals: dict[str, list[float]] = defaultdict(list)
+    for obj, name in [(engine.scheduler, "schedule"), (runner, "_prepare"),
+                      (runner, "_forward"), (engine, "_process"),
+                      (runner.model, "compute_logits")]:
+        setattr(obj, name, timed(getattr(obj, name), totals[name]))
+    runner.sampler = timed(runner.sampler, totals["sample"])
+    t = time.perf_counter()
+    llm.generate(prompts, params)
+    wall = time.perf_counter() - t
+    steps = len(totals["schedule"])
+    print(f"\n{args.config} batch {args.batch}: {steps} steps, {wall / steps * 1e3:.2f} ms/step "
+          f"(wall), {args.batch * args.tokens / wall:.0f} tok/s")
+    for name, vals in totals.items():
+        vals = vals[1:] if len(vals) > 2 else vals  # drop the prefill step
+        print(f"  {name:15s} {sum(vals) / max(len(vals), 1) * 1e3:8.3f} ms/step")
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        llm.generate(prompts, SamplingParams(max_tokens=8, temperature=0, ignore_eos=True))
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=22,
+                                    max_name_column_width=60))
+
+
+if __name__ == "__main__":
+    main()
