@@ -84,11 +84,21 @@ class Sampler:
         temps = torch.tensor([r.params.temperature for r in requests], device=logits.device)
         probs = torch.softmax(logits / temps[:, None], dim=-1)
         for i, r in enumerate(requests):
-            probs[i] = _truncate(probs[i], r.params)
+            p = r.params
+            if p.top_k or p.top_p < 1 or p.min_p:
+                probs[i] = _truncate(probs[i], p)
         # Exponential race: argmax(p / E) with E ~ Exp(1) draws from p (Gumbel-max in disguise).
         noise = torch.empty_like(probs)
+        unseeded = [i for i, r in enumerate(requests) if r.params.seed is None]
+        if unseeded:  # one draw for all of them: their randomness need not be batch-invariant
+            rows = noise[unseeded] if len(unseeded) < len(requests) else noise
+            rows.exponential_(generator=self._row_generator(requests[unseeded[0]],
+                                                            logits.device))
+            if len(unseeded) < len(requests):
+                noise[unseeded] = rows
         for i, r in enumerate(requests):
-            noise[i].exponential_(generator=self._row_generator(r, logits.device))
+            if r.params.seed is not None:
+                noise[i].exponential_(generator=self._row_generator(r, logits.device))
         return (probs / noise).argmax(dim=-1)
 
     def _row_generator(self, r: SampleRequest, device: torch.device) -> torch.Generator:
