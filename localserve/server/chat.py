@@ -34,13 +34,23 @@ from localserve.server.state import ServerState, get_state, parse_body
 router = APIRouter()
 
 
-def render_chat(tokenizer: Any, messages: list[ChatMessage], add_generation_prompt: bool) -> str:
+def render_chat(tokenizer: Any, messages: list[ChatMessage], add_generation_prompt: bool,
+                template_kwargs: dict[str, Any] | None = None) -> str:
     """The prompt text from the model's chat template; 400 when there is none or it refuses."""
     dicts = [m.to_template_dict() for m in messages]
+    extra = {k: v for k, v in (template_kwargs or {}).items()
+             if k not in ("messages", "add_generation_prompt")}
     try:
-        return tokenizer.apply_chat_template(dicts, add_generation_prompt=add_generation_prompt)
+        return tokenizer.apply_chat_template(dicts, add_generation_prompt=add_generation_prompt,
+                                             **extra)
     except ValueError as e:
         raise APIError(400, f"cannot apply the chat template: {e}", param="messages",
+                       code="invalid_value") from None
+    except TypeError as e:
+        if not extra:
+            raise
+        # e.g. a kwarg that collides with one the template machinery passes itself
+        raise APIError(400, f"chat_template_kwargs rejected: {e}", param="chat_template_kwargs",
                        code="invalid_value") from None
     except Exception as e:
         # A template's own raise_exception() (e.g. "roles must alternate") is a jinja2 error.
@@ -59,7 +69,8 @@ async def create_chat_completion(request: Request) -> Response:
         raise APIError(400, bad[1], param=bad[0], code="unsupported")
     state.check_engine()
     engine = state.engine
-    prompt = render_chat(engine.tokenizer, req.messages, req.add_generation_prompt)
+    prompt = render_chat(engine.tokenizer, req.messages, req.add_generation_prompt,
+                         req.chat_template_kwargs)
     # The template already holds the special tokens (BOS etc.); don't add them twice.
     ids = engine.tokenizer.encode(prompt, add_special_tokens=False)
     param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"

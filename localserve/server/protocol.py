@@ -177,6 +177,7 @@ class ChatCompletionRequest(_SamplingFields):
     tool_choice: Any = None
     response_format: dict[str, Any] | None = None
     add_generation_prompt: bool = True  # vLLM extension
+    chat_template_kwargs: dict[str, Any] | None = None  # vLLM extension (enable_thinking, ...)
 
     def unsupported(self) -> tuple[str, str] | None:
         if self.tools and self.tool_choice != "none":
@@ -204,6 +205,7 @@ class TokenizeRequest(_Request):
     messages: list[ChatMessage] | None = None
     add_special_tokens: bool = True
     add_generation_prompt: bool = True
+    chat_template_kwargs: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _one_input(self) -> TokenizeRequest:

@@ -41,7 +41,8 @@ async def tokenize(request: Request) -> dict:
     state.check_model(req.model)
     tokenizer = state.engine.tokenizer
     if req.messages is not None:
-        text = render_chat(tokenizer, req.messages, req.add_generation_prompt)
+        text = render_chat(tokenizer, req.messages, req.add_generation_prompt,
+                           req.chat_template_kwargs)
         ids = tokenizer.encode(text, add_special_tokens=False)
     else:
         ids = tokenizer.encode(req.prompt or "", add_special_tokens=req.add_special_tokens)

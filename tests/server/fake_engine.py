@@ -53,10 +53,11 @@ class FakeTokenizer:
     def convert_ids_to_tokens(self, ids: list[int]) -> list[str]:
         return [SPECIALS.get(i) or f"<0x{i - 3:02X}>" for i in ids]
 
-    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True,
+                            **template_kwargs: object) -> str:
         if not self.has_chat_template:
             raise ValueError("this model has no chat template")
-        parts = []
+        parts = [f"<kwargs {sorted(template_kwargs.items())}>"] if template_kwargs else []
         for m in messages:
             if m["role"] not in ("system", "user", "assistant", "tool"):
                 raise ValueError(f"unknown role {m['role']!r}")

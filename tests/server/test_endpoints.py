@@ -181,6 +181,17 @@ def test_chat_basic(client: TestClient, engine: FakeEngine) -> None:
     assert body["usage"]["prompt_tokens"] == len(ids)
 
 
+def test_chat_template_kwargs_reach_the_template(client: TestClient, engine: FakeEngine) -> None:
+    r = client.post("/tokenize", json={"messages": [{"role": "user", "content": "a"}],
+                                       "chat_template_kwargs": {"enable_thinking": False}})
+    assert engine.tokenizer.decode(r.json()["tokens"]).startswith(
+        "<kwargs [('enable_thinking', False)]>")
+    client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "a"}],
+                                              "max_tokens": 1,
+                                              "chat_template_kwargs": {"x": 1}})
+    assert engine.tokenizer.decode(engine.calls[-1][0]).startswith("<kwargs [('x', 1)]>")
+
+
 def test_chat_max_tokens_defaults_to_the_rest_of_the_context(client: TestClient,
                                                              engine: FakeEngine) -> None:
     engine.eos_after = 2
