@@ -25,3 +25,6 @@ if [[ $what == bench || $what == all ]]; then
   python3 benchmarks/gpu_bench.py --json "$OUT/gpu_bench.json" "$@" 2>&1 \
     | grep -v "Warning\|warn(" | tee "$OUT/gpu_bench.log" | tail -25
 fi
+if [[ $what == profile ]]; then
+  python3 benchmarks/gpu_profile.py "$@" 2>&1 | grep -v "Warning\|warn(" | tee -a "$OUT/profile.log" | tail -45
+fi
