@@ -1,5 +1,5 @@
 /* Persistent pthread pool. Kernels run once per layer per decode step (tens of microseconds),
- * so workers spin briefly on an atomic generation counter before sleeping on a condvar: a
+ * so workers spin briefly on an atomic job word before sleeping on a condvar: a
  * condvar wake-up alone costs about as much as a small matmul. The spin is bounded
  * (LOCALSERVE_CPU_SPIN_US, default 100) so idle workers do not steal a shared CPU. */
 #define _POSIX_C_SOURCE 200809L
@@ -21,15 +21,17 @@ static struct {
     pthread_cond_t cv;
     pthread_t tid[LS_MAX_THREADS];
     int nworkers;            /* pool threads besides the caller */
-    atomic_int gen;          /* bumped once per job */
-    atomic_int pending;      /* workers that have not finished the current job */
+    /* (generation << 16) | nth, published once per job. One word so a worker reads both
+     * consistently: workers with ith >= nth skip the job without touching anything else,
+     * and the caller waits only for the nth - 1 participants (not for sleeping bystanders). */
+    _Atomic uint64_t job;
+    atomic_int pending;      /* participants that have not finished the current job */
     atomic_int sleepers;
     atomic_int quit;
     ls_task_fn fn;
     void *ctx;
-    int nth;
     long spin_ns;
-    int start_gen;
+    uint64_t start_gen;
 } P = {.submit = PTHREAD_MUTEX_INITIALIZER, .mu = PTHREAD_MUTEX_INITIALIZER,
        .cv = PTHREAD_COND_INITIALIZER, .nworkers = -1};
 
@@ -49,16 +51,16 @@ static long now_ns(void) {
 
 static void *worker(void *arg) {
     const int ith = (int)(intptr_t)arg;
-    int seen = P.start_gen;  /* not P.gen: a job may already be posted when we start */
+    uint64_t seen = P.start_gen;  /* not the current word: a job may already be posted */
     for (;;) {
         long t0 = now_ns();
         int spins = 0;
-        while (atomic_load_explicit(&P.gen, memory_order_acquire) == seen) {
+        while ((atomic_load_explicit(&P.job, memory_order_acquire) >> 16) == seen) {
             cpu_relax();
             if ((++spins & 255) == 0 && now_ns() - t0 > P.spin_ns) {
                 pthread_mutex_lock(&P.mu);
                 atomic_fetch_add(&P.sleepers, 1);
-                while (atomic_load(&P.gen) == seen && !atomic_load(&P.quit))
+                while ((atomic_load(&P.job) >> 16) == seen && !atomic_load(&P.quit))
                     pthread_cond_wait(&P.cv, &P.mu);
                 atomic_fetch_sub(&P.sleepers, 1);
                 pthread_mutex_unlock(&P.mu);
@@ -66,8 +68,11 @@ static void *worker(void *arg) {
             }
         }
         if (atomic_load(&P.quit)) return NULL;
-        seen = atomic_load(&P.gen);
-        if (ith < P.nth) P.fn(P.ctx, ith, P.nth);
+        uint64_t job = atomic_load_explicit(&P.job, memory_order_acquire);
+        seen = job >> 16;
+        const int nth = (int)(job & 0xFFFF);
+        if (ith >= nth) continue;  /* not ours: fn/ctx may already belong to a later job */
+        P.fn(P.ctx, ith, nth);
         atomic_fetch_sub_explicit(&P.pending, 1, memory_order_release);
     }
 }
@@ -97,7 +102,7 @@ static void start_pool(int nthreads) {
     if (nthreads < 1) nthreads = 1;
     if (nthreads > LS_MAX_THREADS) nthreads = LS_MAX_THREADS;
     P.nworkers = 0;
-    P.start_gen = atomic_load(&P.gen);
+    P.start_gen = atomic_load(&P.job) >> 16;
     for (int i = 1; i < nthreads; i++) {
         if (pthread_create(&P.tid[P.nworkers], NULL, worker, (void *)(intptr_t)i) != 0) break;
         P.nworkers++;
@@ -139,9 +144,9 @@ void ls_parallel(ls_task_fn fn, void *ctx, int nth) {
         if (nth > 1) {
             P.fn = fn;
             P.ctx = ctx;
-            P.nth = nth;
-            atomic_store(&P.pending, P.nworkers);
-            atomic_fetch_add_explicit(&P.gen, 1, memory_order_seq_cst);
+            atomic_store(&P.pending, nth - 1);
+            uint64_t gen = (atomic_load(&P.job) >> 16) + 1;
+            atomic_store_explicit(&P.job, (gen << 16) | (uint64_t)nth, memory_order_seq_cst);
             wake_all();
             fn(ctx, 0, nth);
             while (atomic_load_explicit(&P.pending, memory_order_acquire) > 0) cpu_relax();

@@ -131,6 +131,24 @@ def test_matmul_threads_agree(isa):
     assert torch.equal(single, many), "token tiling must match the one-token path exactly"
 
 
+def test_pool_jobs_of_varying_width():
+    """Back-to-back jobs using 1..all pool threads (the pool's job word and wake-ups)."""
+    rng = np.random.default_rng(8)
+    sizes = [1, 64, 300, 7, 1000]  # nth grows with the work: 1 thread up to the whole pool
+    weights = [cpu.prepare_weight(random_weight(Q.Q8_0, n, 640, rng), int(Q.Q8_0), n)
+               for n in sizes]
+    x = torch.from_numpy(rng.standard_normal((1, 640)).astype(np.float32))
+    want = [cpu.gguf_matmul(x, w) for w in weights]
+    n = cpu.get_num_threads()
+    try:
+        cpu.set_num_threads(4)
+        for i in range(400):
+            j = (i * 7) % len(sizes)
+            assert torch.equal(cpu.gguf_matmul(x, weights[j]), want[j])
+    finally:
+        cpu.set_num_threads(n)
+
+
 def test_matmul_multi_matches_single_calls(isa):
     """Weights of mixed types sharing x in one call give exactly the per-weight results."""
     rng = np.random.default_rng(7)
