@@ -20,14 +20,16 @@ CFLAGS = ["-O3", "-std=c11", "-fPIC", "-ffp-contract=off", "-fvisibility=hidden"
 LIBS = ["-lpthread", "-lm"]
 
 
-def source_files(folder: str = HERE) -> list[str]:
+def source_files(folder: str | None = None) -> list[str]:
     """The C sources of the library (headers excluded), sorted for a stable hash."""
+    folder = folder or HERE
     return sorted(os.path.join(folder, f) for f in os.listdir(folder)
                   if f.startswith("ls_") and f.endswith(".c"))
 
 
-def source_hash(folder: str = HERE) -> str | None:
+def source_hash(folder: str | None = None) -> str | None:
     """Hash of every source and header plus the flags; None if the sources are not shipped."""
+    folder = folder or HERE
     names = sorted(f for f in os.listdir(folder)
                    if f.startswith("ls_") and f.endswith((".c", ".h")))
     if not names:
