@@ -38,15 +38,18 @@ def main() -> None:
     ap.add_argument("--config", choices=list(CONFIGS), default="llama")
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--prompt-len", type=int, default=512)
     args = ap.parse_args()
     from torch.profiler import ProfilerActivity, profile
 
     from localserve import LLM, SamplingParams
 
     cfg = os.path.join(HERE, "configs", CONFIGS[args.config], "config.json")
-    llm = LLM(cfg, load_format="dummy", dtype="bfloat16", max_model_len=4096, backend="cuda")
+    llm = LLM(cfg, load_format="dummy", dtype="bfloat16", max_model_len=4096, backend="cuda",
+              max_num_seqs=max(args.batch, 8), max_num_batched_tokens=16384)
     rng = random.Random(0)
-    prompts = [[rng.randint(0, 10000) for _ in range(512)] for _ in range(args.batch)]
+    prompts = [[rng.randint(0, 10000) for _ in range(args.prompt_len)]
+               for _ in range(args.batch)]
     params = SamplingParams(max_tokens=args.tokens, temperature=0, ignore_eos=True)
     llm.generate(prompts, params)  # warm-up + graph capture
 

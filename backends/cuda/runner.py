@@ -10,6 +10,7 @@ from localserve.backends.cuda.ops import TritonAttentionOps, triton_layer_ops
 
 from localserve.config import EngineConfig
 from localserve.interfaces import SchedulerOutput
+from localserve.layers.fusion import fuse_projections
 from localserve.layers.ops import install_layer_ops
 from localserve.runner.context import AttentionMetadata, ForwardContext, forward_context
 from localserve.runner.torch_runner import TorchModelRunner
@@ -38,6 +39,7 @@ class CudaModelRunner(TorchModelRunner):
                 "free on the GPU. Use a quantized checkpoint (GGUF Q4_K_M, AWQ, GPTQ) or a "
                 "smaller model.") from e
         install_layer_ops(self.model, triton_layer_ops())
+        fuse_projections(self.model)
 
     def profile_num_blocks(self) -> int:
         """KV blocks that fit after a warm-up forward at the largest step the scheduler makes."""

@@ -20,9 +20,13 @@ class GatedMLP(nn.Module):
         self.gate_proj = Linear(hidden_size, intermediate_size, bias)
         self.up_proj = Linear(hidden_size, intermediate_size, bias)
         self.down_proj = Linear(intermediate_size, hidden_size, bias)
+        self.gate_up_proj: Linear | None = None  # set by layers.fusion for float weights
         self.activation = activation
         self.layer_ops: LayerOps = DEFAULT_LAYER_OPS
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate_up = torch.cat([self.gate_proj(x), self.up_proj(x)], dim=-1)  # [T, 2 * inter]
+        if self.gate_up_proj is not None:
+            gate_up = self.gate_up_proj(x)  # [T, 2 * inter]
+        else:
+            gate_up = torch.cat([self.gate_proj(x), self.up_proj(x)], dim=-1)
         return self.down_proj(self.layer_ops.act_and_mul(gate_up, self.activation))

@@ -29,6 +29,8 @@ class LlamaAttention(nn.Module):
         self.k_proj = Linear(hidden, kv_size, arch.qkv_bias)
         self.v_proj = Linear(hidden, kv_size, arch.qkv_bias)
         self.o_proj = Linear(q_size, hidden, arch.o_bias)
+        self.qkv_proj: Linear | None = None  # set by layers.fusion for float weights
+        self.qkv_sizes = (q_size, kv_size, kv_size)
         self.q_norm = RMSNorm(arch.head_dim, arch.rms_norm_eps) if arch.qk_norm else None
         self.k_norm = RMSNorm(arch.head_dim, arch.rms_norm_eps) if arch.qk_norm else None
         self.rotary = rotary
@@ -38,9 +40,13 @@ class LlamaAttention(nn.Module):
 
     def forward(self, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         num_tokens = x.shape[0]
-        q = self.q_proj(x).view(num_tokens, self.num_heads, self.head_dim)
-        k = self.k_proj(x).view(num_tokens, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(x).view(num_tokens, self.num_kv_heads, self.head_dim)
+        if self.qkv_proj is not None:
+            q, k, v = (t.contiguous() for t in self.qkv_proj(x).split(self.qkv_sizes, dim=-1))
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = q.view(num_tokens, self.num_heads, self.head_dim)
+        k = k.view(num_tokens, self.num_kv_heads, self.head_dim)
+        v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = self.rotary(positions, q, k)
