@@ -44,7 +44,7 @@ def probe_hf_kernels_without_repo_root() -> None:
 probe_hf_kernels_without_repo_root()
 
 ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text")
-FORMATS = ("safetensors", "gguf-f32", "gguf-f16", "gguf-q8_0")
+FORMATS = ("safetensors", "gguf-f32", "gguf-f16", "gguf-bf16", "gguf-q8_0")
 VOCAB = 512
 _FILE_TYPES = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
                "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}

@@ -22,7 +22,7 @@ from tests.helpers.tiny_models import ARCHITECTURES, VOCAB, make_tiny_checkpoint
 REL_TOL = 1e-5
 CASES = [(arch, fmt) for arch in ARCHITECTURES for fmt in ("safetensors", "gguf-f32",
                                                              "gguf-q8_0")]
-CASES += [("llama", "gguf-f16"), ("gemma3_text", "gguf-f16")]
+CASES += [("llama", "gguf-f16"), ("gemma3_text", "gguf-f16"), ("qwen2", "gguf-bf16")]
 
 
 def prompt_ids(n: int, seed: int) -> list[int]:
