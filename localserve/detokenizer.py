@@ -28,8 +28,10 @@ class IncrementalDetokenizer:
                  skip_special_tokens: bool = True) -> None:
         self._tok = tokenizer
         self._skip = skip_special_tokens
-        self._special: frozenset[int] = (frozenset(tokenizer.all_special_ids)
+        # Duck-typed: any object with decode(); the two hooks below are optional.
+        self._special: frozenset[int] = (frozenset(getattr(tokenizer, "all_special_ids", ()))
                                          if skip_special_tokens else frozenset())
+        self._is_byte = getattr(tokenizer, "is_byte_token", None) or (lambda _: False)
         self._ids: list[int] = self._context(prompt_token_ids)
         self._prefix = 0  # start of the decode window
         self._read = len(self._ids)  # tokens up to here have been emitted
@@ -38,7 +40,7 @@ class IncrementalDetokenizer:
         """The last prompt tokens, if they decode cleanly (else start the output fresh)."""
         tail = [t for t in list(prompt_token_ids)[-4 * _CONTEXT:] if t not in self._special]
         tail = tail[-_CONTEXT:]
-        if not tail or self._tok.is_byte_token(tail[-1]):
+        if not tail or self._is_byte(tail[-1]):
             return []
         if self._decode(tail).endswith(_REPLACEMENT):
             return []
@@ -59,7 +61,7 @@ class IncrementalDetokenizer:
     def _emit(self, final: bool) -> str:
         if len(self._ids) == self._read:
             return ""
-        if not final and self._tok.is_byte_token(self._ids[-1]):
+        if not final and self._is_byte(self._ids[-1]):
             return ""
         prefix_text = self._decode(self._ids[self._prefix:self._read])
         full = self._decode(self._ids[self._prefix:])
