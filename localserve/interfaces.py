@@ -28,6 +28,7 @@ class ScheduledSeq:
     `choice_indices` lists which samples to draw from the logits of the last token: empty for
     a prefill chunk that does not reach the end, one index normally, n indices when the parent
     of an n>1 request finishes its prompt (the engine then forks it).
+    The sequences are the scheduler's own lists, not copies: read them within execute() only.
     """
 
     seq_id: int

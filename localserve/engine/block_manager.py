@@ -47,7 +47,7 @@ class BlockManager:
         # Free blocks in eviction order: the least recently freed first.
         self._free: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
         self._cached: dict[int, int] = {}  # chain hash -> block id
-        self._num_hashed: dict[int, int] = {}  # seq_id -> how many of its blocks are hashed
+        self._chains: dict[int, list[int]] = {}  # seq_id -> chain hashes of its full blocks
 
     # -- queries ---------------------------------------------------------------------------
     @property
@@ -61,19 +61,21 @@ class BlockManager:
     def blocks_needed(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
 
-    def match_prefix(self, seq: Sequence) -> list[int]:
-        """Cached blocks that hold a prefix of `seq` (at least one token is left to compute)."""
+    def match_prefix(self, seq: Sequence) -> tuple[list[int], list[int]]:
+        """Cached blocks holding a prefix of `seq` (at least one token is left to compute),
+        and their chain hashes."""
         if not self.enable_prefix_caching:
-            return []
+            return [], []
         max_blocks = (seq.num_tokens - 1) // self.block_size
         hits: list[int] = []
-        for h in chain_hashes(seq.token_ids(0, max_blocks * self.block_size), self.block_size,
-                              max_blocks):
+        hashes = chain_hashes(seq.token_ids(0, max_blocks * self.block_size), self.block_size,
+                              max_blocks)
+        for h in hashes:
             block_id = self._cached.get(h)
             if block_id is None:
                 break
             hits.append(block_id)
-        return hits
+        return hits, hashes[:len(hits)]
 
     # -- allocation ------------------------------------------------------------------------
     def allocate(self, seq: Sequence, num_new_tokens: int) -> int | None:
@@ -83,7 +85,7 @@ class BlockManager:
         sequence after the hits), or None (nothing taken) if the blocks are not there.
         """
         assert not seq.block_table, "allocate() is for sequences without blocks"
-        hits = self.match_prefix(seq)
+        hits, hashes = self.match_prefix(seq)
         num_cached = len(hits) * self.block_size
         num_new = min(num_new_tokens, seq.num_tokens - num_cached)
         num_fresh = self.blocks_needed(num_cached + num_new) - len(hits)
@@ -95,7 +97,7 @@ class BlockManager:
             self._take(block_id)
         seq.block_table = hits + [self._take_fresh() for _ in range(num_fresh)]
         seq.num_computed = num_cached
-        self._num_hashed[seq.seq_id] = len(hits)
+        self._chains[seq.seq_id] = hashes
         return num_new
 
     def append_slots(self, seq: Sequence, num_new_tokens: int) -> list[tuple[int, int]] | None:
@@ -125,7 +127,7 @@ class BlockManager:
         child.block_table = list(parent.block_table)
         for block_id in child.block_table:
             self.blocks[block_id].ref_count += 1
-        self._num_hashed[child.seq_id] = self._num_hashed.get(parent.seq_id, 0)
+        self._chains[child.seq_id] = list(self._chains.get(parent.seq_id, ()))
 
     def free(self, seq: Sequence) -> None:
         """Releases the sequence's blocks; cached ones stay findable until reused."""
@@ -136,24 +138,22 @@ class BlockManager:
             if block.ref_count == 0:
                 self._free[block_id] = None
         seq.block_table = []
-        self._num_hashed.pop(seq.seq_id, None)
+        self._chains.pop(seq.seq_id, None)
 
     def commit(self, seq: Sequence) -> None:
         """Registers the sequence's newly full, computed blocks in the prefix cache."""
         if not self.enable_prefix_caching:
             return
-        done = self._num_hashed.get(seq.seq_id, 0)
-        num_full = seq.num_computed // self.block_size
-        if num_full <= done:
-            return
-        hashes = chain_hashes(seq.token_ids(0, num_full * self.block_size), self.block_size,
-                              num_full)
-        for i in range(done, num_full):
+        chain = self._chains.setdefault(seq.seq_id, [])
+        bs = self.block_size
+        # Only the blocks filled since the last commit are hashed: O(1) per token overall.
+        for i in range(len(chain), seq.num_computed // bs):
+            h = hash((chain[-1] if chain else 0, tuple(seq.token_ids(i * bs, (i + 1) * bs))))
+            chain.append(h)
             block = self.blocks[seq.block_table[i]]
-            if block.hash is None and hashes[i] not in self._cached:
-                block.hash = hashes[i]
-                self._cached[hashes[i]] = block.block_id
-        self._num_hashed[seq.seq_id] = num_full
+            if block.hash is None and h not in self._cached:
+                block.hash = h
+                self._cached[h] = block.block_id
 
     def reset_prefix_cache(self) -> None:
         for block in self.blocks:

@@ -145,11 +145,13 @@ class Scheduler:
             choices = tuple(range(seq.choice_index, seq.choice_index + 1 + seq.num_pending_forks))
         else:
             choices = (seq.choice_index,)
+        # The lists are handed over, not copied (O(1) per sequence): they stay unchanged
+        # until the next schedule(), and the runner reads them only within execute().
         return ScheduledSeq(
             seq_id=seq.seq_id, token_ids=seq.token_ids(seq.num_computed, end),
-            start_pos=seq.num_computed, block_table=tuple(seq.block_table),
+            start_pos=seq.num_computed, block_table=seq.block_table,
             choice_indices=choices, params=seq.params,
-            prompt_token_ids=seq.prompt_token_ids, output_token_ids=tuple(seq.output_token_ids))
+            prompt_token_ids=seq.prompt_token_ids, output_token_ids=seq.output_token_ids)
 
     def _preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)

@@ -7,8 +7,10 @@ and samples. Backends differ only in the ops they pass in and in memory sizing.
 
 from __future__ import annotations
 
+import itertools
 import logging
 
+import numpy as np
 import psutil
 import torch
 
@@ -131,33 +133,42 @@ class TorchModelRunner:
 
     def _prepare(self, scheduled: SchedulerOutput
                  ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[int]]:
-        bs = self.block_size
-        input_ids: list[int] = []
-        positions: list[int] = []
-        slots: list[int] = []
-        starts = [0]
-        seq_lens: list[int] = []
-        max_blocks = max(len(s.block_table) for s in scheduled.seqs)
-        tables = []
-        for s in scheduled.seqs:
-            input_ids.extend(s.token_ids)
-            pos = range(s.start_pos, s.start_pos + s.num_tokens)
-            positions.extend(pos)
-            slots.extend(s.block_table[p // bs] * bs + p % bs for p in pos)
-            starts.append(starts[-1] + s.num_tokens)
-            seq_lens.append(s.start_pos + s.num_tokens)
-            tables.append(list(s.block_table) + [0] * (max_blocks - len(s.block_table)))
-        dev = self.device
+        """Packs a step into tensors with numpy, then one host-to-device copy."""
+        seqs = scheduled.seqs
+        n, bs = len(seqs), self.block_size
+        q_lens = np.fromiter((s.num_tokens for s in seqs), np.int64, n)
+        starts = np.fromiter((s.start_pos for s in seqs), np.int64, n)
+        max_blocks = max(len(s.block_table) for s in seqs)
+        qsl = np.zeros(n + 1, np.int64)
+        np.cumsum(q_lens, out=qsl[1:])
+        num_tokens = int(qsl[-1])
+        tables = np.zeros((n, max_blocks), np.int64)
+        for i, s in enumerate(seqs):
+            tables[i, :len(s.block_table)] = s.block_table
+        # One int64 buffer: ids | positions | slots | query_start_loc | seq_lens | tables.
+        buf = np.empty(3 * num_tokens + 2 * n + 1 + n * max_blocks, np.int64)
+        ids, pos, slots = (buf[i * num_tokens:(i + 1) * num_tokens] for i in range(3))
+        ids[:] = np.fromiter(itertools.chain.from_iterable(s.token_ids for s in seqs),
+                             np.int64, num_tokens)
+        seq_of_token = np.repeat(np.arange(n), q_lens)
+        pos[:] = np.arange(num_tokens) - qsl[:-1][seq_of_token] + starts[seq_of_token]
+        slots[:] = tables[seq_of_token, pos // bs] * bs + pos % bs
+        rest = buf[3 * num_tokens:]
+        rest[:n + 1] = qsl
+        rest[n + 1:2 * n + 1] = starts + q_lens
+        rest[2 * n + 1:] = tables.reshape(-1)
+        host = torch.from_numpy(buf)
+        dev = host.pin_memory().to(self.device, non_blocking=True) \
+            if self.device.type == "cuda" else host
+        t = num_tokens
         meta = AttentionMetadata(
-            slot_mapping=torch.tensor(slots, dtype=torch.int64, device=dev),
-            block_tables=torch.tensor(tables, dtype=torch.int32, device=dev),
-            query_start_loc=torch.tensor(starts, dtype=torch.int32, device=dev),
-            seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=dev),
-            max_query_len=max(s.num_tokens for s in scheduled.seqs),
-            max_seq_len=max(seq_lens))
-        last_rows = [end - 1 for end in starts[1:]]
-        return (torch.tensor(input_ids, dtype=torch.int64, device=dev),
-                torch.tensor(positions, dtype=torch.int64, device=dev), meta, last_rows)
+            slot_mapping=dev[2 * t:3 * t],
+            block_tables=dev[3 * t + 2 * n + 1:].view(n, max_blocks).to(torch.int32),
+            query_start_loc=dev[3 * t:3 * t + n + 1].to(torch.int32),
+            seq_lens=dev[3 * t + n + 1:3 * t + 2 * n + 1].to(torch.int32),
+            max_query_len=int(q_lens.max()), max_seq_len=int((starts + q_lens).max()))
+        last_rows = (qsl[1:] - 1).tolist()
+        return dev[:t], dev[t:2 * t], meta, last_rows
 
     def shutdown(self) -> None:
         self.kv_caches = []
