@@ -38,7 +38,7 @@ class IncrementalDetokenizer:
 
     def _context(self, prompt_token_ids: Sequence[int]) -> list[int]:
         """The last prompt tokens, if they decode cleanly (else start the output fresh)."""
-        tail = [t for t in list(prompt_token_ids)[-4 * _CONTEXT:] if t not in self._special]
+        tail = [t for t in list(prompt_token_ids[-4 * _CONTEXT:]) if t not in self._special]
         tail = tail[-_CONTEXT:]
         if not tail or self._is_byte(tail[-1]):
             return []
@@ -68,4 +68,8 @@ class IncrementalDetokenizer:
         if not final and full.endswith(_REPLACEMENT):
             return ""
         self._prefix, self._read = self._read, len(self._ids)
+        if self._prefix > 1024:  # keep only the window: memory stays O(1) as well
+            del self._ids[:self._prefix]
+            self._read -= self._prefix
+            self._prefix = 0
         return full[len(prefix_text):]

@@ -112,9 +112,9 @@ def test_work_per_token_is_constant(gemma):
             decoded.append(len(ids))
             return gemma.decode(ids, skip_special_tokens)
 
-    ids = gemma.encode("The quick brown fox 😀 jumps over the lazy dog. " * 60,
+    ids = gemma.encode("The quick brown fox 😀 jumps over the lazy dog. " * 150,
                        add_special_tokens=False)
     detok = IncrementalDetokenizer(Counting(), [2])
     text = "".join(detok.add([t]) for t in ids) + detok.flush()
     assert text == gemma.decode(ids)
-    assert max(decoded) <= 16 and len(ids) > 600
+    assert max(decoded) <= 16 and len(ids) > 2000  # past the 1024-token trim too
