@@ -117,4 +117,4 @@ def test_work_per_token_is_constant(gemma):
     detok = IncrementalDetokenizer(Counting(), [2])
     text = "".join(detok.add([t]) for t in ids) + detok.flush()
     assert text == gemma.decode(ids)
-    assert max(decoded) <= 16 and len(ids) > 2000  # past the 1024-token trim too
+    assert max(decoded) <= 16 and len(ids) > 1500  # past the 1024-token trim too
