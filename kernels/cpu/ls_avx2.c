@@ -269,5 +269,6 @@ static TGT void vf16(float *dst, const uint16_t *src, int n) {
 const ls_kernels ls_kernels_avx2 = {
     "avx2", dot_q8_0, dot_q5_0, dot_q4_K, dot_q6_K, dot_f16, dot_bf16, dot_f32,
     {vdot, vaxpy, vscale, vf16},
+    NULL, NULL,
 };
 #endif

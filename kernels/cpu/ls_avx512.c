@@ -255,6 +255,83 @@ INL void float_nt(int K, const void *w, int type, const uint8_t *act,
     }
 }
 
+/* Block i of one Q8_0 / Q5_0 row against one token, for odd block counts. */
+INL float a8_last_block(const uint8_t *row, int i, const int8_t *xq, const float *xd,
+                        const float *xs, const int Q5) {
+    __m256i x = _mm256_loadu_si256((const __m256i *)(xq + 32 * i));
+    __m256i p;
+    float d;
+    if (Q5) {
+        const blk_q5_0 *b = (const blk_q5_0 *)row + i;
+        p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), q5_codes(b), x);
+        d = fp16(b->d);
+    } else {
+        const blk_q8_0 *b = (const blk_q8_0 *)row + i;
+        __m256i w = _mm256_loadu_si256((const __m256i *)b->qs);
+        p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_abs_epi8(w),
+                                _mm256_sign_epi8(x, w));
+        d = fp16(b->d);
+    }
+    float s = _mm512_mask_reduce_add_ps(0xFF, _mm512_cvtepi32_ps(_mm512_castsi256_si512(p)));
+    return Q5 ? d * (xd[i] * s - 16.0f * xs[i]) : d * xd[i] * s;
+}
+
+/* Two rows of Q8_0 or Q5_0 against one token (see ls_dot2_fn). */
+INL void a8_two_rows(int K, const uint8_t *w, size_t rb, const uint8_t *act,
+                     const ls_act_layout *lay, float *out, const int Q5) {
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+    const int8_t *xq = ls_act_qs(act);
+    const uint8_t *pp = act + lay->off_p;
+    const __m512i bias = _mm512_set1_epi8((char)0x80);
+    const int nb = K / LS_QK, shift = Q5 ? 4 : 7;
+    int i = 0;
+    for (; i + 2 <= nb; i += 2) {
+        const uint8_t *p = pp + (size_t)i * 64;
+        __m512i init = _mm512_sll_epi32(_mm512_load_si512((const void *)p),
+                                        _mm_cvtsi32_si128(shift));
+        __m512i x = _mm512_loadu_si512((const void *)(xq + 32 * i));
+        __m512 dx = _mm512_load_ps((const float *)(p + 64));
+        __m512i w0, w1;
+        __m512 d0, d1;
+        if (Q5) {
+            const blk_q5_0 *a = (const blk_q5_0 *)w, *b = (const blk_q5_0 *)(w + rb);
+            w0 = join256(q5_codes(&a[i]), q5_codes(&a[i + 1]));
+            w1 = join256(q5_codes(&b[i]), q5_codes(&b[i + 1]));
+            d0 = pair_scales(a[i].d, a[i + 1].d);
+            d1 = pair_scales(b[i].d, b[i + 1].d);
+        } else {
+            const blk_q8_0 *a = (const blk_q8_0 *)w, *b = (const blk_q8_0 *)(w + rb);
+            w0 = _mm512_xor_si512(join256(_mm256_loadu_si256((const __m256i *)a[i].qs),
+                                          _mm256_loadu_si256((const __m256i *)a[i + 1].qs)), bias);
+            w1 = _mm512_xor_si512(join256(_mm256_loadu_si256((const __m256i *)b[i].qs),
+                                          _mm256_loadu_si256((const __m256i *)b[i + 1].qs)), bias);
+            d0 = pair_scales(a[i].d, a[i + 1].d);
+            d1 = pair_scales(b[i].d, b[i + 1].d);
+        }
+        acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(init, w0, x)),
+                               _mm512_mul_ps(d0, dx), acc0);
+        acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(init, w1, x)),
+                               _mm512_mul_ps(d1, dx), acc1);
+    }
+    out[0] = _mm512_reduce_add_ps(acc0);
+    out[1] = _mm512_reduce_add_ps(acc1);
+    if (i < nb) {  /* odd block count */
+        const float *xd = ls_act_d(act, lay), *xs = ls_act_s(act, lay);
+        out[0] += a8_last_block(w, i, xq, xd, xs, Q5);
+        out[1] += a8_last_block(w + rb, i, xq, xd, xs, Q5);
+    }
+}
+
+static TGT void dot2_q8_0(int K, const void *w, size_t rb, const uint8_t *act,
+                          const ls_act_layout *lay, float *out) {
+    a8_two_rows(K, (const uint8_t *)w, rb, act, lay, out, 0);
+}
+
+static TGT void dot2_q5_0(int K, const void *w, size_t rb, const uint8_t *act,
+                          const ls_act_layout *lay, float *out) {
+    a8_two_rows(K, (const uint8_t *)w, rb, act, lay, out, 1);
+}
+
 #define LS_SPECIALISE(name, call)                                                         \
     static TGT void name(int K, const void *w, const uint8_t *act, const ls_act_layout *lay, \
                          int nt, float *out, size_t os) {                                 \
@@ -318,5 +395,10 @@ static TGT void vf16(float *dst, const uint16_t *src, int n) {
 const ls_kernels ls_kernels_avx512 = {
     "avx512", dot_q8_0, dot_q5_0, dot_q4_K, dot_q6_K, dot_f16, dot_bf16, dot_f32,
     {vdot, vaxpy, vscale, vf16},
+#ifndef LS_NO_DOT2  /* -DLS_NO_DOT2: build without the paired-row decode kernels, to A/B them */
+    dot2_q8_0, dot2_q5_0,
+#else
+    NULL, NULL,
+#endif
 };
 #endif

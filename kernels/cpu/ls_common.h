@@ -57,6 +57,11 @@ typedef struct {
 typedef void (*ls_dot_fn)(int K, const void *w, const uint8_t *act, const ls_act_layout *lay,
                           int nt, float *out, size_t out_stride);
 
+/* Decode (one token) over two consecutive weight rows at once: out[0], out[1]. Two
+ * independent accumulator chains and shared activation loads; optional per ISA. */
+typedef void (*ls_dot2_fn)(int K, const void *w, size_t row_bytes, const uint8_t *act,
+                           const ls_act_layout *lay, float *out);
+
 /* Vector helpers for attention (fp32 math; K/V rows converted per tile). */
 typedef struct {
     float (*dot)(const float *a, const float *b, int n);
@@ -70,6 +75,7 @@ typedef struct {
     const char *name;
     ls_dot_fn dot_q8_0, dot_q5_0, dot_q4_K, dot_q6_K, dot_f16, dot_bf16, dot_f32;
     ls_vec_ops vec;
+    ls_dot2_fn dot2_q8_0, dot2_q5_0;  /* may be NULL */
 } ls_kernels;
 
 enum { LS_ISA_SCALAR = 0, LS_ISA_AVX2 = 1, LS_ISA_AVX512 = 2, LS_ISA_NEON = 3 };

@@ -15,6 +15,7 @@
 
 typedef struct {
     ls_dot_fn dot;
+    ls_dot2_fn dot2;   /* two rows, one token; NULL if the ISA has none for this type */
     const uint8_t *w;
     size_t row_bytes;
     int kind;          /* ls_act_kind: which activation buffer */
@@ -56,6 +57,16 @@ static void matmul_task(void *p, int ith, int nth) {
         const ls_act_layout *lay = &j->lay[pt->kind];
         int r0 = (c - pt->first) * j->chunk;
         int r1 = r0 + j->chunk < pt->N ? r0 + j->chunk : pt->N;
+        if (j->T == 1 && pt->dot2) {  /* decode: rows in pairs */
+            int r = r0;
+            for (; r + 2 <= r1; r += 2)
+                pt->dot2(j->K, pt->w + (size_t)r * pt->row_bytes, pt->row_bytes,
+                         j->act[pt->kind], lay, pt->y + r);
+            if (r < r1)
+                pt->dot(j->K, pt->w + (size_t)r * pt->row_bytes, j->act[pt->kind], lay, 1,
+                        pt->y + r, 1);
+            continue;
+        }
         for (int t0 = 0; t0 < j->T; t0 += LS_NT) {
             int nt = j->T - t0 < LS_NT ? j->T - t0 : LS_NT;
             const uint8_t *a = j->act[pt->kind] + (size_t)t0 * lay->stride;
@@ -112,6 +123,9 @@ LS_API int ls_gguf_matmul_multi(const float *x, int T, int K, int n, const void 
         if (N[i] < 0) return LS_EBADSHAPE;
         pt->dot = pick(kt, qtypes[i], &pt->kind);
         if (!pt->dot) pt->dot = pick(&ls_kernels_scalar, qtypes[i], &pt->kind);
+        pt->dot2 = qtypes[i] == LS_Q8_0   ? kt->dot2_q8_0
+                   : qtypes[i] == LS_Q5_0 ? kt->dot2_q5_0
+                                          : NULL;
         if (!pt->dot) return LS_EBADTYPE;
         pt->w = (const uint8_t *)w[i];
         pt->row_bytes = ls_row_bytes(qtypes[i], K);
