@@ -14,8 +14,6 @@ Reuse: `make_tiny_checkpoint(tmp_path, "gemma3_text", "gguf-q8_0")` -> TinyCheck
 from __future__ import annotations
 
 import math
-import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,23 +23,6 @@ import numpy as np
 import torch
 from gguf.quants import dequantize as gguf_dequantize
 from gguf.quants import quantize as gguf_quantize
-
-
-def probe_hf_kernels_without_repo_root() -> None:
-    """From the repo root, transformers' probe for the HF `kernels` package would import our
-    `kernels/` folder, which refuses that name; run the (cached) probe without the root."""
-    from transformers.utils import import_utils
-
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    saved = sys.path[:]
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != root]
-    try:
-        import_utils.is_kernels_available()
-    finally:
-        sys.path[:] = saved
-
-
-probe_hf_kernels_without_repo_root()
 
 ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text")
 FORMATS = ("safetensors", "gguf-f32", "gguf-f16", "gguf-bf16", "gguf-q8_0")

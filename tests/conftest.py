@@ -1,0 +1,20 @@
+"""Test-wide set-up: keep the repo root off sys.path, but `tests.*` importable.
+
+From the repo root (`python -m pytest` puts it on sys.path), `backends/ kernels/ quant/ tui/`
+would be importable as top-level names; transformers probes for an HF package named
+`kernels` and would import ours. The tests import their helpers as `tests.helpers...`, so we
+register the `tests` package by path instead of through the root.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT]
+if "tests" not in sys.modules:
+    _pkg = types.ModuleType("tests")
+    _pkg.__path__ = [str(ROOT / "tests")]
+    sys.modules["tests"] = _pkg
