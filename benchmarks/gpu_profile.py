@@ -57,7 +57,8 @@ def main() -> None:
     totals: dict[str, list[float]] = defaultdict(list)
     for obj, name in [(engine.scheduler, "schedule"), (runner, "_prepare"),
                       (runner, "_forward"), (engine, "_process"),
-                      (runner.model, "compute_logits")]:
+                      (runner.model, "compute_logits"), (engine, "step"), (runner, "execute"),
+                      (engine.scheduler, "update")]:
         setattr(obj, name, timed(getattr(obj, name), totals[name]))
     runner.sampler = timed(runner.sampler, totals["sample"])
     t = time.perf_counter()

@@ -47,6 +47,8 @@ class TorchModelRunner:
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.sampler: Sampler | None = None
         self.spec: ModelSpec | None = None
+        self._pinned: torch.Tensor | None = None
+        self._copied: torch.cuda.Event | None = None
 
     # -- set-up ----------------------------------------------------------------------------
     def model_dtype(self) -> torch.dtype:
@@ -157,9 +159,7 @@ class TorchModelRunner:
         rest[:n + 1] = qsl
         rest[n + 1:2 * n + 1] = starts + q_lens
         rest[2 * n + 1:] = tables.reshape(-1)
-        host = torch.from_numpy(buf)
-        dev = host.pin_memory().to(self.device, non_blocking=True) \
-            if self.device.type == "cuda" else host
+        dev = self._to_device(torch.from_numpy(buf))
         t = num_tokens
         meta = AttentionMetadata(
             slot_mapping=dev[2 * t:3 * t],
@@ -169,6 +169,24 @@ class TorchModelRunner:
             max_query_len=int(q_lens.max()), max_seq_len=int((starts + q_lens).max()))
         last_rows = (qsl[1:] - 1).tolist()
         return dev[:t], dev[t:2 * t], meta, last_rows
+
+    def _to_device(self, host: torch.Tensor) -> torch.Tensor:
+        """Copies through a reused pinned buffer (pinning fresh memory each step is slow);
+        an event makes the next step wait until this copy has read the buffer."""
+        if self.device.type != "cuda":
+            return host
+        n = host.numel()
+        if self._copied is not None:
+            self._copied.synchronize()
+        if self._pinned is None or self._pinned.numel() < n:
+            size = max(n, 2 * (self._pinned.numel() if self._pinned is not None else 0))
+            self._pinned = torch.empty(size, dtype=host.dtype, pin_memory=True)
+        staged = self._pinned[:n]
+        staged.copy_(host)
+        dev = staged.to(self.device, non_blocking=True)
+        self._copied = torch.cuda.Event()
+        self._copied.record()
+        return dev
 
     def shutdown(self) -> None:
         self.kv_caches = []
