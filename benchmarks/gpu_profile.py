@@ -39,6 +39,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--prompt-len", type=int, default=512)
+    ap.add_argument("--cprofile", action="store_true", help="host-side profile instead")
     args = ap.parse_args()
     from torch.profiler import ProfilerActivity, profile
 
@@ -54,6 +55,18 @@ def main() -> None:
     llm.generate(prompts, params)  # warm-up + graph capture
 
     engine, runner = llm.engine, llm.engine.runner
+    if args.cprofile:
+        import cProfile
+        import pstats
+
+        prof = cProfile.Profile()
+        prof.enable()
+        t = time.perf_counter()
+        llm.generate(prompts, params)
+        prof.disable()
+        print(f"wall {time.perf_counter() - t:.2f}s")
+        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+        return
     totals: dict[str, list[float]] = defaultdict(list)
     for obj, name in [(engine.scheduler, "schedule"), (runner, "_prepare"),
                       (runner, "_forward"), (engine, "_process"),
