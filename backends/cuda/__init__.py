@@ -43,6 +43,7 @@ class CudaBackend:
 
     def create_runner(self, config: EngineConfig, device: DeviceInfo) -> ModelRunner:
         import torch
+
         from localserve.backends.cuda.runner import CudaModelRunner
 
         return CudaModelRunner(config, torch.device("cuda", 0))

@@ -26,8 +26,9 @@ log = logging.getLogger(__name__)
 
 
 def bucket_sizes(max_num_seqs: int) -> list[int]:
-    sizes = [1, 2, 4, 8, *range(16, 257, 16), *range(288, 1025, 32)]
-    sizes = [s for s in sizes if s < max_num_seqs]
+    """Powers of two: few captures (each costs a forward pass); padding a decode batch costs
+    little, because a decode step reads every weight once whatever the batch size."""
+    sizes = [1 << i for i in range(max_num_seqs.bit_length()) if 1 << i < max_num_seqs]
     return [*sizes, max_num_seqs]
 
 

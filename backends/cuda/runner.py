@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 
 import torch
+
 from localserve.backends.cuda.graphs import DecodeGraphs
 from localserve.backends.cuda.ops import TritonAttentionOps, triton_layer_ops
-
 from localserve.config import EngineConfig
 from localserve.interfaces import SchedulerOutput
 from localserve.layers.fusion import fuse_projections

@@ -24,8 +24,8 @@ class ReferenceBackend:
 
     def create_runner(self, config: EngineConfig, device: DeviceInfo) -> ModelRunner:
         import torch
-        from localserve.runner.context import ReferenceAttentionOps
 
+        from localserve.runner.context import ReferenceAttentionOps
         from localserve.runner.torch_runner import TorchModelRunner
 
         if config.num_threads:

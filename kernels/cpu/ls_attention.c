@@ -20,24 +20,21 @@ typedef struct {
     const int *item_start;  /* [num_seqs + 1] prefix sums of items per sequence */
     float scale, soft_cap;
     int window;
-    float *scratch;  /* per thread: acc [QC, hd], K and V tiles [KT, hd], scores [KT] */
+    float *scratch;  /* per thread: acc [QC, hd], scores [KT], bf16 K/V tiles [KT, hd] */
     size_t scratch_floats;
     float *out;
     atomic_int next;
     const ls_vec_ops *v;
 } attn_job;
 
-static const float *kv_row(const attn_job *j, const uint8_t *cache, int s, int pos, int kvh,
-                           float *buf) {
+/* Row of one cached token for one kv head: fp32 or fp16 in place; bf16 converted to buf. */
+static const void *kv_row(const attn_job *j, const uint8_t *cache, int s, int pos, int kvh,
+                          float *buf) {
     int blk = j->bt[(size_t)s * j->max_blocks + pos / j->bs];
     size_t idx = (((size_t)blk * j->bs + pos % j->bs) * j->nkv + kvh) * j->hd;
     const void *p = cache + idx * j->esize;
-    if (j->kv_dtype == LS_F32) return (const float *)p;
-    if (j->kv_dtype == LS_F16) {
-        j->v->f16_to_f32(buf, (const uint16_t *)p, j->hd);
-    } else {
-        for (int d = 0; d < j->hd; d++) buf[d] = ls_bf16_to_f32(((const uint16_t *)p)[d]);
-    }
+    if (j->kv_dtype != LS_BF16) return p;
+    for (int d = 0; d < j->hd; d++) buf[d] = ls_bf16_to_f32(((const uint16_t *)p)[d]);
     return buf;
 }
 
@@ -45,8 +42,11 @@ static void run_item(const attn_job *j, int s, int h, int c, float *scr) {
     const int hd = j->hd, kvh = h / (j->nh / j->nkv);
     const int start = j->qsl[s], q_len = j->qsl[s + 1] - start, seq_len = j->seq_lens[s];
     const int i0 = c * QC, nq = q_len - i0 < QC ? q_len - i0 : QC;
-    float *acc = scr, *kbuf = acc + QC * hd, *vbuf = kbuf + KT * hd, *sc = vbuf + KT * hd;
-    const float *krow[KT], *vrow[KT];
+    const int bf16 = j->kv_dtype == LS_BF16;
+    float *acc = scr, *sc = acc + QC * hd;
+    float *kbuf = bf16 ? sc + KT : NULL, *vbuf = bf16 ? kbuf + KT * hd : NULL;
+    const void *krow[KT], *vrow[KT];
+    const int f16 = j->kv_dtype == LS_F16;
     float m[QC], l[QC];
     const float *qv[QC];
     int pos[QC];
@@ -62,19 +62,28 @@ static void run_item(const attn_job *j, int s, int h, int c, float *scr) {
     for (int k0 = lo; k0 <= hi; k0 += KT) {
         const int nk = hi - k0 + 1 < KT ? hi - k0 + 1 : KT;
         for (int k = 0; k < nk; k++) {
-            krow[k] = kv_row(j, j->kc, s, k0 + k, kvh, kbuf + k * hd);
-            vrow[k] = kv_row(j, j->vc, s, k0 + k, kvh, vbuf + k * hd);
+            krow[k] = kv_row(j, j->kc, s, k0 + k, kvh, bf16 ? kbuf + k * hd : NULL);
+            vrow[k] = kv_row(j, j->vc, s, k0 + k, kvh, bf16 ? vbuf + k * hd : NULL);
         }
         for (int i = 0; i < nq; i++) {
             /* keys k0 + k visible to query i: k0 + k <= pos and pos - (k0 + k) < window */
             int kb = 0, ke = pos[i] - k0 + 1 < nk ? pos[i] - k0 + 1 : nk;
             if (j->window > 0 && pos[i] - j->window + 1 > k0) kb = pos[i] - j->window + 1 - k0;
             if (kb >= ke) continue;
+            float *scq = sc + kb;
+            const int n = ke - kb;
+            if (j->v->scores) {
+                j->v->scores(qv[i], krow + kb, f16, n, hd, scq);
+            } else {
+                for (int k = 0; k < n; k++)
+                    scq[k] = f16 ? j->v->dot_f16(qv[i], (const uint16_t *)krow[kb + k], hd)
+                                 : j->v->dot(qv[i], (const float *)krow[kb + k], hd);
+            }
             float mt = -INFINITY;
-            for (int k = kb; k < ke; k++) {
-                float x = j->v->dot(qv[i], krow[k], hd) * j->scale;
+            for (int k = 0; k < n; k++) {
+                float x = scq[k] * j->scale;
                 if (j->soft_cap > 0.0f) x = j->soft_cap * tanhf(x / j->soft_cap);
-                sc[k] = x;
+                scq[k] = x;
                 mt = x > mt ? x : mt;
             }
             if (mt > m[i]) {
@@ -83,10 +92,18 @@ static void run_item(const attn_job *j, int s, int h, int c, float *scr) {
                 j->v->scale(acc + i * hd, f, hd);
                 m[i] = mt;
             }
-            for (int k = kb; k < ke; k++) {
-                float p = expf(sc[k] - m[i]);
-                l[i] += p;
-                j->v->axpy(acc + i * hd, p, vrow[k], hd);
+            for (int k = 0; k < n; k++) {
+                scq[k] = expf(scq[k] - m[i]);
+                l[i] += scq[k];
+            }
+            if (j->v->pv) {
+                j->v->pv(acc + i * hd, scq, vrow + kb, f16, n, hd);
+            } else {
+                for (int k = 0; k < n; k++) {
+                    const void *v = vrow[kb + k];
+                    if (f16) j->v->axpy_f16(acc + i * hd, scq[k], (const uint16_t *)v, hd);
+                    else j->v->axpy(acc + i * hd, scq[k], (const float *)v, hd);
+                }
             }
         }
     }
@@ -95,6 +112,18 @@ static void run_item(const attn_job *j, int s, int h, int c, float *scr) {
         float inv = 1.0f / l[i];
         for (int d = 0; d < hd; d++) o[d] = acc[i * hd + d] * inv;
     }
+}
+
+static _Thread_local float *tl_buf;
+static _Thread_local size_t tl_cap;
+
+static float *scratch_floats(size_t n) {
+    if (n > tl_cap) {
+        free(tl_buf);
+        tl_buf = (float *)aligned_alloc(64, (n * sizeof(float) + 63) & ~(size_t)63);
+        tl_cap = tl_buf ? n : 0;
+    }
+    return tl_buf;
 }
 
 static void attn_task(void *p, int ith, int nth) {
@@ -131,8 +160,13 @@ LS_API int ls_paged_attention(const float *q, int num_tokens, int nh, int hd, co
     if (esize_of(kv_dtype) == 0) return LS_EBADTYPE;
     if (nh <= 0 || nkv <= 0 || nh % nkv != 0 || hd <= 0 || bs <= 0 || num_seqs < 0)
         return LS_EBADSHAPE;
-    int *item_start = (int *)malloc(sizeof(int) * ((size_t)num_seqs + 1));
-    if (!item_start) return LS_ENOMEM;
+    /* Per-call buffers come from a grow-only per-caller scratch: a fresh malloc of this size
+     * is an mmap + page faults on every decode step. */
+    const int nth_max = ls_pool_threads();
+    const size_t per_thread = (size_t)QC * hd + KT + (kv_dtype == LS_BF16 ? 2 * KT * hd : 0);
+    float *scratch = scratch_floats(per_thread * nth_max + (size_t)num_seqs + 1 + 16);
+    if (!scratch) return LS_ENOMEM;
+    int *item_start = (int *)(scratch + per_thread * nth_max);
     item_start[0] = 0;
     int rc = LS_OK;
     for (int s = 0; s < num_seqs && rc == LS_OK; s++) {
@@ -154,15 +188,12 @@ LS_API int ls_paged_attention(const float *q, int num_tokens, int nh, int hd, co
                       .item_start = item_start, .scale = scale, .soft_cap = soft_cap,
                       .window = window, .out = out, .v = &ls_active_kernels()->vec};
         atomic_init(&j.next, 0);
-        int items = item_start[num_seqs], nth = ls_pool_threads();
+        int items = item_start[num_seqs], nth = nth_max;
         nth = items < nth ? items : nth;
-        j.scratch_floats = (size_t)(QC + 2 * KT) * hd + KT;
-        j.scratch = (float *)malloc(sizeof(float) * j.scratch_floats * nth);
-        if (j.scratch) ls_parallel(attn_task, &j, nth);
-        else rc = LS_ENOMEM;
-        free(j.scratch);
+        j.scratch_floats = per_thread;
+        j.scratch = scratch;
+        ls_parallel(attn_task, &j, nth);
     }
-    free(item_start);
     return rc;
 }
 

@@ -259,16 +259,104 @@ static TGT void vscale(float *y, float a, int n) {
     for (; i < n; i++) y[i] *= a;
 }
 
-static TGT void vf16(float *dst, const uint16_t *src, int n) {
+INL __m256 load_h8(const uint16_t *p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+}
+
+static TGT float vdot_f16(const float *a, const uint16_t *b, int n) {
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), load_h8(b + i), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), load_h8(b + i + 8), s1);
+    }
+    float s = hsum_ps(_mm256_add_ps(s0, s1));
+    for (; i < n; i++) s += a[i] * fp16(b[i]);
+    return s;
+}
+
+static TGT void vaxpy_f16(float *y, float a, const uint16_t *x, int n) {
+    __m256 av = _mm256_set1_ps(a);
     int i = 0;
     for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
-    for (; i < n; i++) dst[i] = fp16(src[i]);
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, load_h8(x + i), _mm256_loadu_ps(y + i)));
+    for (; i < n; i++) y[i] += a * fp16(x[i]);
+}
+
+/* 8 values of a K/V row at d as fp32. */
+INL __m256 row8(const void *row, int d, const int F16) {
+    return F16 ? load_h8((const uint16_t *)row + d) : _mm256_loadu_ps((const float *)row + d);
+}
+
+INL float row1(const void *row, int d, const int F16) {
+    return F16 ? fp16(((const uint16_t *)row)[d]) : ((const float *)row)[d];
+}
+
+INL void scores_impl(const float *q, const void *const *rows, int nk, int n, float *out,
+                     const int F16) {
+    int k = 0;
+    for (; k + 4 <= nk; k += 4) {  /* four keys: q loaded once, four independent chains */
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        int d = 0;
+        for (; d + 8 <= n; d += 8) {
+            __m256 qv = _mm256_loadu_ps(q + d);
+            a0 = _mm256_fmadd_ps(qv, row8(rows[k], d, F16), a0);
+            a1 = _mm256_fmadd_ps(qv, row8(rows[k + 1], d, F16), a1);
+            a2 = _mm256_fmadd_ps(qv, row8(rows[k + 2], d, F16), a2);
+            a3 = _mm256_fmadd_ps(qv, row8(rows[k + 3], d, F16), a3);
+        }
+        float r0 = hsum_ps(a0), r1 = hsum_ps(a1), r2 = hsum_ps(a2), r3 = hsum_ps(a3);
+        for (; d < n; d++) {
+            r0 += q[d] * row1(rows[k], d, F16), r1 += q[d] * row1(rows[k + 1], d, F16);
+            r2 += q[d] * row1(rows[k + 2], d, F16), r3 += q[d] * row1(rows[k + 3], d, F16);
+        }
+        out[k] = r0, out[k + 1] = r1, out[k + 2] = r2, out[k + 3] = r3;
+    }
+    for (; k < nk; k++)
+        out[k] = F16 ? vdot_f16(q, (const uint16_t *)rows[k], n)
+                     : vdot(q, (const float *)rows[k], n);
+}
+
+static TGT void vscores(const float *q, const void *const *rows, int f16, int nk, int n,
+                        float *out) {
+    if (f16) scores_impl(q, rows, nk, n, out, 1);
+    else scores_impl(q, rows, nk, n, out, 0);
+}
+
+INL void pv_impl(float *acc, const float *p, const void *const *rows, int nk, int n,
+                 const int F16) {
+    int d = 0;
+    for (; d + 32 <= n; d += 32) {  /* 32 accumulators in registers across all keys */
+        __m256 a0 = _mm256_loadu_ps(acc + d), a1 = _mm256_loadu_ps(acc + d + 8);
+        __m256 a2 = _mm256_loadu_ps(acc + d + 16), a3 = _mm256_loadu_ps(acc + d + 24);
+        for (int k = 0; k < nk; k++) {
+            __m256 pk = _mm256_set1_ps(p[k]);
+            a0 = _mm256_fmadd_ps(pk, row8(rows[k], d, F16), a0);
+            a1 = _mm256_fmadd_ps(pk, row8(rows[k], d + 8, F16), a1);
+            a2 = _mm256_fmadd_ps(pk, row8(rows[k], d + 16, F16), a2);
+            a3 = _mm256_fmadd_ps(pk, row8(rows[k], d + 24, F16), a3);
+        }
+        _mm256_storeu_ps(acc + d, a0), _mm256_storeu_ps(acc + d + 8, a1);
+        _mm256_storeu_ps(acc + d + 16, a2), _mm256_storeu_ps(acc + d + 24, a3);
+    }
+    for (; d + 8 <= n; d += 8) {
+        __m256 a = _mm256_loadu_ps(acc + d);
+        for (int k = 0; k < nk; k++)
+            a = _mm256_fmadd_ps(_mm256_set1_ps(p[k]), row8(rows[k], d, F16), a);
+        _mm256_storeu_ps(acc + d, a);
+    }
+    for (; d < n; d++)
+        for (int k = 0; k < nk; k++) acc[d] += p[k] * row1(rows[k], d, F16);
+}
+
+static TGT void vpv(float *acc, const float *p, const void *const *rows, int f16, int nk, int n) {
+    if (f16) pv_impl(acc, p, rows, nk, n, 1);
+    else pv_impl(acc, p, rows, nk, n, 0);
 }
 
 const ls_kernels ls_kernels_avx2 = {
     "avx2", dot_q8_0, dot_q5_0, dot_q4_K, dot_q6_K, dot_f16, dot_bf16, dot_f32,
-    {vdot, vaxpy, vscale, vf16},
+    {vdot, vaxpy, vscale, vdot_f16, vaxpy_f16, vscores, vpv},
     NULL, NULL,
 };
 #endif

@@ -62,12 +62,18 @@ typedef void (*ls_dot_fn)(int K, const void *w, const uint8_t *act, const ls_act
 typedef void (*ls_dot2_fn)(int K, const void *w, size_t row_bytes, const uint8_t *act,
                            const ls_act_layout *lay, float *out);
 
-/* Vector helpers for attention (fp32 math; K/V rows converted per tile). */
+/* Vector helpers for attention (fp32 math; fp16 K/V rows are converted in registers). */
 typedef struct {
     float (*dot)(const float *a, const float *b, int n);
     void (*axpy)(float *y, float a, const float *x, int n);  /* y += a * x */
     void (*scale)(float *y, float a, int n);                 /* y *= a */
-    void (*f16_to_f32)(float *dst, const uint16_t *src, int n);
+    float (*dot_f16)(const float *a, const uint16_t *b, int n);
+    void (*axpy_f16)(float *y, float a, const uint16_t *x, int n);
+    /* Optional tile versions (NULL: composed from the above). rows are fp32, or fp16 if f16.
+     * scores: out[k] = q . rows[k] for k < nk (q read once per few keys, chains in parallel);
+     * pv: acc += sum_k p[k] * rows[k] (acc stays in registers across the keys). */
+    void (*scores)(const float *q, const void *const *rows, int f16, int nk, int n, float *out);
+    void (*pv)(float *acc, const float *p, const void *const *rows, int f16, int nk, int n);
 } ls_vec_ops;
 
 /* One ISA's kernels; a NULL dot entry falls back to the scalar one. */

@@ -200,16 +200,28 @@ static void vscale(float *y, float a, int n) {
     for (; i < n; i++) y[i] *= a;
 }
 
-static void vf16(float *dst, const uint16_t *src, int n) {
+static inline float32x4_t load_h4(const uint16_t *p) {
+    return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p)));
+}
+
+static float vdot_f16(const float *a, const uint16_t *b, int n) {
+    float32x4_t s = vdupq_n_f32(0.0f);
     int i = 0;
-    for (; i + 4 <= n; i += 4)
-        vst1q_f32(dst + i, vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(src + i))));
-    for (; i < n; i++) dst[i] = ls_fp16_to_f32(src[i]);
+    for (; i + 4 <= n; i += 4) s = vfmaq_f32(s, vld1q_f32(a + i), load_h4(b + i));
+    float r = vaddvq_f32(s);
+    for (; i < n; i++) r += a[i] * ls_fp16_to_f32(b[i]);
+    return r;
+}
+
+static void vaxpy_f16(float *y, float a, const uint16_t *x, int n) {
+    int i = 0;
+    for (; i + 4 <= n; i += 4) vst1q_f32(y + i, vfmaq_n_f32(vld1q_f32(y + i), load_h4(x + i), a));
+    for (; i < n; i++) y[i] += a * ls_fp16_to_f32(x[i]);
 }
 
 const ls_kernels ls_kernels_neon = {
     "neon", dot_q8_0, dot_q5_0, dot_q4_K, dot_q6_K, dot_f16, dot_bf16, dot_f32,
-    {vdot, vaxpy, vscale, vf16},
+    {vdot, vaxpy, vscale, vdot_f16, vaxpy_f16, NULL, NULL},
     NULL, NULL,
 };
 #else

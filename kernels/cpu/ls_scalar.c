@@ -149,12 +149,17 @@ static void vaxpy(float *y, float a, const float *x, int n) {
 static void vscale(float *y, float a, int n) {
     for (int i = 0; i < n; i++) y[i] *= a;
 }
-static void vf16(float *dst, const uint16_t *src, int n) {
-    for (int i = 0; i < n; i++) dst[i] = ls_fp16_to_f32(src[i]);
+static float vdot_f16(const float *a, const uint16_t *b, int n) {
+    float s = 0.0f;
+    for (int i = 0; i < n; i++) s += a[i] * ls_fp16_to_f32(b[i]);
+    return s;
+}
+static void vaxpy_f16(float *y, float a, const uint16_t *x, int n) {
+    for (int i = 0; i < n; i++) y[i] += a * ls_fp16_to_f32(x[i]);
 }
 
 const ls_kernels ls_kernels_scalar = {
     "scalar", dot_q8_0, dot_q5_0, dot_q4_K, dot_q6_K, dot_f16, dot_bf16, dot_f32,
-    {vdot, vaxpy, vscale, vf16},
+    {vdot, vaxpy, vscale, vdot_f16, vaxpy_f16, NULL, NULL},
     NULL, NULL,
 };
