@@ -16,7 +16,7 @@ from tests.helpers.near_tie import first_divergence
 from tests.helpers.tiny_models import make_tiny_checkpoint
 
 SHARED = [5, 17, 33, 40, 41, 42, 60, 61, 62, 63, 70, 71, 72, 99, 100, 101, 150, 151, 152, 153]
-PROMPTS = [SHARED + [7, 8, 9], SHARED + [200, 201], [300, 301, 302, 303, 304, 305, 306],
+PROMPTS = [[*SHARED, 7, 8, 9], [*SHARED, 200, 201], [300, 301, 302, 303, 304, 305, 306],
            SHARED[:9]]
 CUDA = torch.cuda.is_available()
 
