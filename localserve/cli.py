@@ -187,8 +187,11 @@ def cmd_probe(args: argparse.Namespace) -> int:
     device = probe()
     print(f"device: {device.describe()}")
     code = 0
+    backend_name = None
     try:
-        print(select(config, device).explain())
+        selection = select(config, device)
+        backend_name = selection.backend.name
+        print(selection.explain())
     except ValueError as e:
         print(f"backend: none can run this model here\n{e}")
         code = 1
@@ -203,11 +206,17 @@ def cmd_probe(args: argparse.Namespace) -> int:
         print(f"  cannot read the model's size: {e}")
         return 1
     context = min(settings.max_model_len or facts.context_length, facts.context_length or 1 << 30)
-    per_token = facts.kv_bytes_per_token()
+    # The GPU keeps KV in bf16/fp16; the CPU backends compute and cache in fp32.
+    bits = 16 if backend_name == "cuda" else 32
+    per_token = facts.kv_bytes_per_token() * bits // 16
     print(f"  weights: {facts.weights_bytes / 2**20:,.0f} MiB on disk")
-    print(f"  KV cache (16-bit): {per_token / 2**10:,.1f} KiB per token "
+    print(f"  KV cache ({bits}-bit): {per_token / 2**10:,.1f} KiB per token "
           f"({facts.num_layers} layers x {facts.num_kv_heads} KV heads x {facts.head_dim}); "
           f"one {context:,}-token context = {per_token * context / 2**20:,.0f} MiB")
+    if backend_name in ("cpu", "reference"):
+        pool = device.ram_available * config.cache.cpu_kv_fraction
+        print(f"  KV pool: {config.cache.cpu_kv_fraction:.0%} of free RAM = "
+              f"{pool / 2**30:.1f} GiB = {int(pool // per_token):,} tokens")
     return code
 
 
