@@ -332,4 +332,4 @@ def test_probe_reports_device_backend_and_memory(capsys: pytest.CaptureFixture[s
     assert seen["config"].model.max_model_len == 4096  # type: ignore[attr-defined]
     assert "one 4,096-token context" in out
     assert re.search(r"weights: [\d,]+ MiB", out)
-    assert re.search(r"KV cache \(16-bit\): [\d.,]+ KiB per token", out)
+    assert re.search(r"KV cache \((16|32)-bit\): [\d.,]+ KiB per token", out)
