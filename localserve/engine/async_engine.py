@@ -61,9 +61,7 @@ class AsyncLLMEngine:
     @classmethod
     def from_config(cls, config: EngineConfig,
                     on_progress: Callable[[str, float], None] | None = None) -> AsyncLLMEngine:
-        if on_progress:
-            on_progress("loading model", 0.0)
-        engine = LLMEngine.from_config(config)
+        engine = LLMEngine.from_config(config, on_progress)
         if on_progress:
             on_progress("ready", 1.0)
         return cls(engine)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from localserve.config import EngineConfig
@@ -59,10 +60,11 @@ class LLMEngine:
                  config.cache.block_size, num_blocks * config.cache.block_size, self.max_model_len)
 
     @classmethod
-    def from_config(cls, config: EngineConfig) -> LLMEngine:
+    def from_config(cls, config: EngineConfig,
+                    on_progress: Callable[[str, float], None] | None = None) -> LLMEngine:
         from localserve.engine.factory import build_engine_parts
 
-        runner, tokenizer, info, config = build_engine_parts(config)
+        runner, tokenizer, info, config = build_engine_parts(config, on_progress)
         return cls(config, runner, tokenizer, info)
 
     # -- requests --------------------------------------------------------------------------

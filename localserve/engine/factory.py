@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 
 from localserve.config import EngineConfig, default_model_path
 from localserve.engine.engine import EngineInfo
 from localserve.interfaces import ModelRunner
 
 log = logging.getLogger(__name__)
+Progress = Callable[[str, float], None]
 
 
 def resolve(config: EngineConfig) -> EngineConfig:
@@ -27,18 +29,25 @@ def resolve(config: EngineConfig) -> EngineConfig:
 
 
 def build_engine_parts(
-        config: EngineConfig) -> tuple[ModelRunner, object, EngineInfo, EngineConfig]:
+        config: EngineConfig, on_progress: Progress | None = None
+) -> tuple[ModelRunner, object, EngineInfo, EngineConfig]:
+    """Probe, select a backend, load weights and tokenizer; `on_progress(stage, fraction)`."""
     from localserve.backends import select
     from localserve.platform.probe import probe
     from localserve.tokenizer import load_tokenizer
 
+    report = on_progress or (lambda stage, fraction: None)
+    report("probing the hardware", 0.02)
     config = resolve(config)
     device = probe()
     selection = select(config, device)
     log.info("%s", selection.explain())
     runner = selection.backend.create_runner(config, device)
+    report(f"loading weights ({selection.backend.name} backend)", 0.05)
     runner.load_model()
+    report("loading the tokenizer", 0.7)
     tokenizer = _tokenizer(config, runner, load_tokenizer)
+    report("sizing the KV cache", 0.85)
     device_name = (device.gpus[0].name if selection.backend.name in ("cuda", "mlx") and device.gpus
                    else device.cpu_model)
     info = EngineInfo(config.model.served_model_name or "model", selection.backend.name,
