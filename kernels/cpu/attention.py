@@ -10,7 +10,7 @@ from localserve.kernels.cpu._runtime import DTYPE_CODES, check, lib
 
 
 def _cache_dtype(cache: torch.Tensor, name: str) -> int:
-    if cache.device.type != "cpu" or not cache.is_contiguous() or cache.dim() != 4:
+    if not cache.is_cpu or not cache.is_contiguous() or cache.dim() != 4:
         raise ValueError(f"{name} must be a contiguous CPU tensor "
                          "[num_blocks, block_size, num_kv_heads, head_dim]")
     if cache.dtype not in DTYPE_CODES:
@@ -21,6 +21,8 @@ def _cache_dtype(cache: torch.Tensor, name: str) -> int:
 def _int32(t: torch.Tensor, name: str) -> torch.Tensor:
     if not isinstance(t, torch.Tensor) or t.dtype.is_floating_point:
         raise TypeError(f"{name} must be an integer tensor")
+    if t.dtype is torch.int32 and t.is_contiguous():  # the common case: no copy, no dispatch
+        return t
     return t.to(torch.int32).contiguous()
 
 
@@ -40,7 +42,7 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     if q.shape[1] % num_kv_heads:
         raise ValueError(f"num_heads {q.shape[1]} is not a multiple of num_kv_heads "
                          f"{num_kv_heads}")
-    qf = q.float().contiguous()
+    qf = q if q.dtype is torch.float32 and q.is_contiguous() else q.float().contiguous()
     bt = _int32(block_tables, "block_tables")
     qsl = _int32(query_start_loc, "query_start_loc")
     lens = _int32(seq_lens, "seq_lens")
@@ -71,7 +73,8 @@ def write_kv(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor,
         raise ValueError(f"key/value must both be {want} of one dtype")
     if key.dtype not in DTYPE_CODES:
         raise TypeError(f"key dtype {key.dtype} unsupported")
-    slots = slot_mapping.to(torch.int64).contiguous()
+    slots = slot_mapping if slot_mapping.dtype is torch.int64 else slot_mapping.to(torch.int64)
+    slots = slots.contiguous()
     if slots.numel() != key.shape[0]:
         raise ValueError("slot_mapping must have one slot per token")
     key, value = key.contiguous(), value.contiguous()
