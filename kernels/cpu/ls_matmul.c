@@ -30,17 +30,21 @@ typedef struct {
     const uint8_t *act[3];     /* per ls_act_kind */
     ls_act_layout lay[3];
     int need[3];
-    atomic_int next;
+    atomic_int next;   /* next chunk of rows to claim */
+    atomic_int qnext;  /* next token to quantize */
 } mm_job;
 
 static void quantize_task(void *p, int ith, int nth) {
+    (void)ith;
+    (void)nth;
     mm_job *j = (mm_job *)p;
-    for (int kind = LS_ACT_A8; kind <= LS_ACT_AK; kind++) {
-        if (!j->need[kind]) continue;
-        for (int t = ith; t < j->T; t += nth)
+    for (int t; (t = atomic_fetch_add(&j->qnext, 1)) < j->T;) {
+        for (int kind = LS_ACT_A8; kind <= LS_ACT_AK; kind++) {
+            if (!j->need[kind]) continue;
             ls_quantize_row((ls_act_kind)kind, j->x + (size_t)t * j->K, j->K,
                             (uint8_t *)j->act[kind] + (size_t)t * j->lay[kind].stride,
                             &j->lay[kind]);
+        }
     }
 }
 
@@ -160,6 +164,7 @@ LS_API int ls_gguf_matmul_multi(const float *x, int T, int K, int n, const void 
             j.act[kind] = buf;
             buf += (size_t)T * j.lay[kind].stride;
         }
+        atomic_init(&j.qnext, 0);
         ls_parallel(quantize_task, &j, T >= 8 ? nth : 1);
     }
     /* Enough chunks per thread to balance a shared CPU, few enough to keep the counter cold. */

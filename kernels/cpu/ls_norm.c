@@ -1,6 +1,7 @@
 /* Fused elementwise kernels that run between the matmuls every layer: RMSNorm (with the
  * pre-norm residual add and Gemma's weight offset) and gated activations. */
 #include <math.h>
+#include <stdatomic.h>
 
 #include "ls_common.h"
 #include "ls_threads.h"
@@ -25,18 +26,25 @@ LS_API void ls_rms_norm(const float *x, const float *residual, float *residual_o
     }
 }
 
+#define ACT_CHUNK 512
+
 typedef struct {
     const float *x;
     float *out;
     int T, d, kind;
+    atomic_int next;  /* next chunk: token t, columns [c * ACT_CHUNK, ...) */
 } act_job;
 
 static void act_task(void *p, int ith, int nth) {
-    const act_job *j = (const act_job *)p;
+    (void)ith;
+    (void)nth;
+    act_job *j = (act_job *)p;
     const float c = 0.7978845608028654f;  /* sqrt(2 / pi) */
-    /* Each thread takes a column range of every token, so decode (T = 1) splits too. */
-    const int i0 = (int)((long)j->d * ith / nth), i1 = (int)((long)j->d * (ith + 1) / nth);
-    for (int t = 0; t < j->T; t++) {
+    /* Chunks are column ranges of one token, so decode (T = 1) splits too. */
+    const int per_token = (j->d + ACT_CHUNK - 1) / ACT_CHUNK;
+    for (int ch; (ch = atomic_fetch_add(&j->next, 1)) < j->T * per_token;) {
+        const int t = ch / per_token, i0 = (ch % per_token) * ACT_CHUNK;
+        const int i1 = i0 + ACT_CHUNK < j->d ? i0 + ACT_CHUNK : j->d;
         const float *g = j->x + (size_t)t * 2 * j->d, *u = g + j->d;
         float *o = j->out + (size_t)t * j->d;
         if (j->kind == 0) {
@@ -53,7 +61,9 @@ static void act_task(void *p, int ith, int nth) {
 /* out[T, d] = act(x[:, :d]) * x[:, d:] for x [T, 2d]; kind 0 = SiLU, 1 = GELU (tanh). */
 LS_API int ls_act_and_mul(const float *x, float *out, int T, int d, int kind) {
     if (kind != 0 && kind != 1) return LS_EBADTYPE;
-    act_job j = {x, out, T, d, kind};
-    ls_parallel(act_task, &j, (double)T * d >= 16384 ? ls_pool_threads() : 1);
+    act_job j = {.x = x, .out = out, .T = T, .d = d, .kind = kind};
+    atomic_init(&j.next, 0);
+    const int chunks = T * ((d + ACT_CHUNK - 1) / ACT_CHUNK), pool = ls_pool_threads();
+    ls_parallel(act_task, &j, chunks < pool ? chunks : pool);
     return LS_OK;
 }

@@ -25,7 +25,8 @@ static struct {
      * consistently: workers with ith >= nth skip the job without touching anything else,
      * and the caller waits only for the nth - 1 participants (not for sleeping bystanders). */
     _Atomic uint64_t job;
-    atomic_int pending;      /* participants that have not finished the current job */
+    _Atomic uint64_t closed; /* generation of the last job whose caller has finished its share */
+    atomic_int active;       /* workers inside fn right now */
     atomic_int sleepers;
     atomic_int quit;
     ls_task_fn fn;
@@ -72,8 +73,12 @@ static void *worker(void *arg) {
         seen = job >> 16;
         const int nth = (int)(job & 0xFFFF);
         if (ith >= nth) continue;  /* not ours: fn/ctx may already belong to a later job */
-        P.fn(P.ctx, ith, nth);
-        atomic_fetch_sub_explicit(&P.pending, 1, memory_order_release);
+        /* Enter, then check the job is still open: the caller closes it, then waits for
+         * active == 0, so either it waits for us or we see it closed (both seq_cst). A worker
+         * that was descheduled past the end of its job therefore never touches a later one. */
+        atomic_fetch_add(&P.active, 1);
+        if (atomic_load(&P.closed) < seen) P.fn(P.ctx, ith, nth);
+        atomic_fetch_sub(&P.active, 1);
     }
 }
 
@@ -144,12 +149,14 @@ void ls_parallel(ls_task_fn fn, void *ctx, int nth) {
         if (nth > 1) {
             P.fn = fn;
             P.ctx = ctx;
-            atomic_store(&P.pending, nth - 1);
             uint64_t gen = (atomic_load(&P.job) >> 16) + 1;
             atomic_store_explicit(&P.job, (gen << 16) | (uint64_t)nth, memory_order_seq_cst);
             wake_all();
-            fn(ctx, 0, nth);
-            while (atomic_load_explicit(&P.pending, memory_order_acquire) > 0) cpu_relax();
+            fn(ctx, 0, nth);  /* claims work until none is left */
+            /* Wait only for workers still inside fn, never for one that has not started
+             * (descheduled, or asleep): on a busy machine that wait would be a time slice. */
+            atomic_store(&P.closed, gen);
+            while (atomic_load_explicit(&P.active, memory_order_acquire) > 0) cpu_relax();
             pthread_mutex_unlock(&P.submit);
             return;
         }
