@@ -5,6 +5,7 @@
  * to LS_NT tokens (NT is a compile-time constant in each specialisation). */
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
+#include <math.h>
 
 #include "ls_common.h"
 
@@ -354,9 +355,46 @@ static TGT void vpv(float *acc, const float *p, const void *const *rows, int f16
     else pv_impl(acc, p, rows, nk, n, 0);
 }
 
+/* e^x, |rel err| ~ 2e-7: x = n ln2 + r, |r| <= ln2/2, degree-6 Taylor for e^r, 2^n built in
+ * the exponent bits. Inputs are clamped to [-87, 87], enough for a sigmoid. */
+INL __m256 exp_ps(__m256 x) {
+    x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(87.0f)), _mm256_set1_ps(-87.0f));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145752f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.42860677e-6f), r);
+    __m256 p = _mm256_set1_ps(1.0f / 720);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    __m256i e = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
+    e = _mm256_slli_epi32(e, 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+static TGT void act_mul(const float *g, const float *u, float *o, int n, int kind) {
+    const __m256 one = _mm256_set1_ps(1.0f), c = _mm256_set1_ps(2.0f * 0.7978845608028654f);
+    const __m256 k3 = _mm256_set1_ps(0.044715f);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_loadu_ps(g + i), a = v;
+        if (kind)
+            a = _mm256_mul_ps(c, _mm256_fmadd_ps(_mm256_mul_ps(k3, v), _mm256_mul_ps(v, v), v));
+        __m256 den = _mm256_add_ps(one, exp_ps(_mm256_sub_ps(_mm256_setzero_ps(), a)));
+        _mm256_storeu_ps(o + i, _mm256_div_ps(_mm256_mul_ps(v, _mm256_loadu_ps(u + i)), den));
+    }
+    for (; i < n; i++) {
+        float v = g[i], a = kind ? 2.0f * 0.7978845608028654f * (v + 0.044715f * v * v * v) : v;
+        o[i] = v * u[i] / (1.0f + expf(-a));
+    }
+}
+
 const ls_kernels ls_kernels_avx2 = {
     "avx2", dot_q8_0, dot_q5_0, dot_q4_K, dot_q6_K, dot_f16, dot_bf16, dot_f32,
     {vdot, vaxpy, vscale, vdot_f16, vaxpy_f16, vscores, vpv},
-    NULL, NULL,
+    NULL, NULL, act_mul,
 };
 #endif

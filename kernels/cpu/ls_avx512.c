@@ -482,6 +482,38 @@ static TGT void vpv(float *acc, const float *p, const void *const *rows, int f16
     else pv_impl(acc, p, rows, nk, n, 0);
 }
 
+/* e^x as in ls_avx2.c; vscalefps applies 2^n with range handling. */
+INL __m512 exp_ps(__m512 x) {
+    x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(87.0f)), _mm512_set1_ps(-87.0f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145752f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860677e-6f), r);
+    __m512 p = _mm512_set1_ps(1.0f / 720);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+static TGT void act_mul(const float *g, const float *u, float *o, int n, int kind) {
+    const __m512 one = _mm512_set1_ps(1.0f), c = _mm512_set1_ps(2.0f * 0.7978845608028654f);
+    const __m512 k3 = _mm512_set1_ps(0.044715f);
+    int i = 0;
+    for (; i < n; i += 16) {
+        __mmask16 m = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+        __m512 v = _mm512_maskz_loadu_ps(m, g + i), a = v;
+        if (kind)
+            a = _mm512_mul_ps(c, _mm512_fmadd_ps(_mm512_mul_ps(k3, v), _mm512_mul_ps(v, v), v));
+        __m512 den = _mm512_add_ps(one, exp_ps(_mm512_sub_ps(_mm512_setzero_ps(), a)));
+        __m512 num = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(m, u + i));
+        _mm512_mask_storeu_ps(o + i, m, _mm512_div_ps(num, den));
+    }
+}
+
 const ls_kernels ls_kernels_avx512 = {
     "avx512", dot_q8_0, dot_q5_0, dot_q4_K, dot_q6_K, dot_f16, dot_bf16, dot_f32,
     {vdot, vaxpy, vscale, vdot_f16, vaxpy_f16, vscores, vpv},
@@ -490,5 +522,6 @@ const ls_kernels ls_kernels_avx512 = {
 #else
     NULL, NULL,
 #endif
+    act_mul,
 };
 #endif

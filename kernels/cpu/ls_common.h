@@ -82,6 +82,10 @@ typedef struct {
     ls_dot_fn dot_q8_0, dot_q5_0, dot_q4_K, dot_q6_K, dot_f16, dot_bf16, dot_f32;
     ls_vec_ops vec;
     ls_dot2_fn dot2_q8_0, dot2_q5_0;  /* may be NULL */
+    /* o = act(g) * u over n elements, kind 0 SiLU, 1 GELU-tanh; NULL: the libm loop. Both
+     * are g * u * sigmoid(a) (a = g, or a = 2 * sqrt(2/pi) * (g + 0.044715 g^3) since
+     * 1 + tanh(z) = 2 * sigmoid(2z)), so one vector exp serves both. */
+    void (*act_mul)(const float *g, const float *u, float *o, int n, int kind);
 } ls_kernels;
 
 enum { LS_ISA_SCALAR = 0, LS_ISA_AVX2 = 1, LS_ISA_AVX512 = 2, LS_ISA_NEON = 3 };

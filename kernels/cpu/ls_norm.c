@@ -32,6 +32,7 @@ typedef struct {
     const float *x;
     float *out;
     int T, d, kind;
+    void (*vec_act)(const float *g, const float *u, float *o, int n, int kind);
     atomic_int next;  /* next chunk: token t, columns [c * ACT_CHUNK, ...) */
 } act_job;
 
@@ -47,7 +48,9 @@ static void act_task(void *p, int ith, int nth) {
         const int i1 = i0 + ACT_CHUNK < j->d ? i0 + ACT_CHUNK : j->d;
         const float *g = j->x + (size_t)t * 2 * j->d, *u = g + j->d;
         float *o = j->out + (size_t)t * j->d;
-        if (j->kind == 0) {
+        if (j->vec_act) {
+            j->vec_act(g + i0, u + i0, o + i0, i1 - i0, j->kind);
+        } else if (j->kind == 0) {
             for (int i = i0; i < i1; i++) o[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
         } else {
             for (int i = i0; i < i1; i++) {
@@ -61,7 +64,8 @@ static void act_task(void *p, int ith, int nth) {
 /* out[T, d] = act(x[:, :d]) * x[:, d:] for x [T, 2d]; kind 0 = SiLU, 1 = GELU (tanh). */
 LS_API int ls_act_and_mul(const float *x, float *out, int T, int d, int kind) {
     if (kind != 0 && kind != 1) return LS_EBADTYPE;
-    act_job j = {.x = x, .out = out, .T = T, .d = d, .kind = kind};
+    act_job j = {.x = x, .out = out, .T = T, .d = d, .kind = kind,
+                 .vec_act = ls_active_kernels()->act_mul};
     atomic_init(&j.next, 0);
     const int chunks = T * ((d + ACT_CHUNK - 1) / ACT_CHUNK), pool = ls_pool_threads();
     ls_parallel(act_task, &j, chunks < pool ? chunks : pool);

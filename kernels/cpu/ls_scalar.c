@@ -161,5 +161,5 @@ static void vaxpy_f16(float *y, float a, const uint16_t *x, int n) {
 const ls_kernels ls_kernels_scalar = {
     "scalar", dot_q8_0, dot_q5_0, dot_q4_K, dot_q6_K, dot_f16, dot_bf16, dot_f32,
     {vdot, vaxpy, vscale, vdot_f16, vaxpy_f16, NULL, NULL},
-    NULL, NULL,
+    NULL, NULL, NULL,
 };

@@ -174,15 +174,23 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
 _ACTIVATIONS = {"silu": 0, "gelu_tanh": 1}
 
 
-def act_and_mul(x: torch.Tensor, activation: str) -> torch.Tensor:
-    """act(x[..., :d]) * x[..., d:] for float32 x [..., 2d]; 'silu' or 'gelu_tanh'."""
+def act_and_mul(x: torch.Tensor, activation: str,
+                out: torch.Tensor | None = None) -> torch.Tensor:
+    """act(x[..., :d]) * x[..., d:] for float32 x [..., 2d]; 'silu' or 'gelu_tanh'.
+
+    `out` ([..., d] float32, contiguous) may be given to reuse a buffer across steps.
+    """
     if activation not in _ACTIVATIONS:
         raise ValueError(f"unknown activation {activation!r}; expected {sorted(_ACTIVATIONS)}")
     x = _f32_input(x, "x")
     if x.shape[-1] % 2:
         raise ValueError(f"last dim of x must be even, got {x.shape[-1]}")
     d = x.shape[-1] // 2
-    out = torch.empty((*x.shape[:-1], d), dtype=torch.float32)
+    shape = (*x.shape[:-1], d)
+    if out is None:
+        out = torch.empty(shape, dtype=torch.float32)
+    elif out.shape != shape or out.dtype is not torch.float32 or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous float32 tensor of shape {shape}")
     check(lib().ls_act_and_mul(x.data_ptr(), out.data_ptr(), x.numel() // (2 * d), d,
                                _ACTIVATIONS[activation]), "act_and_mul")
     return out

@@ -32,12 +32,25 @@ def test_rms_norm(with_residual, tokens, hidden, offset):
         assert got_res is None
 
 
+@pytest.fixture(params=["scalar", "avx2", "avx512"])
+def isa(request):
+    try:
+        cpu.set_isa(request.param)
+    except ValueError:
+        pytest.skip(f"this CPU lacks the {request.param} path (best: {cpu.best_isa()})")
+    yield request.param
+    cpu.set_isa(None)
+
+
 @pytest.mark.parametrize("activation", ["silu", "gelu_tanh"])
 @pytest.mark.parametrize("shape", [(1, 2 * 2048), (3, 7, 2 * 33)])
-def test_act_and_mul(activation, shape):
+def test_act_and_mul(isa, activation, shape):
     x = torch.randn(shape, generator=torch.Generator().manual_seed(1)) * 4
+    x[..., 0, :3] = torch.tensor([-95.0, 90.0, 0.0])  # exp over/underflow edges of the gate
     got = cpu.act_and_mul(x, activation)
     torch.testing.assert_close(got, reference.act_and_mul(x, activation), rtol=1e-5, atol=1e-5)
+    out = torch.empty(*shape[:-1], shape[-1] // 2)
+    assert cpu.act_and_mul(x, activation, out=out) is out and torch.equal(out, got)
     with pytest.raises(ValueError, match="activation"):
         cpu.act_and_mul(x, "relu")
 
