@@ -82,6 +82,25 @@ def decode_step_matmuls(layers: list[dict], head: cpu.GGUFWeight) -> None:
     cpu.gguf_matmul(h, head)
 
 
+def time_attention(ctx: int, repeat: int) -> tuple[float, float]:
+    """(C paged_attention, torch SDPA on dense K/V) seconds for one Gemma 3 270M decode token:
+    4 query heads, 1 KV head, head_dim 256, fp16 KV cache of ctx tokens in 16-token blocks."""
+    blocks = ctx // 16 + 1
+    k_cache = torch.randn(blocks, 16, 1, 256).half()
+    v_cache = torch.randn(blocks, 16, 1, 256).half()
+    q = torch.randn(1, 4, 256)
+    tables = torch.arange(blocks, dtype=torch.int32)[None]
+    qsl = torch.tensor([0, 1], dtype=torch.int32)
+    lens = torch.tensor([ctx], dtype=torch.int32)
+    t_c = median_time(partial(cpu.paged_attention, q, k_cache, v_cache, tables, qsl, lens,
+                              256 ** -0.5), repeat)
+    k = k_cache.reshape(-1, 256)[:ctx].float().expand(4, ctx, 256)[None]
+    v = v_cache.reshape(-1, 256)[:ctx].float().expand(4, ctx, 256)[None]
+    t_t = median_time(partial(torch.nn.functional.scaled_dot_product_attention,
+                              q.transpose(0, 1)[None], k, v), repeat)
+    return t_c, t_t
+
+
 def model_shapes(path: str) -> dict[tuple[int, int, int], tuple[int, np.ndarray]]:
     """(type, in, out) -> (count, one real tensor's raw bytes) from a GGUF file."""
     import gguf
@@ -218,6 +237,12 @@ def main() -> None:
     print(f"\none decode step, every matmul as the runner would call it (fused q/k/v and "
           f"gate/up, {len(layers)} layers + LM head): {t_step * 1e3:.2f} ms "
           f"= {1 / t_step:.0f} tokens/s upper bound from matmuls alone")
+    torch.set_num_threads(threads)
+    for ctx in (512, 4096):
+        t_c, t_t = time_attention(ctx, args.repeat)
+        print(f"paged_attention, one decode token at context {ctx} (4 heads, 1 KV head, "
+              f"dim 256, fp16 KV): C {t_c * 1e6:.1f} us, torch SDPA on dense fp32 K/V "
+              f"{t_t * 1e6:.1f} us")
     if step:
         print(f"\none decode step's matvecs (T=1, all layers + LM head, {step['bytes'] / 1e6:.0f} "
               f"MB of weights): C {step['c'] * 1e3:.2f} ms "
