@@ -178,6 +178,8 @@ class AsyncLLMEngine:
                 self._streams[request_id] = stream
                 stream.admit(None)
             elif kind == "abort":
-                self._streams.pop(payload, None)
+                stream = self._streams.pop(payload, None)
                 with self._lock:
-                    self.engine.abort(payload)
+                    final = self.engine.abort(payload)
+                if stream is not None and final is not None:
+                    stream.put(final)  # a caller still iterating sees finish_reason "abort"

@@ -87,3 +87,21 @@ def test_dead_engine_fails_requests_instead_of_hanging():
             asyncio.run(collect(engine, "b", [2, 3]))
     finally:
         engine.shutdown()
+
+
+def test_abort_from_elsewhere_ends_the_stream_with_abort():
+    engine = AsyncLLMEngine(fake_engine(num_blocks=64))
+    try:
+        async def main():
+            reasons = []
+            gen = engine.generate([2, 3, 4], SamplingParams(max_tokens=200, ignore_eos=True), "a")
+            async for out in gen:
+                reasons += [d.finish_reason for d in out.outputs]
+                if len(reasons) == 1:
+                    await engine.abort("a")
+            return reasons
+
+        reasons = asyncio.run(asyncio.wait_for(main(), timeout=30))
+        assert reasons[-1] == "abort" and len(reasons) < 200
+    finally:
+        engine.shutdown()
