@@ -46,3 +46,26 @@ def test_cpu_backend_greedy_matches_reference_or_near_ties(golden):
     print("cpu backend vs HF goldens:", report)
     # Most prompts must match exactly; near-ties are the exception, not the rule.
     assert sum(v == "equal" for v in report.values()) >= len(report) // 2, report
+
+
+def test_weights_stay_quantized_in_memory():
+    """Loading grows RSS by at most 1.5x the GGUF file (a dequantized fp32 copy would be ~4x)."""
+    import gc
+
+    import psutil
+
+    from localserve.backends.cpu.runner import CpuModelRunner
+    from localserve.config import default_model_path, engine_config
+    from localserve.platform.probe import probe
+
+    path = default_model_path()
+    runner = CpuModelRunner(engine_config(model=path, backend="cpu"), probe())
+    proc = psutil.Process()
+    gc.collect()
+    before = proc.memory_info().rss
+    runner.load_model()
+    gc.collect()
+    growth = proc.memory_info().rss - before
+    size = os.path.getsize(path)
+    print(f"RSS growth {growth / 2**20:.0f} MiB for a {size / 2**20:.0f} MiB GGUF file")
+    assert growth <= 1.5 * size
