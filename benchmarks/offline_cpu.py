@@ -1,12 +1,12 @@
 """Offline throughput on the CPU: localserve's LLM.generate next to HF transformers generate().
 
-Usage: python benchmarks/offline_cpu.py [--batches 1 8 32] [--new-tokens 128] [--backend reference]
-                                        [--skip-hf] [--hf-batched]
+Usage: python benchmarks/offline_cpu.py [--batches 1 8 32] [--new-tokens 128] [--backend auto]
+                                        [--hf-mode batched|sequential|both|none]
 
-Same weights (the default model's GGUF, dequantized by each side), same prompts, greedy,
-ignore_eos, 128 new tokens. HF runs each prompt on its own (how generate() serves a stream of
-requests) and, with --hf-batched, as one left-padded batch too. Each side runs in its own
-subprocess so its peak RSS is its own. A table is printed last.
+Same weights (the default model's GGUF; HF dequantizes it to fp32), same prompts, greedy,
+ignore_eos, 128 new tokens. HF generate() runs the prompts as one left-padded batch (its best
+case) and/or one prompt at a time (how a stream of separate requests reaches it). Each side
+runs in its own subprocess so its peak RSS is its own. A table is printed last.
 """
 
 from __future__ import annotations
@@ -110,17 +110,18 @@ def main() -> None:
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--backend", default="auto")
-    ap.add_argument("--skip-hf", action="store_true")
-    ap.add_argument("--hf-batched", action="store_true")
+    ap.add_argument("--hf-mode", choices=["batched", "sequential", "both", "none"],
+                    default="batched")
     ap.add_argument("--child", choices=["localserve", "hf", "hf-batched"])
     args = ap.parse_args()
     if args.child:
         return child(args)
     results = {"localserve": spawn("localserve", args)}
-    if not args.skip_hf:
+    if args.hf_mode in ("batched", "both"):
+        results["hf-batched"] = spawn("hf-batched", args)
+    if args.hf_mode in ("sequential", "both"):
         results["hf"] = spawn("hf", args)
-        if args.hf_batched:
-            results["hf-batched"] = spawn("hf-batched", args)
+    peer = "hf-batched" if "hf-batched" in results else "hf" if "hf" in results else None
     import torch
     import transformers
 
@@ -128,13 +129,13 @@ def main() -> None:
           f"transformers {transformers.__version__}, localserve backend "
           f"{results['localserve']['backend']}, {args.new_tokens} new tokens, greedy")
     head = f"{'prompts':>8} | " + " | ".join(f"{k + ' tok/s':>18}" for k in results)
-    if "hf" in results:
-        head += f" | {'ratio vs hf':>11}"
+    if peer:
+        head += f" | {'vs ' + peer:>14}"
     print(head)
     for n in args.batches:
         row = f"{n:>8} | " + " | ".join(f"{r['tok_s'][n]:>18.1f}" for r in results.values())
-        if "hf" in results:
-            row += f" | {results['localserve']['tok_s'][n] / results['hf']['tok_s'][n]:>10.2f}x"
+        if peer:
+            row += f" | {results['localserve']['tok_s'][n] / results[peer]['tok_s'][n]:>13.2f}x"
         print(row)
     print("peak RSS MiB: " + ", ".join(f"{k} {r['peak_rss_mib']:.0f}" for k, r in results.items()))
     print("load s: " + ", ".join(f"{k} {r['load_s']:.1f}" for k, r in results.items()))
