@@ -42,6 +42,7 @@ INL void q8_0_nt(int K, const blk_q8_0 *b, const uint8_t *act, const ls_act_layo
     }
     const __m256i ones = _mm256_set1_epi16(1);
     for (int i = 0; i < K / LS_QK; i++) {
+        LS_PREFETCH((const uint8_t *)(b + 2 * (K / LS_QK) + i));  /* 2 rows on */
         __m256i w = _mm256_loadu_si256((const __m256i *)b[i].qs);
         __m256i aw = _mm256_sign_epi8(w, w);
         float dw = fp16(b[i].d);
@@ -69,6 +70,7 @@ INL void q5_0_nt(int K, const blk_q5_0 *b, const uint8_t *act, const ls_act_layo
     }
     const __m256i ones = _mm256_set1_epi16(1), m4 = _mm256_set1_epi8(0xF);
     for (int i = 0; i < K / LS_QK; i++) {
+        LS_PREFETCH((const uint8_t *)(b + 2 * (K / LS_QK) + i));  /* 2 rows on */
         __m128i q = _mm_loadu_si128((const __m128i *)b[i].qs);
         __m256i nib = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), m4);
         uint32_t qh;
@@ -96,6 +98,8 @@ INL void q4_K_nt(int K, const blk_q4_K *b, const uint8_t *act, const ls_act_layo
     }
     const __m256i m4 = _mm256_set1_epi8(0xF);
     for (int i = 0; i < K / LS_QK_K; i++) {
+        const uint8_t *ahead = (const uint8_t *)(b + 2 * (K / LS_QK_K) + i);  /* 2 rows on */
+        for (size_t o = 0; o < sizeof(*b); o += 64) LS_PREFETCH(ahead + o);
         uint8_t sc[8], mn[8];
         ls_q4k_unpack(b[i].scales, sc, mn);
         __m256i lo[4], hi[4];
@@ -135,6 +139,8 @@ INL void q6_K_nt(int K, const blk_q6_K *b, const uint8_t *act, const ls_act_layo
     for (int t = 0; t < NT; t++) acc[t] = _mm256_setzero_ps();
     const __m256i m4 = _mm256_set1_epi8(0xF), m3 = _mm256_set1_epi8(0x30);
     for (int i = 0; i < K / LS_QK_K; i++) {
+        const uint8_t *ahead = (const uint8_t *)(b + 2 * (K / LS_QK_K) + i);  /* 2 rows on */
+        for (size_t o = 0; o < sizeof(*b); o += 64) LS_PREFETCH(ahead + o);
         __m256i q[8], scv[8];
         for (int h = 0; h < 2; h++) {
             __m256i l0 = _mm256_loadu_si256((const __m256i *)(b[i].ql + 64 * h));

@@ -41,6 +41,7 @@ INL void q8_0_nt(int K, const blk_q8_0 *b, const uint8_t *act, const ls_act_layo
     const int nb = K / LS_QK;
     int i = 0;
     for (; i + 2 <= nb; i += 2) {
+        LS_PREFETCH((const uint8_t *)b + 2 * (size_t)nb * sizeof(*b) + (size_t)i * sizeof(*b));
         __m512i w = join256(_mm256_loadu_si256((const __m256i *)b[i].qs),
                             _mm256_loadu_si256((const __m256i *)b[i + 1].qs));
         w = _mm512_xor_si512(w, bias);
@@ -96,6 +97,7 @@ INL void q5_0_nt(int K, const blk_q5_0 *b, const uint8_t *act, const ls_act_layo
     const int nb = K / LS_QK;
     int i = 0;
     for (; i + 2 <= nb; i += 2) {
+        LS_PREFETCH((const uint8_t *)b + 2 * (size_t)nb * sizeof(*b) + (size_t)i * sizeof(*b));
         __m512i w = join256(q5_codes(&b[i]), q5_codes(&b[i + 1]));
         __m512 dw = pair_scales(b[i].d, b[i + 1].d);
         for (int t = 0; t < NT; t++) {
@@ -130,6 +132,8 @@ INL void q4_K_nt(int K, const blk_q4_K *b, const uint8_t *act, const ls_act_layo
     }
     const __m256i m4 = _mm256_set1_epi8(0xF);
     for (int i = 0; i < K / LS_QK_K; i++) {
+        const uint8_t *ahead = (const uint8_t *)(b + 2 * (K / LS_QK_K) + i);  /* 2 rows on */
+        for (size_t o = 0; o < sizeof(*b); o += 64) LS_PREFETCH(ahead + o);
         uint8_t sc[8], mn[8];
         ls_q4k_unpack(b[i].scales, sc, mn);
         __m512i q[4], s16[4];
@@ -180,6 +184,8 @@ INL void q6_K_nt(int K, const blk_q6_K *b, const uint8_t *act, const ls_act_layo
     const __m512i gidx = _mm512_set_epi16(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2,
                                           1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
     for (int i = 0; i < K / LS_QK_K; i++) {
+        const uint8_t *ahead = (const uint8_t *)(b + 2 * (K / LS_QK_K) + i);  /* 2 rows on */
+        for (size_t o = 0; o < sizeof(*b); o += 64) LS_PREFETCH(ahead + o);
         __m512i q[4], scv[4];
         __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)b[i].scales));
         for (int h = 0; h < 2; h++) {
@@ -285,7 +291,11 @@ INL void a8_two_rows(int K, const uint8_t *w, size_t rb, const uint8_t *act,
     const __m512i bias = _mm512_set1_epi8((char)0x80);
     const int nb = K / LS_QK, shift = Q5 ? 4 : 7;
     int i = 0;
+    /* Prefetch 4 rows ahead (the pair after next): one line per row per step. */
+    const size_t bb = Q5 ? sizeof(blk_q5_0) : sizeof(blk_q8_0);
     for (; i + 2 <= nb; i += 2) {
+        LS_PREFETCH(w + 4 * rb + (size_t)i * bb);
+        LS_PREFETCH(w + 5 * rb + (size_t)i * bb);
         const uint8_t *p = pp + (size_t)i * 64;
         __m512i init = _mm512_sll_epi32(_mm512_load_si512((const void *)p),
                                         _mm_cvtsi32_si128(shift));

@@ -164,6 +164,15 @@ static inline void ls_q4k_unpack(const uint8_t *q, uint8_t sc[8], uint8_t m[8]) 
     memcpy(m, w + 2, 8);
 }
 
+/* Weight rows stream from memory once per token: prefetch the same offset `rows` rows ahead,
+ * since one core's hardware prefetcher alone leaves a matvec latency bound (measured: Q8_0
+ * LM head at one thread 22 -> 14 ms). -DLS_NO_PREFETCH turns it off to A/B. */
+#ifndef LS_NO_PREFETCH
+#define LS_PREFETCH(p) __builtin_prefetch((const void *)(p), 0, 3)
+#else
+#define LS_PREFETCH(p) ((void)(p))
+#endif
+
 /* Activation-layout helpers shared by the matmul driver and the dot kernels. */
 static inline const int8_t *ls_act_qs(const uint8_t *a) { return (const int8_t *)a; }
 static inline const float *ls_act_d(const uint8_t *a, const ls_act_layout *l) {
