@@ -3,6 +3,7 @@
     python benchmarks/cpu_kernels.py                  # the real Gemma 3 270M Q4_K_M tensors
     python benchmarks/cpu_kernels.py --synthetic      # random blocks, same shapes (no gguf)
     python benchmarks/cpu_kernels.py --threads 1 --tokens 1 16 --isa avx2
+    python benchmarks/cpu_kernels.py --llama-bench /path/to/llama-bench   # + llama.cpp's tg32
 
 For each distinct (type, in, out) weight of the model it times y = x @ W^T with the C kernel
 (raw GGUF bytes, activations quantized on the fly) for T tokens, and reports GFLOP/s (2*T*in*out
@@ -11,7 +12,11 @@ per call), weight GB/s (bytes of W per call) and the fraction of the memory-band
 the same weight dequantized to fp32 (4-7x more bytes, which is why quantized matvec wins).
 The read bandwidth is measured here with torch.sum over a 512 MiB buffer. The last lines sum
 one decode step's matvecs (every layer's projections + the LM head) for the C kernel and
-torch. Each time is the median of --repeat runs after warm-up.
+torch. Each time is the median of --repeat runs after warm-up. With --llama-bench, llama.cpp's
+own decode speed (llama-bench tg32, same file, same thread count) is printed for comparison:
+its number covers a whole token (attention, norms, sampling too), ours the matmuls only.
+Note: a matrix timed repeatedly can be served from a large L3 (300 MB on some servers), so
+per-shape %bw can exceed 100; the decode-step line streams every weight once per token.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -175,6 +181,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--no-peers", action="store_true", help="skip the torch/numpy fp32 peers")
+    ap.add_argument("--llama-bench", help="path to llama.cpp's llama-bench, to compare decode")
     args = ap.parse_args()
 
     if not cpu.available():
@@ -243,6 +250,13 @@ def main() -> None:
         print(f"paged_attention, one decode token at context {ctx} (4 heads, 1 KV head, "
               f"dim 256, fp16 KV): C {t_c * 1e6:.1f} us, torch SDPA on dense fp32 K/V "
               f"{t_t * 1e6:.1f} us")
+    if args.llama_bench and path is not None:
+        run = subprocess.run([args.llama_bench, "-m", path, "-p", "0", "-n", "32", "-t",
+                              str(threads), "-r", "3"], capture_output=True, text=True,
+                             timeout=600)
+        tg = [ln for ln in run.stdout.splitlines() if "tg32" in ln]
+        print(f"llama.cpp llama-bench, whole decode token, {threads} threads: "
+              f"{tg[0].split('|')[-2].strip() if tg else run.stderr[-300:]} tokens/s")
     if step:
         print(f"\none decode step's matvecs (T=1, all layers + LM head, {step['bytes'] / 1e6:.0f} "
               f"MB of weights): C {step['c'] * 1e3:.2f} ms "
