@@ -35,12 +35,15 @@ class CpuModelRunner(TorchModelRunner):
         ops = CAttentionOps() if self.use_c else ReferenceAttentionOps()
         super().__init__(config, torch.device("cpu"), ops, keep_quantized=self.use_c)
         threads = config.num_threads or device.physical_cores
-        torch.set_num_threads(threads)
         if self.use_c:
             from localserve.kernels.cpu import isa, set_num_threads
 
             set_num_threads(threads)
+            # The heavy work is in our pool; torch's idle workers would spin on its cores.
+            torch.set_num_threads(1)
             log.info("C kernels: %s, %d threads", isa(), threads)
+        else:
+            torch.set_num_threads(threads)
 
     def model_dtype(self) -> torch.dtype:
         return torch.float32
