@@ -55,3 +55,16 @@ def fuse_projections(model: nn.Module) -> int:
                 delattr(module, n)
             count += 1
     return count
+
+
+def project_qkv(attn: nn.Module, x: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q [T, heads, hd], k and v [T, kv_heads, hd] of an attention module's input, through
+    its fused `qkv_proj` when set, else through q_proj/k_proj/v_proj."""
+    if attn.qkv_proj is not None:
+        q, k, v = (t.contiguous() for t in attn.qkv_proj(x).split(attn.qkv_sizes, dim=-1))
+    else:
+        q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
+    t = x.shape[0]
+    return (q.view(t, attn.num_heads, attn.head_dim), k.view(t, attn.num_kv_heads, attn.head_dim),
+            v.view(t, attn.num_kv_heads, attn.head_dim))

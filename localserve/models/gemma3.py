@@ -13,11 +13,13 @@ from torch import nn
 
 from localserve.layers.attention import Attention
 from localserve.layers.embedding import VocabEmbedding
+from localserve.layers.fusion import project_qkv
 from localserve.layers.linear import Linear
 from localserve.layers.mlp import GatedMLP
 from localserve.layers.norm import RMSNorm
 from localserve.layers.rotary import RotaryEmbedding
 from localserve.models.arch import SLIDING_ATTENTION, ModelArchConfig
+from localserve.models.base import CausalLM
 
 
 class Gemma3Attention(nn.Module):
@@ -42,13 +44,7 @@ class Gemma3Attention(nn.Module):
 
     def forward(self, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         num_tokens = x.shape[0]
-        if self.qkv_proj is not None:
-            q, k, v = (t.contiguous() for t in self.qkv_proj(x).split(self.qkv_sizes, dim=-1))
-        else:
-            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        q = q.view(num_tokens, self.num_heads, self.head_dim)
-        k = k.view(num_tokens, self.num_kv_heads, self.head_dim)
-        v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
+        q, k, v = project_qkv(self, x)
         q, k = self.rotary(positions, self.q_norm(q), self.k_norm(k))
         out = self.attn(q, k, v)  # [T, num_heads, head_dim]
         return self.o_proj(out.reshape(num_tokens, self.num_heads * self.head_dim))
@@ -116,19 +112,6 @@ class Gemma3Model(nn.Module):
         return hidden
 
 
-class Gemma3ForCausalLM(nn.Module):
+class Gemma3ForCausalLM(CausalLM):
     def __init__(self, arch: ModelArchConfig) -> None:
-        super().__init__()
-        self.arch = arch
-        self.model = Gemma3Model(arch)
-        self.lm_head = Linear(arch.hidden_size, arch.vocab_size)
-
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """input_ids, positions [T] int64 (packed) -> hidden [T, hidden_size]."""
-        return self.model(input_ids, positions)
-
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden [N, hidden_size] -> logits [N, vocab_size] float32 (soft-capped if set)."""
-        logits = self.lm_head(hidden).float()
-        cap = self.arch.final_logit_softcapping
-        return logits if cap is None else cap * torch.tanh(logits / cap)
+        super().__init__(arch, Gemma3Model(arch))

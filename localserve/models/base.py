@@ -1,0 +1,29 @@
+"""What every architecture shares on top of its decoder stack: the LM head and logits."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from localserve.layers.linear import Linear
+from localserve.models.arch import ModelArchConfig
+
+
+class CausalLM(nn.Module):
+    """`model` (embeddings + decoder layers + final norm) followed by the LM head."""
+
+    def __init__(self, arch: ModelArchConfig, model: nn.Module) -> None:
+        super().__init__()
+        self.arch = arch
+        self.model = model
+        self.lm_head = Linear(arch.hidden_size, arch.vocab_size)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """input_ids, positions [T] int64 (packed) -> hidden [T, hidden_size]."""
+        return self.model(input_ids, positions)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [N, hidden_size] -> logits [N, vocab_size] float32 (soft-capped if set)."""
+        logits = self.lm_head(hidden).float()
+        cap = self.arch.final_logit_softcapping
+        return logits if cap is None else cap * torch.tanh(logits / cap)
