@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from localserve.layers.ops import LayerOps
-from localserve.runner.context import AttentionMetadata
+from localserve.runner.context import KernelAttentionOps
 
 
 class CGGUFLinearMethod:
@@ -56,20 +56,10 @@ class CGGUFEmbeddingMethod:
         pass
 
 
-class CAttentionOps:
-    def write_kv(self, key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor,
-                 v_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
-        from localserve.kernels.cpu import write_kv
+def c_attention_ops() -> KernelAttentionOps:
+    from localserve.kernels import cpu
 
-        write_kv(key, value, k_cache, v_cache, slot_mapping)
-
-    def attend(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-               meta: AttentionMetadata, scale: float, sliding_window: int | None,
-               soft_cap: float | None) -> torch.Tensor:
-        from localserve.kernels.cpu import paged_attention
-
-        return paged_attention(q, k_cache, v_cache, meta.block_tables, meta.query_start_loc,
-                               meta.seq_lens, scale, sliding_window, soft_cap)
+    return KernelAttentionOps(cpu)
 
 
 def c_layer_ops() -> LayerOps:

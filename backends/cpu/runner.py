@@ -6,7 +6,7 @@ import logging
 
 import torch
 
-from localserve.backends.cpu.methods import CAttentionOps, c_layer_ops, install_c_methods
+from localserve.backends.cpu.methods import c_attention_ops, c_layer_ops, install_c_methods
 from localserve.config import EngineConfig
 from localserve.layers.ops import install_layer_ops
 from localserve.platform.probe import DeviceInfo
@@ -32,7 +32,7 @@ def c_kernels_available() -> bool:
 class CpuModelRunner(TorchModelRunner):
     def __init__(self, config: EngineConfig, device: DeviceInfo):
         self.use_c = c_kernels_available()
-        ops = CAttentionOps() if self.use_c else ReferenceAttentionOps()
+        ops = c_attention_ops() if self.use_c else ReferenceAttentionOps()
         super().__init__(config, torch.device("cpu"), ops, keep_quantized=self.use_c)
         threads = config.num_threads or device.physical_cores
         if self.use_c:

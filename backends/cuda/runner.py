@@ -7,7 +7,7 @@ import logging
 import torch
 
 from localserve.backends.cuda.graphs import DecodeGraphs
-from localserve.backends.cuda.ops import TritonAttentionOps, triton_layer_ops
+from localserve.backends.cuda.ops import triton_attention_ops, triton_layer_ops
 from localserve.config import EngineConfig
 from localserve.interfaces import SchedulerOutput
 from localserve.layers.fusion import fuse_projections
@@ -25,7 +25,7 @@ class GpuMemoryError(ValueError):
 
 class CudaModelRunner(TorchModelRunner):
     def __init__(self, config: EngineConfig, device: torch.device):
-        super().__init__(config, device, TritonAttentionOps())
+        super().__init__(config, device, triton_attention_ops())
         self.graphs: DecodeGraphs | None = None
 
     def load_model(self) -> None:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -74,19 +74,36 @@ def get_forward_context() -> ForwardContext:
     return ctx
 
 
-class ReferenceAttentionOps:
-    """Plain-torch attention from `localserve.kernels.reference` (fp32 math, any device)."""
+class KernelAttentionOps:
+    """AttentionOps over a kernel module whose `write_kv` and `paged_attention` follow
+    `localserve.kernels.reference` (the reference, C and Triton kernels all do).
+
+    `host_bounds`: also pass the step's max query/sequence lengths, which lets a GPU kernel
+    pick its launch shape without a device sync.
+    """
+
+    def __init__(self, kernels: Any, host_bounds: bool = False) -> None:
+        self._kernels = kernels
+        self._host_bounds = host_bounds
 
     def write_kv(self, key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor,
                  v_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
-        from localserve.kernels.reference import write_kv
-
-        write_kv(key, value, k_cache, v_cache, slot_mapping)
+        self._kernels.write_kv(key, value, k_cache, v_cache, slot_mapping)
 
     def attend(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                meta: AttentionMetadata, scale: float, sliding_window: int | None,
                soft_cap: float | None) -> torch.Tensor:
-        from localserve.kernels.reference import paged_attention
+        bounds = ({"max_query_len": meta.max_query_len, "max_seq_len": meta.max_seq_len}
+                  if self._host_bounds else {})
+        return self._kernels.paged_attention(q, k_cache, v_cache, meta.block_tables,
+                                             meta.query_start_loc, meta.seq_lens, scale,
+                                             sliding_window, soft_cap, **bounds)
 
-        return paged_attention(q, k_cache, v_cache, meta.block_tables, meta.query_start_loc,
-                               meta.seq_lens, scale, sliding_window, soft_cap)
+
+class ReferenceAttentionOps(KernelAttentionOps):
+    """Plain-torch attention from `localserve.kernels.reference` (fp32 math, any device)."""
+
+    def __init__(self) -> None:
+        from localserve.kernels import reference
+
+        super().__init__(reference)
