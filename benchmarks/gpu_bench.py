@@ -171,7 +171,6 @@ class StepBytes:
     def __init__(self, llm):
         engine = llm.engine
         runner = engine.runner
-        spec = runner.spec
         kv_per_token = runner.bytes_per_block() // runner.block_size
         self.bytes = 0
         self.steps = 0
@@ -184,7 +183,6 @@ class StepBytes:
             return inner(scheduled)
 
         runner.execute = execute
-        self.spec = spec
 
 
 def bench_c(args, results, table) -> None:

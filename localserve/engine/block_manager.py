@@ -24,12 +24,17 @@ class Block:
     hash: int | None = None  # set once the block is full and registered in the prefix cache
 
 
+def block_hash(prev: int, tokens: Seq[int]) -> int:
+    """A full block's name: its tokens chained to the hash of the block before (0 first)."""
+    return hash((prev, tuple(tokens)))
+
+
 def chain_hashes(token_ids: Seq[int], block_size: int, num_blocks: int) -> list[int]:
     """Hash of each of the first `num_blocks` full blocks, each chained to its predecessor."""
     hashes: list[int] = []
     prev = 0
     for i in range(num_blocks):
-        prev = hash((prev, tuple(token_ids[i * block_size:(i + 1) * block_size])))
+        prev = block_hash(prev, token_ids[i * block_size:(i + 1) * block_size])
         hashes.append(prev)
     return hashes
 
@@ -148,7 +153,7 @@ class BlockManager:
         bs = self.block_size
         # Only the blocks filled since the last commit are hashed: O(1) per token overall.
         for i in range(len(chain), seq.num_computed // bs):
-            h = hash((chain[-1] if chain else 0, tuple(seq.token_ids(i * bs, (i + 1) * bs))))
+            h = block_hash(chain[-1] if chain else 0, seq.token_ids(i * bs, (i + 1) * bs))
             chain.append(h)
             block = self.blocks[seq.block_table[i]]
             if block.hash is None and h not in self._cached:

@@ -57,6 +57,20 @@ def fuse_projections(model: nn.Module) -> int:
     return count
 
 
+def declare_qkv(attn: nn.Module, hidden: int, num_heads: int, num_kv_heads: int,
+                head_dim: int, qkv_bias: bool, o_bias: bool) -> None:
+    """Gives an attention module q/k/v/o projections (HF parameter names) and the fusion slot
+    that `fuse_projections` fills and `project_qkv` reads."""
+    q_size, kv_size = num_heads * head_dim, num_kv_heads * head_dim
+    attn.num_heads, attn.num_kv_heads, attn.head_dim = num_heads, num_kv_heads, head_dim
+    attn.q_proj = Linear(hidden, q_size, qkv_bias)
+    attn.k_proj = Linear(hidden, kv_size, qkv_bias)
+    attn.v_proj = Linear(hidden, kv_size, qkv_bias)
+    attn.o_proj = Linear(q_size, hidden, o_bias)
+    attn.qkv_proj = None  # set by fuse_projections for float weights
+    attn.qkv_sizes = (q_size, kv_size, kv_size)
+
+
 def project_qkv(attn: nn.Module, x: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """q [T, heads, hd], k and v [T, kv_heads, hd] of an attention module's input, through

@@ -13,8 +13,7 @@ from torch import nn
 
 from localserve.layers.attention import Attention
 from localserve.layers.embedding import VocabEmbedding
-from localserve.layers.fusion import project_qkv
-from localserve.layers.linear import Linear
+from localserve.layers.fusion import declare_qkv, project_qkv
 from localserve.layers.mlp import GatedMLP
 from localserve.layers.norm import RMSNorm
 from localserve.layers.rotary import RotaryEmbedding
@@ -25,16 +24,8 @@ from localserve.models.base import CausalLM
 class Gemma3Attention(nn.Module):
     def __init__(self, arch: ModelArchConfig, layer_idx: int, rotary: RotaryEmbedding) -> None:
         super().__init__()
-        self.num_heads, self.num_kv_heads = arch.num_heads, arch.num_kv_heads
-        self.head_dim = arch.head_dim
-        hidden, q_size = arch.hidden_size, arch.num_heads * arch.head_dim
-        kv_size = arch.num_kv_heads * arch.head_dim
-        self.q_proj = Linear(hidden, q_size, arch.qkv_bias)
-        self.k_proj = Linear(hidden, kv_size, arch.qkv_bias)
-        self.v_proj = Linear(hidden, kv_size, arch.qkv_bias)
-        self.o_proj = Linear(q_size, hidden, arch.o_bias)
-        self.qkv_proj: Linear | None = None  # set by layers.fusion for float weights
-        self.qkv_sizes = (q_size, kv_size, kv_size)
+        declare_qkv(self, arch.hidden_size, arch.num_heads, arch.num_kv_heads, arch.head_dim,
+                    arch.qkv_bias, arch.o_bias)
         self.q_norm = RMSNorm(arch.head_dim, arch.rms_norm_eps, offset=1.0)
         self.k_norm = RMSNorm(arch.head_dim, arch.rms_norm_eps, offset=1.0)
         self.rotary = rotary
