@@ -52,7 +52,7 @@ def make_llm(config: str, args: argparse.Namespace, **kw):
     from localserve import LLM
 
     opts = {"load_format": "dummy", "max_model_len": args.max_model_len, "backend": args.backend,
-            "dtype": args.dtype}
+            "dtype": args.dtype, "async_scheduling": not args.no_async}
     opts.update(kw)
     return LLM(config, **opts)
 
@@ -137,12 +137,18 @@ def bench_b(args, results, table) -> None:
                for _ in range(n)]
     params = [SamplingParams(temperature=0.6, ignore_eos=True, max_tokens=random.randint(100, 1024))
               for _ in range(n)]
-    llm = make_llm(args.qwen, args, max_num_seqs=256, max_num_batched_tokens=16384)
+    llm = make_llm(args.qwen, args)  # batch limits: the engine's defaults for this GPU
+    sched = llm.engine.config.scheduler
+    print(f"(b) max_num_seqs {sched.max_num_seqs}, max_num_batched_tokens "
+          f"{sched.max_num_batched_tokens}", flush=True)
     warm_up(llm, 100, 1024)
     counter = StepBytes(llm)
+    phases = Phases(llm) if args.phases else None
     t = time.perf_counter()
     llm.generate(prompts, params)
     wall = time.perf_counter() - t
+    if phases:
+        phases.report(f"(b) {wall:.2f}s")
     total = sum(p.max_tokens for p in params)
     frac = counter.bytes / args.bw / wall
     results["b"] = {"tok_s": total / wall, "wall_s": wall, "roofline_fraction": frac,
@@ -158,11 +164,54 @@ def warm_up(llm, min_len: int, max_len: int) -> None:
     from localserve import SamplingParams
 
     rng = random.Random(12345)
+    # As many prompts as the engine runs at once: every decode-graph bucket gets captured.
+    n = llm.engine.config.scheduler.max_num_seqs
     prompts = [[rng.randint(0, 10000) for _ in range(rng.randint(min_len, max_len))]
-               for _ in range(64)]
-    llm.generate(prompts, [SamplingParams(max_tokens=rng.randint(8, 48), temperature=0.6,
+               for _ in range(n)]
+    # 64 tokens each: the first admitted are still running when the last join, so the batch
+    # reaches max_num_seqs; the batch then shrinks through every bucket as they finish.
+    llm.generate(prompts, [SamplingParams(max_tokens=64 - rng.randint(0, 16), temperature=0.6,
                                           ignore_eos=True) for _ in prompts])
     llm.engine.block_manager.reset_prefix_cache()
+
+
+class Phases:
+    """Host time per engine phase (no device syncs), step kinds and preemptions: --phases."""
+
+    def __init__(self, llm):
+        engine, runner = llm.engine, llm.engine.runner
+        self.engine = engine
+        self.times: dict[str, float] = {}
+        self.mixed = self.decode = 0
+        for obj, name in [(engine.scheduler, "schedule"), (runner, "launch"),
+                          (engine, "_complete_pending"), (engine, "_process"),
+                          (engine.scheduler, "update")]:
+            setattr(obj, name, self._timed(name, getattr(obj, name)))
+        inner = runner._forward
+
+        def forward(scheduled, *a):
+            if all(s.num_tokens == 1 for s in scheduled.seqs):
+                self.decode += 1
+            else:
+                self.mixed += 1
+            return inner(scheduled, *a)
+
+        runner._forward = forward
+
+    def _timed(self, name, fn):
+        def wrapper(*a, **kw):
+            t = time.perf_counter()
+            out = fn(*a, **kw)
+            self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - t
+            return out
+
+        return wrapper
+
+    def report(self, label: str) -> None:
+        s = self.engine.scheduler
+        print(f"{label}: {self.decode} decode + {self.mixed} mixed steps, "
+              f"{s.num_preempted_total} preemptions; host seconds: "
+              + ", ".join(f"{k} {v:.2f}" for k, v in self.times.items()), flush=True)
 
 
 class StepBytes:
@@ -174,15 +223,15 @@ class StepBytes:
         kv_per_token = runner.bytes_per_block() // runner.block_size
         self.bytes = 0
         self.steps = 0
-        inner = runner.execute
+        inner = runner.launch
 
-        def execute(scheduled):
+        def launch(scheduled):
             self.steps += 1
             ctx = sum(s.start_pos + s.num_tokens for s in scheduled.seqs)
             self.bytes += runner.weight_bytes + ctx * kv_per_token
             return inner(scheduled)
 
-        runner.execute = execute
+        runner.launch = launch
 
 
 def bench_c(args, results, table) -> None:
@@ -194,11 +243,24 @@ def bench_c(args, results, table) -> None:
                for _ in range(n)]
     outs = [random.randint(100, 260) for _ in range(n)]
     params = [SamplingParams(temperature=0, ignore_eos=True, max_tokens=m) for m in outs]
-    llm = make_llm(args.llama, args, max_num_seqs=256, max_num_batched_tokens=8192)
+    llm = make_llm(args.llama, args)  # batch limits: the engine's defaults for this GPU
+    sched = llm.engine.config.scheduler
+    print(f"(c) max_num_seqs {sched.max_num_seqs}, max_num_batched_tokens "
+          f"{sched.max_num_batched_tokens}", flush=True)
     warm_up(llm, 100, 300)
+    phases = Phases(llm) if args.phases else None
+    if args.kernel_table:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            llm.generate(prompts[:100], params[:100])
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=14,
+                                        max_name_column_width=50), flush=True)
     t = time.perf_counter()
     llm.generate(prompts, params)
     wall = time.perf_counter() - t
+    if phases:
+        phases.report(f"(c) {wall:.2f}s")
     results["c"] = {"req_s": n / wall, "out_tok_s": sum(outs) / wall}
     table.append(("(c) 8B ShareGPT-like", f"{n / wall:.1f} req/s, {sum(outs) / wall:,.0f} tok/s",
                   "", VLLM["c"]))
@@ -218,6 +280,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description="GPU benchmarks (issue 6)")
     ap.add_argument("--only", nargs="+", default=["d", "a", "b", "c"])
     ap.add_argument("--hf", action="store_true")
+    ap.add_argument("--no-async", action="store_true", help="step synchronously (A/B)")
+    ap.add_argument("--phases", action="store_true", help="host time per engine phase")
+    ap.add_argument("--kernel-table", action="store_true", help="(c): CUDA kernel table first")
     ap.add_argument("--quick", action="store_true", help="smaller (b) and (c)")
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny shapes, reference backend")
     ap.add_argument("--json", default=None)

@@ -3,7 +3,7 @@
 Usage (GPU machine): python benchmarks/gpu_profile.py [--config llama|qwen] [--batch 1]
 Runs a short greedy generation on dummy weights, then (1) the torch profiler's kernel table for
 a few decode steps and (2) wall time per engine phase (schedule, prepare, forward, sample,
-process) averaged over the decode steps.
+process, and the wait for the device) averaged over the decode steps, host time only.
 """
 
 from __future__ import annotations
@@ -19,14 +19,12 @@ CONFIGS = {"llama": "llama-3.1-8b", "qwen": "qwen3-0.6b"}
 
 
 def timed(fn, bucket: list[float]):
-    """fn wrapped to append its synchronized wall time to `bucket`."""
-    import torch
+    """fn wrapped to append its host wall time to `bucket` (no device syncs: with async
+    scheduling the host runs ahead, and `wait` shows how long it waits for the device)."""
 
     def wrapper(*a, **kw):
-        torch.cuda.synchronize()
         t = time.perf_counter()
         out = fn(*a, **kw)
-        torch.cuda.synchronize()
         bucket.append(time.perf_counter() - t)
         return out
 
@@ -40,6 +38,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--prompt-len", type=int, default=512)
     ap.add_argument("--cprofile", action="store_true", help="host-side profile instead")
+    ap.add_argument("--no-async", action="store_true", help="step synchronously (A/B)")
     args = ap.parse_args()
     from torch.profiler import ProfilerActivity, profile
 
@@ -47,7 +46,8 @@ def main() -> None:
 
     cfg = os.path.join(HERE, "configs", CONFIGS[args.config], "config.json")
     llm = LLM(cfg, load_format="dummy", dtype="bfloat16", max_model_len=4096, backend="cuda",
-              max_num_seqs=max(args.batch, 8), max_num_batched_tokens=16384)
+              max_num_seqs=max(args.batch, 8), max_num_batched_tokens=16384,
+              async_scheduling=not args.no_async)
     rng = random.Random(0)
     prompts = [[rng.randint(0, 10000) for _ in range(args.prompt_len)]
                for _ in range(args.batch)]
@@ -65,15 +65,20 @@ def main() -> None:
         llm.generate(prompts, params)
         prof.disable()
         print(f"wall {time.perf_counter() - t:.2f}s")
-        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+        pstats.Stats(prof).sort_stats("tottime").print_stats(15)
+        pstats.Stats(prof).sort_stats("cumtime").print_stats(20)
         return
     totals: dict[str, list[float]] = defaultdict(list)
     for obj, name in [(engine.scheduler, "schedule"), (runner, "_prepare"),
                       (runner, "_forward"), (engine, "_process"),
-                      (runner.model, "compute_logits"), (engine, "step"), (runner, "execute"),
+                      (runner.model, "compute_logits"), (engine, "step"), (runner, "launch"),
                       (engine.scheduler, "update")]:
         setattr(obj, name, timed(getattr(obj, name), totals[name]))
-    runner.sampler = timed(runner.sampler, totals["sample"])
+    runner.sampler.sample = timed(runner.sampler.sample, totals["sample"])
+    from localserve.runner import torch_runner
+
+    wait = torch_runner._Launched.result
+    torch_runner._Launched.result = lambda self: timed(wait, totals["wait+pack"])(self)
     t = time.perf_counter()
     llm.generate(prompts, params)
     wall = time.perf_counter() - t
@@ -81,8 +86,11 @@ def main() -> None:
     print(f"\n{args.config} batch {args.batch}: {steps} steps, {wall / steps * 1e3:.2f} ms/step "
           f"(wall), {args.batch * args.tokens / wall:.0f} tok/s")
     for name, vals in totals.items():
+        worst = ", ".join(f"#{i}: {v * 1e3:.1f}" for v, i in
+                          sorted(((v, i) for i, v in enumerate(vals)), reverse=True)[:3])
         vals = vals[1:] if len(vals) > 2 else vals  # drop the prefill step
-        print(f"  {name:15s} {sum(vals) / max(len(vals), 1) * 1e3:8.3f} ms/step")
+        print(f"  {name:15s} {sum(vals) / max(len(vals), 1) * 1e3:8.3f} ms/step   "
+              f"slowest calls (ms) {worst}")
 
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         llm.generate(prompts, SamplingParams(max_tokens=8, temperature=0, ignore_eos=True))

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device-machine call: install the carried wheels and localserve, run the GPU tests and the
 # benchmarks, keep logs under $OUT. Usage (device tool, carry .whl):
-#   bash benchmarks/gpu_session.sh [tests|kernels|bench|all] [gpu_bench.py args...]
+#   bash benchmarks/gpu_session.sh [tests|parity|kernels|bench|profile|all] [gpu_bench.py args...]
 set -uo pipefail
 what=${1:-all}; shift || true
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -15,6 +15,8 @@ python3 -c "import torch, triton, transformers; print('torch', torch.__version__
 triton.__version__, 'transformers', transformers.__version__)"
 if [[ $what == tests || $what == all ]]; then
   python3 -m pytest -p no:cacheprovider -q tests/kernels -k triton 2>&1 | tee "$OUT/kernel_tests.log" | tail -15
+fi
+if [[ $what == tests || $what == all || $what == parity ]]; then
   python3 -m pytest -p no:cacheprovider -q -s -rs tests/e2e/test_tiny_engine_parity.py 2>&1 \
     | tee "$OUT/parity.log" | tail -15
 fi

@@ -32,12 +32,20 @@ class CacheConfig:
     num_blocks: int | None = None  # fixes the pool size (tests, tiny pools); None = profile
 
 
+# Batch limits where neither the user nor the device sets them (CPU backends, tests).
+DEFAULT_MAX_NUM_SEQS = 64
+DEFAULT_MAX_NUM_BATCHED_TOKENS = 2048
+
+
 @dataclass(frozen=True)
 class SchedulerConfig:
-    max_num_seqs: int = 64
-    max_num_batched_tokens: int = 2048
+    # None: the backend's default for the device (see engine.factory.with_device_defaults).
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
     policy: SchedulingPolicy = "fcfs"
     max_waiting: int = 1024  # bounded queue: beyond it, new requests are rejected
+    # Prepare step N+1 while the device runs step N, where the runner supports it (GPU).
+    async_scheduling: bool = True
 
 
 @dataclass(frozen=True)
@@ -56,9 +64,9 @@ class EngineConfig:
         if not 0 < c.gpu_memory_utilization <= 1:
             raise ValueError("gpu_memory_utilization must be in (0, 1], "
                              f"got {c.gpu_memory_utilization}")
-        if s.max_num_seqs < 1:
+        if s.max_num_seqs is not None and s.max_num_seqs < 1:
             raise ValueError(f"max_num_seqs must be >= 1, got {s.max_num_seqs}")
-        if s.max_num_batched_tokens < 1:
+        if s.max_num_batched_tokens is not None and s.max_num_batched_tokens < 1:
             raise ValueError(f"max_num_batched_tokens must be >= 1, got {s.max_num_batched_tokens}")
         if s.policy not in ("fcfs", "priority"):
             raise ValueError(f"scheduling policy must be 'fcfs' or 'priority', got {s.policy!r}")
@@ -67,6 +75,13 @@ class EngineConfig:
 
     def with_model(self, **changes: object) -> EngineConfig:
         return replace(self, model=replace(self.model, **changes))
+
+    def with_batch_limits(self, max_num_seqs: int, max_num_batched_tokens: int) -> EngineConfig:
+        """Fills the batch limits left as None (explicit values win)."""
+        s = self.scheduler
+        return replace(self, scheduler=replace(
+            s, max_num_seqs=s.max_num_seqs or max_num_seqs,
+            max_num_batched_tokens=s.max_num_batched_tokens or max_num_batched_tokens))
 
 
 def default_model_path() -> str:

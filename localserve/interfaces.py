@@ -74,6 +74,13 @@ class StepOutput:
     samples: dict[int, list[TokenSample]] = field(default_factory=dict)
 
 
+# Stands in a sequence's token list for a token sampled by a step still running on the device:
+# the engine appends it when it launches the step and overwrites it when the step's result
+# arrives. Only the runner that launched that step can read the real value (it stays on the
+# device), so a placeholder is only ever the last token of a sequence in the next step.
+PLACEHOLDER = -1
+
+
 @dataclass(frozen=True)
 class RunnerCapabilities:
     # False: the runner cannot mix prompt chunks and decode tokens in one step; the scheduler
@@ -81,6 +88,10 @@ class RunnerCapabilities:
     mixed_batches: bool = True
     # The runner can swap KV blocks to host memory on preemption (else: recompute).
     swap: bool = False
+    # The runner has launch(): it queues a step on the device and returns at once, and it
+    # fills PLACEHOLDER inputs from the step it launched before. The engine then prepares
+    # step N+1 while the device computes step N.
+    overlap: bool = False
 
 
 @dataclass(frozen=True)
@@ -97,6 +108,12 @@ class ModelSpec:
     quantization: str | None = None
     sliding_window: int | None = None
     num_params: int = 0
+
+
+class PendingStep(Protocol):
+    """A launched step; result() waits for the device and returns the sampled tokens."""
+
+    def result(self) -> StepOutput: ...
 
 
 @runtime_checkable
@@ -129,6 +146,17 @@ class ModelRunner(Protocol):
 
     def shutdown(self) -> None:
         """Frees device memory and threads."""
+
+
+class OverlappingRunner(ModelRunner, Protocol):
+    """A runner with `capabilities.overlap`: steps are queued, not waited for."""
+
+    def launch(self, scheduled: SchedulerOutput) -> PendingStep:
+        """Queues one step and returns without waiting for the device.
+
+        The last token of a scheduled sequence may be PLACEHOLDER: the token this runner
+        sampled for that sequence in the step launched just before.
+        """
 
 
 @runtime_checkable

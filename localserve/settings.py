@@ -50,8 +50,10 @@ class Settings(BaseSettings):
     seed: int = Field(0, description="engine seed")
     # --- engine ---
     backend: str = Field("auto", description="auto | cuda | mlx | cpu | reference")
-    max_num_seqs: int = Field(64, ge=1, description="max sequences per step")
-    max_num_batched_tokens: int = Field(2048, ge=1, description="token budget per step")
+    max_num_seqs: int | None = Field(
+        None, ge=1, description="max sequences per step (default: by device, 64 on a CPU)")
+    max_num_batched_tokens: int | None = Field(
+        None, ge=1, description="token budget per step (default: by device, 2048 on a CPU)")
     max_waiting_requests: int = Field(1024, ge=1,
                                       description="queue bound; beyond it requests get 429")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1,

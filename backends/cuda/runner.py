@@ -9,7 +9,7 @@ import torch
 from localserve.backends.cuda.graphs import DecodeGraphs
 from localserve.backends.cuda.ops import triton_attention_ops, triton_layer_ops
 from localserve.config import EngineConfig
-from localserve.interfaces import SchedulerOutput
+from localserve.interfaces import RunnerCapabilities, SchedulerOutput
 from localserve.layers.fusion import fuse_projections
 from localserve.layers.ops import install_layer_ops
 from localserve.runner.context import AttentionMetadata, ForwardContext, forward_context
@@ -24,6 +24,9 @@ class GpuMemoryError(ValueError):
 
 
 class CudaModelRunner(TorchModelRunner):
+    # Kernels are queued, so the engine prepares the next step while this one runs.
+    capabilities = RunnerCapabilities(mixed_batches=True, overlap=True)
+
     def __init__(self, config: EngineConfig, device: torch.device):
         super().__init__(config, device, triton_attention_ops())
         self.graphs: DecodeGraphs | None = None

@@ -2,6 +2,13 @@
 
 step(): schedule -> runner.execute -> mark tokens computed -> append samples (forking n>1
 parents) -> detokenize and check stops -> free finished sequences -> return output deltas.
+
+Async scheduling (runners with `capabilities.overlap`, i.e. GPUs): step() launches step N
+and, while the device computes it, processes the result of step N-1 and returns its outputs.
+Step N's sampled tokens enter the token lists as PLACEHOLDERs until their result arrives; the
+runner feeds step N+1 the real values from device memory. Requests whose sampling reads their
+own history on the host (penalties) or that fork (n > 1) make the engine drain and step
+synchronously while they live.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from localserve.config import EngineConfig
+from localserve.config import DEFAULT_MAX_NUM_BATCHED_TOKENS, DEFAULT_MAX_NUM_SEQS, EngineConfig
 from localserve.detokenizer import IncrementalDetokenizer
 from localserve.engine.block_manager import BlockManager
 from localserve.engine.errors import PromptTooLongError, QueueFullError
@@ -20,7 +27,13 @@ from localserve.engine.outputs import EngineStats, RequestMetrics, RequestOutput
 from localserve.engine.request import ChoiceState, RequestState
 from localserve.engine.scheduler import Scheduler
 from localserve.engine.sequence import SeqStatus, Sequence
-from localserve.interfaces import ModelRunner, SchedulerOutput, StepOutput
+from localserve.interfaces import (
+    PLACEHOLDER,
+    ModelRunner,
+    PendingStep,
+    SchedulerOutput,
+    StepOutput,
+)
 from localserve.sampling_params import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -37,6 +50,7 @@ class LLMEngine:
     """Single-threaded engine. Not thread-safe: AsyncLLMEngine drives it from one thread."""
 
     def __init__(self, config: EngineConfig, runner: ModelRunner, tokenizer, info: EngineInfo):
+        config = config.with_batch_limits(DEFAULT_MAX_NUM_SEQS, DEFAULT_MAX_NUM_BATCHED_TOKENS)
         self.config = config
         self.runner = runner
         self.tokenizer = tokenizer
@@ -52,6 +66,10 @@ class LLMEngine:
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
         self.start_time = time.monotonic()
+        self._overlap = (config.scheduler.async_scheduling
+                         and getattr(runner.capabilities, "overlap", False))
+        self._pending: tuple[SchedulerOutput, PendingStep] | None = None
+        self._num_sync_requests = 0  # live requests that force synchronous steps
         # The model, tokenizer and caches live for the whole run: move them out of the
         # cyclic GC's generations so its collections stop re-scanning them every few steps.
         gc.collect()
@@ -82,6 +100,7 @@ class LLMEngine:
                              RequestMetrics(now, num_prompt_tokens=len(prompt_token_ids)),
                              self.tokenizer.eos_token_ids, self.max_model_len)
         self.requests[request_id] = state
+        self._num_sync_requests += _needs_sync(params)
         seq = Sequence(request_id, state.prompt_token_ids, params, priority, now,
                        num_pending_forks=params.n - 1)
         self._track(state, seq)
@@ -106,6 +125,7 @@ class LLMEngine:
         state = self.requests.pop(request_id, None)
         if state is None:
             return None
+        self._num_sync_requests -= _needs_sync(state.params)
         for seq in [s for s in self._seqs.values() if s.request_id == request_id]:
             self.scheduler.finish(seq)
             del self._seqs[seq.seq_id]
@@ -119,19 +139,42 @@ class LLMEngine:
 
     # -- the step --------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
+        overlap = self._overlap and not self._num_sync_requests
+        if self._pending is not None and not overlap:
+            return self._complete_pending()  # drain before a synchronous step
         scheduled = self.scheduler.schedule()
         if not scheduled.seqs:
-            return []
+            return self._complete_pending()
         now = time.monotonic()
         for item in scheduled.seqs:
             metrics = self.requests[self._seqs[item.seq_id].request_id].metrics
             if metrics.first_scheduled_time is None:
                 metrics.first_scheduled_time = now
-        step_output = self.runner.execute(scheduled)
+        if not overlap:
+            step_output = self.runner.execute(scheduled)
+            self.scheduler.update(scheduled)
+            return self._process(scheduled, step_output)
+        launched = self.runner.launch(scheduled)  # type: ignore[attr-defined]
+        # While the device runs this step: finish the previous one (its tokens replace their
+        # placeholders before update() hashes full blocks), then mark this one computed.
+        outputs = self._complete_pending()
         self.scheduler.update(scheduled)
-        return self._process(scheduled, step_output)
+        for item in scheduled.seqs:
+            if item.choice_indices and (seq := self._seqs.get(item.seq_id)) is not None:
+                seq.output_token_ids.append(PLACEHOLDER)
+        self._pending = (scheduled, launched)
+        return outputs
 
-    def _process(self, scheduled: SchedulerOutput, step_output: StepOutput) -> list[RequestOutput]:
+    def _complete_pending(self) -> list[RequestOutput]:
+        if self._pending is None:
+            return []
+        scheduled, launched = self._pending
+        self._pending = None
+        return self._process(scheduled, launched.result(), in_flight=True)
+
+    def _process(self, scheduled: SchedulerOutput, step_output: StepOutput,
+                 in_flight: bool = False) -> list[RequestOutput]:
+        """in_flight: the step's tokens are already in the lists as placeholders."""
         now = time.monotonic()
         touched: dict[str, RequestState] = {}
         for item in scheduled.seqs:
@@ -151,7 +194,10 @@ class LLMEngine:
                     self._track(state, child)
                     self._after_token(state, child, sample)
                 seq.num_pending_forks = 0
-            seq.output_token_ids.append(samples[0].token_id)
+            if in_flight:
+                seq.output_token_ids[-1] = samples[0].token_id
+            else:
+                seq.output_token_ids.append(samples[0].token_id)
             self._after_token(state, seq, samples[0])
         outputs = []
         for state in touched.values():
@@ -159,6 +205,7 @@ class LLMEngine:
             if finished:
                 state.metrics.finished_time = now
                 del self.requests[state.request_id]
+                self._num_sync_requests -= _needs_sync(state.params)
             outputs.append(RequestOutput(state.request_id, state.prompt_token_ids,
                                          state.take_deltas(), finished, state.metrics))
         return outputs
@@ -228,3 +275,9 @@ def _size_pool(config: EngineConfig, runner: ModelRunner) -> tuple[int, int]:
     max_model_len = min(asked or model_len, pool_tokens)
     cap = -(-max_model_len // block_size) * config.scheduler.max_num_seqs
     return min(num_blocks, cap), max_model_len
+
+
+def _needs_sync(params: SamplingParams) -> bool:
+    """Forks and penalties read sampled tokens on the host before the next step."""
+    return (params.n > 1 or params.repetition_penalty != 1.0 or bool(params.presence_penalty)
+            or bool(params.frequency_penalty))

@@ -6,9 +6,15 @@ import logging
 import os
 from collections.abc import Callable
 
-from localserve.config import EngineConfig, default_model_path
+from localserve.config import (
+    DEFAULT_MAX_NUM_BATCHED_TOKENS,
+    DEFAULT_MAX_NUM_SEQS,
+    EngineConfig,
+    default_model_path,
+)
 from localserve.engine.engine import EngineInfo
 from localserve.interfaces import ModelRunner
+from localserve.platform.probe import DeviceInfo
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, float], None]
@@ -41,6 +47,7 @@ def build_engine_parts(
     config = resolve(config)
     device = probe()
     selection = select(config, device)
+    config = with_device_defaults(config, selection.backend.name, device)
     log.info("%s", selection.explain())
     runner = selection.backend.create_runner(config, device)
     report(f"loading weights ({selection.backend.name} backend)", 0.05)
@@ -53,6 +60,21 @@ def build_engine_parts(
     info = EngineInfo(config.model.served_model_name or "model", selection.backend.name,
                       device_name)
     return runner, tokenizer, info, config
+
+
+def with_device_defaults(config: EngineConfig, backend: str, device: DeviceInfo
+                         ) -> EngineConfig:
+    """Batch limits the user left open, sized to the device: a big GPU keeps its weights
+    busy with many sequences per step (vLLM's defaults on an 80 GB GPU are 1,024 sequences
+    and 16,384 tokens); a CPU step costs time in proportion to its tokens, so it stays small."""
+    gpu_mem = device.gpus[0].memory_total if backend != "cpu" and device.gpus else 0
+    if backend in ("cuda", "mlx") and gpu_mem >= 70 * 2**30:
+        return config.with_batch_limits(1024, 16384)
+    if backend in ("cuda", "mlx") and gpu_mem >= 20 * 2**30:
+        return config.with_batch_limits(512, 8192)
+    if backend in ("cuda", "mlx"):
+        return config.with_batch_limits(256, 4096)
+    return config.with_batch_limits(DEFAULT_MAX_NUM_SEQS, DEFAULT_MAX_NUM_BATCHED_TOKENS)
 
 
 def _tokenizer(config: EngineConfig, runner: ModelRunner, load_tokenizer) -> object:

@@ -84,6 +84,8 @@ class Scheduler:
         preempted_now = False
         while order and budget > 0:
             seq = order.pop(0)
+            if seq.params.max_tokens is not None and seq.num_outputs >= seq.params.max_tokens:
+                continue  # its last token is still in flight (async scheduling) and ends it
             num_new = min(seq.num_tokens - seq.num_computed, budget)
             if single is not None and (num_new == 1) != single:
                 continue

@@ -7,9 +7,10 @@ draw from their own generator, keyed by (seed, choice index, output position).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from localserve.interfaces import TokenSample
@@ -30,29 +31,41 @@ class SampleRequest:
 
 class Sampler:
     def __init__(self, vocab_size: int, eos_token_ids: frozenset[int] = frozenset(),
-                 seed: int = 0):
+                 seed: int = 0, to_device: Callable[[np.ndarray, torch.device], torch.Tensor]
+                 | None = None):
         self.vocab_size = vocab_size
         self.eos_token_ids = eos_token_ids
         self._generator: torch.Generator | None = None
         self._seed = seed
+        # Host arrays reach the device through this (the GPU runner passes a pinned, non-
+        # blocking copy: a plain copy from pageable memory would wait for the whole queue).
+        self.to_device = to_device or (lambda a, device: torch.from_numpy(a).to(device))
 
     def __call__(self, logits: torch.Tensor,
                  requests: Sequence[SampleRequest]) -> list[TokenSample]:
         """Args: logits [num_draws, >= vocab]; one request per row. Returns a sample per row."""
+        token_ids, raw_logprobs = self.sample(logits, requests)
+        return self.pack(token_ids.tolist(), raw_logprobs, requests)
+
+    def sample(self, logits: torch.Tensor, requests: Sequence[SampleRequest]
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Draws on the device without waiting for it (unless a row needs a penalty, bias or
+        min_tokens). Returns (token ids [num_draws], raw logprobs or None)."""
         logits = logits[:, :self.vocab_size].float()
         raw_logprobs = None
         if any(r.params.logprobs is not None for r in requests):
             raw_logprobs = torch.log_softmax(logits, dim=-1)
-        logits = self._process(logits.clone(), requests)
-
-        token_ids = torch.empty(len(requests), dtype=torch.long, device=logits.device)
-        greedy = [i for i, r in enumerate(requests) if r.params.greedy]
-        if greedy:
-            token_ids[greedy] = logits[greedy].argmax(dim=-1)
-        random = [i for i, r in enumerate(requests) if not r.params.greedy]
-        if random:
-            token_ids[random] = self._sample(logits[random], [requests[i] for i in random])
-        return self._pack(token_ids, raw_logprobs, requests)
+        if any(_processes(r.params) for r in requests):
+            logits = self._process(logits.clone(), requests)  # the caller's logits stay as-is
+        if all(r.params.greedy for r in requests):
+            return logits.argmax(dim=-1), raw_logprobs
+        temps = np.array([0.0 if r.params.greedy else r.params.temperature for r in requests],
+                         np.float32)
+        drawn = self._sample(logits, requests, self.to_device(temps, logits.device))
+        if temps.all():
+            return drawn, raw_logprobs
+        greedy = self.to_device(temps == 0, logits.device)
+        return torch.where(greedy, logits.argmax(dim=-1), drawn), raw_logprobs
 
     # -- logit processing ------------------------------------------------------------------
     def _process(self, logits: torch.Tensor, requests: Sequence[SampleRequest]) -> torch.Tensor:
@@ -79,23 +92,21 @@ class Sampler:
                 logits[i] -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0)
         return logits
 
-    def _sample(self, logits: torch.Tensor, requests: Sequence[SampleRequest]) -> torch.Tensor:
-        """Samples one token per row after temperature, top-k, top-p and min-p."""
-        temps = torch.tensor([r.params.temperature for r in requests], device=logits.device)
-        probs = torch.softmax(logits / temps[:, None], dim=-1)
+    def _sample(self, logits: torch.Tensor, requests: Sequence[SampleRequest],
+                temps: torch.Tensor) -> torch.Tensor:
+        """Samples one token per row after temperature, top-k, top-p and min-p (greedy rows,
+        temperature 0, draw garbage that the caller discards)."""
+        probs = torch.softmax(logits / temps.clamp(min=1e-5)[:, None], dim=-1)
         for i, r in enumerate(requests):
             p = r.params
-            if p.top_k or p.top_p < 1 or p.min_p:
+            if not p.greedy and (p.top_k > 0 or p.top_p < 1 or p.min_p):
                 probs[i] = _truncate(probs[i], p)
         # Exponential race: argmax(p / E) with E ~ Exp(1) draws from p (Gumbel-max in disguise).
         noise = torch.empty_like(probs)
         unseeded = [i for i, r in enumerate(requests) if r.params.seed is None]
-        if unseeded:  # one draw for all of them: their randomness need not be batch-invariant
-            rows = noise[unseeded] if len(unseeded) < len(requests) else noise
-            rows.exponential_(generator=self._row_generator(requests[unseeded[0]],
-                                                            logits.device))
-            if len(unseeded) < len(requests):
-                noise[unseeded] = rows
+        if unseeded:  # one draw for all rows: their randomness need not be batch-invariant
+            noise.exponential_(generator=self._row_generator(requests[unseeded[0]],
+                                                             logits.device))
         for i, r in enumerate(requests):
             if r.params.seed is not None:
                 noise[i].exponential_(generator=self._row_generator(r, logits.device))
@@ -110,9 +121,9 @@ class Sampler:
                + len(r.output_token_ids)) % (2**63)
         return torch.Generator(device=device).manual_seed(key)
 
-    def _pack(self, token_ids: torch.Tensor, raw_logprobs: torch.Tensor | None,
-              requests: Sequence[SampleRequest]) -> list[TokenSample]:
-        ids = token_ids.tolist()
+    def pack(self, ids: list[int], raw_logprobs: torch.Tensor | None,
+             requests: Sequence[SampleRequest]) -> list[TokenSample]:
+        """TokenSamples from the drawn ids (on the host) and the raw logprobs."""
         samples = []
         for i, r in enumerate(requests):
             k = r.params.logprobs
@@ -126,6 +137,11 @@ class Sampler:
                 top = tuple(zip(idx.tolist(), vals.tolist(), strict=True))
             samples.append(TokenSample(ids[i], float(row[ids[i]]), top))
         return samples
+
+
+def _processes(p: SamplingParams) -> bool:
+    return bool(p.logit_bias or p.min_tokens or p.repetition_penalty != 1.0
+                or p.presence_penalty or p.frequency_penalty)
 
 
 def _truncate(probs: torch.Tensor, p: SamplingParams) -> torch.Tensor:

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from localserve import LLM, SamplingParams
+from localserve.interfaces import PLACEHOLDER
 from tests.helpers.near_tie import first_divergence
 from tests.helpers.tiny_models import make_tiny_checkpoint
 
@@ -36,7 +37,9 @@ def hf_greedy(model, prompt: list[int], n: int, device: str, dtype: torch.dtype)
     return tokens, top
 
 
-def run_case(tmp_path, model_type: str, backend: str, dtype: str, n: int, strict: bool):
+def run_case(tmp_path, model_type: str, backend: str, dtype: str, n: int, strict: bool,
+             overlap: bool | None = None):
+    """overlap: whether the engine must use async scheduling (default: on the GPU only)."""
     ckpt = make_tiny_checkpoint(tmp_path, model_type, "safetensors", with_tokenizer=True)
     llm = LLM(str(ckpt.path), backend=backend, dtype=dtype, max_num_batched_tokens=16,
               block_size=4, num_kv_blocks=128, max_model_len=256)
@@ -59,12 +62,27 @@ def run_case(tmp_path, model_type: str, backend: str, dtype: str, n: int, strict
             if at is not None:
                 divergences.append(at)
     llm.engine.block_manager.check_integrity([])
+    assert llm.engine._overlap == (backend == "cuda" if overlap is None else overlap)
     return divergences
 
 
 @pytest.mark.parametrize("model_type", ["llama", "gemma3_text"])
 def test_reference_backend_matches_hf(tmp_path, model_type):
     run_case(tmp_path, model_type, "reference", "float32", 16, strict=True)
+
+
+def test_reference_backend_with_async_scheduling_matches_hf(tmp_path, monkeypatch):
+    """The runner's placeholder path (filled from the previous step's draws), on the CPU."""
+    from localserve.interfaces import RunnerCapabilities
+    from localserve.runner.torch_runner import TorchModelRunner
+
+    monkeypatch.setattr(TorchModelRunner, "capabilities", RunnerCapabilities(overlap=True))
+    launched = []
+    original = TorchModelRunner.launch
+    monkeypatch.setattr(TorchModelRunner, "launch",
+                        lambda self, s: launched.append(s) or original(self, s))
+    run_case(tmp_path, "llama", "reference", "float32", 16, strict=True, overlap=True)
+    assert any(PLACEHOLDER in item.token_ids for s in launched for item in s.seqs)
 
 
 @pytest.mark.cuda

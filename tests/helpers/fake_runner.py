@@ -13,7 +13,13 @@ import torch
 
 from localserve.config import EngineConfig
 from localserve.engine.engine import EngineInfo, LLMEngine
-from localserve.interfaces import ModelSpec, RunnerCapabilities, SchedulerOutput, StepOutput
+from localserve.interfaces import (
+    PLACEHOLDER,
+    ModelSpec,
+    RunnerCapabilities,
+    SchedulerOutput,
+    StepOutput,
+)
 from localserve.runner.sampler import Sampler, SampleRequest
 
 VOCAB = 48
@@ -48,13 +54,23 @@ class FakeTokenizer:
         return "".join(m["content"] for m in messages)
 
 
+class _Done:
+    def __init__(self, output: StepOutput):
+        self.output = output
+
+    def result(self) -> StepOutput:
+        return self.output
+
+
 class FakeRunner:
     capabilities = RunnerCapabilities(mixed_batches=True)
 
-    def __init__(self, block_size: int, max_len: int = 4096, mixed_batches: bool = True):
+    def __init__(self, block_size: int, max_len: int = 4096, mixed_batches: bool = True,
+                 overlap: bool = False):
         self.block_size = block_size
         self.spec = ModelSpec("fake", 1, 1, 1, VOCAB, max_len, "float32")
-        self.capabilities = RunnerCapabilities(mixed_batches=mixed_batches)
+        self.capabilities = RunnerCapabilities(mixed_batches=mixed_batches, overlap=overlap)
+        self.last_drawn: dict[int, int] = {}
         self.sampler = Sampler(VOCAB, frozenset({EOS}))
         self.steps: list[SchedulerOutput] = []
 
@@ -71,6 +87,11 @@ class FakeRunner:
         self.kv = np.full((num_blocks, self.block_size), -1, dtype=np.int64)
 
     def execute(self, scheduled: SchedulerOutput) -> StepOutput:
+        return self.launch(scheduled).result()
+
+    def launch(self, scheduled: SchedulerOutput) -> _Done:
+        """Runs at once; a PLACEHOLDER input is read from the draws of the step before, as
+        a GPU runner reads it from device memory (only with async scheduling)."""
         self.steps.append(scheduled)
         if not self.capabilities.mixed_batches:
             kinds = {s.num_tokens == 1 for s in scheduled.seqs}
@@ -80,14 +101,22 @@ class FakeRunner:
         bs = self.block_size
         rows, requests, owners = [], [], []
         for s in scheduled.seqs:
-            for i, t in enumerate(s.token_ids):
+            tokens = list(s.token_ids)
+            if PLACEHOLDER in tokens:
+                assert self.capabilities.overlap and tokens.index(PLACEHOLDER) == len(tokens) - 1
+                tokens[-1] = self.last_drawn[s.seq_id]
+            for i, t in enumerate(tokens):
                 pos = s.start_pos + i
                 self.kv[s.block_table[pos // bs], pos % bs] = t
             if not s.choice_indices:
                 continue
             end = s.start_pos + s.num_tokens
             context = [int(self.kv[s.block_table[p // bs], p % bs]) for p in range(end)]
-            assert context == [*s.prompt_token_ids, *s.output_token_ids], "KV cache corrupted"
+            known = [*s.prompt_token_ids, *s.output_token_ids]
+            assert PLACEHOLDER not in known[:-1], "a placeholder outlived its step"
+            if known[-1] == PLACEHOLDER:
+                known[-1] = self.last_drawn[s.seq_id]
+            assert context == known, "KV cache corrupted"
             logits = self.logits(context)
             for c in s.choice_indices:
                 rows.append(logits)
@@ -98,7 +127,8 @@ class FakeRunner:
             for seq_id, sample in zip(owners, self.sampler(torch.stack(rows), requests),
                                       strict=True):
                 out.setdefault(seq_id, []).append(sample)
-        return StepOutput(out)
+        self.last_drawn = {seq_id: samples[0].token_id for seq_id, samples in out.items()}
+        return _Done(StepOutput(out))
 
     @staticmethod
     def logits(context: list[int]) -> torch.Tensor:
@@ -116,12 +146,12 @@ class FakeRunner:
 def fake_engine(num_blocks: int = 64, block_size: int = 4, max_num_seqs: int = 8,
                 max_num_batched_tokens: int = 32, policy: str = "fcfs", max_len: int = 4096,
                 mixed_batches: bool = True, prefix_caching: bool = True,
-                max_waiting: int = 1024) -> LLMEngine:
+                max_waiting: int = 1024, overlap: bool = False) -> LLMEngine:
     from localserve.config import engine_config
 
     config: EngineConfig = engine_config(
         block_size=block_size, num_kv_blocks=num_blocks, max_num_seqs=max_num_seqs,
         max_num_batched_tokens=max_num_batched_tokens, scheduling_policy=policy,
         enable_prefix_caching=prefix_caching, max_waiting=max_waiting)
-    runner = FakeRunner(block_size, max_len, mixed_batches)
+    runner = FakeRunner(block_size, max_len, mixed_batches, overlap)
     return LLMEngine(config, runner, FakeTokenizer(), EngineInfo("fake", "fake", "cpu"))

@@ -45,3 +45,24 @@ def test_engine_config_flat_names():
         engine_config(bogus=1)
     with pytest.raises(ValueError, match="block_size"):
         engine_config(block_size=3)
+
+
+def _machine(gpu_gib: float | None):
+    from localserve.platform.probe import DeviceInfo, GpuInfo
+
+    gpus = () if gpu_gib is None else (GpuInfo("nvidia", "GPU", int(gpu_gib * 2**30),
+                                               int(gpu_gib * 2**30)),)
+    return DeviceInfo("cpu", "x86_64", 2, 4, frozenset(), 16 * 2**30, 8 * 2**30, gpus)
+
+
+@pytest.mark.parametrize(("backend", "gpu_gib", "limits"), [
+    ("cuda", 80, (1024, 16384)), ("cuda", 24, (512, 8192)), ("cuda", 8, (256, 4096)),
+    ("cpu", None, (64, 2048)), ("cpu", 80, (64, 2048)), ("reference", None, (64, 2048))])
+def test_batch_limits_default_by_device(backend, gpu_gib, limits):
+    from localserve.engine.factory import with_device_defaults
+
+    s = with_device_defaults(engine_config(), backend, _machine(gpu_gib)).scheduler
+    assert (s.max_num_seqs, s.max_num_batched_tokens) == limits
+    # What the user sets wins.
+    s = with_device_defaults(engine_config(max_num_seqs=3), backend, _machine(gpu_gib)).scheduler
+    assert (s.max_num_seqs, s.max_num_batched_tokens) == (3, limits[1])

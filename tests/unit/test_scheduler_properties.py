@@ -49,15 +49,18 @@ def solo(r: dict) -> list[list[int]]:
     return [tokens[i] for i in range(r["n"])]
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(requests=st.lists(request, min_size=1, max_size=10),
        num_blocks=st.integers(12, 40), block_size=st.sampled_from([2, 4]),
        budget=st.integers(4, 40), max_num_seqs=st.integers(1, 6),
-       policy=st.sampled_from(["fcfs", "priority"]), mixed=st.booleans())
+       policy=st.sampled_from(["fcfs", "priority"]), mixed=st.booleans(),
+       overlap=st.booleans())
 def test_batched_equals_solo_and_integrity_holds(requests, num_blocks, block_size, budget,
-                                                 max_num_seqs, policy, mixed):
+                                                 max_num_seqs, policy, mixed, overlap):
+    """overlap: async scheduling (placeholders), drained whenever an n > 1 request lives."""
     engine = fake_engine(num_blocks=num_blocks, block_size=block_size, max_num_seqs=max_num_seqs,
-                         max_num_batched_tokens=budget, policy=policy, mixed_batches=mixed)
+                         max_num_batched_tokens=budget, policy=policy, mixed_batches=mixed,
+                         overlap=overlap)
     tokens: dict[str, dict[int, list[int]]] = {}
     finished: set[str] = set()
     aborted: set[str] = set()
