@@ -187,7 +187,7 @@ class Phases:
                           (engine, "_complete_pending"), (engine, "_process"),
                           (engine.scheduler, "update")]:
             setattr(obj, name, self._timed(name, getattr(obj, name)))
-        inner = runner._forward
+        inner = self._timed("forward", runner._forward)
 
         def forward(scheduled, *a):
             if all(s.num_tokens == 1 for s in scheduled.seqs):
@@ -197,6 +197,13 @@ class Phases:
             return inner(scheduled, *a)
 
         runner._forward = forward
+        runner._prepare = self._timed("prepare", runner._prepare)
+        runner.model.compute_logits = self._timed("logits", runner.model.compute_logits)
+        if runner.sampler is not None:
+            runner.sampler.sample = self._timed("sample", runner.sampler.sample)
+        from localserve.runner import torch_runner
+
+        torch_runner._Launched.__init__ = self._timed("d2h", torch_runner._Launched.__init__)
 
     def _timed(self, name, fn):
         def wrapper(*a, **kw):
@@ -208,9 +215,14 @@ class Phases:
         return wrapper
 
     def report(self, label: str) -> None:
-        s = self.engine.scheduler
+        import torch
+
+        s = self.engine.scheduler.stats()
+        retries = torch.cuda.memory_stats().get("num_alloc_retries", 0)
         print(f"{label}: {self.decode} decode + {self.mixed} mixed steps, "
-              f"{s.num_preempted_total} preemptions; host seconds: "
+              f"{s.num_preempted_total} preemptions (warm-up included), {retries} allocator "
+              f"retries, {s.num_running + s.num_waiting} left; KV pool "
+              f"{s.kv_blocks_total * self.engine.block_manager.block_size} tokens; host seconds: "
               + ", ".join(f"{k} {v:.2f}" for k, v in self.times.items()), flush=True)
 
 

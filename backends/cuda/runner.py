@@ -13,7 +13,9 @@ from localserve.interfaces import RunnerCapabilities, SchedulerOutput
 from localserve.layers.fusion import fuse_projections
 from localserve.layers.ops import install_layer_ops
 from localserve.runner.context import AttentionMetadata, ForwardContext, forward_context
+from localserve.runner.sampler import Sampler, SampleRequest
 from localserve.runner.torch_runner import TorchModelRunner
+from localserve.sampling_params import SamplingParams
 
 log = logging.getLogger(__name__)
 GiB = 2**30
@@ -96,7 +98,11 @@ class CudaModelRunner(TorchModelRunner):
         ids = torch.randint(0, spec.vocab_size, (num_tokens,), device=dev)
         with forward_context(ForwardContext(meta, caches, self.ops)):
             hidden = self.model(ids, torch.arange(num_tokens, device=dev))
-        self.model.compute_logits(hidden[:num_seqs])
+        logits = self.model.compute_logits(hidden[:num_seqs])
+        # The sampler's temporaries at the widest batch count too (a few [seqs, vocab] fp32
+        # tensors): left out, the KV pool takes their memory and the allocator thrashes.
+        draw = SampleRequest(SamplingParams(temperature=1.0), (), (), 0)
+        Sampler(spec.vocab_size).sample(logits, [draw] * num_seqs)
         torch.cuda.synchronize()
         del caches
 
