@@ -1,6 +1,6 @@
 """The C CPU backend next to llama.cpp (llama-cpp-python) on the same GGUF, same threads.
 
-Usage: python benchmarks/cpu_vs_llamacpp.py [--threads N] [--rounds 3] [--model FILE.gguf]
+Usage: python benchmarks/cpu_vs_llamacpp.py [--threads N] [--rounds 5] [--model FILE.gguf]
    (c), through the servers: python benchmarks/serve_load.py --backend cpu
 
 (a) prompt processing tok/s for a 512-token prompt; (b) batch-1 decode tok/s after a short
@@ -95,7 +95,7 @@ def spawn(kind: str, args: argparse.Namespace) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--model", default=None)
     ap.add_argument("--child", choices=["localserve", "llamacpp"])
     args = ap.parse_args()
@@ -117,13 +117,19 @@ def main() -> None:
     print(f"\n{platform.processor() or platform.machine()} ({flags}), {args.threads} threads, "
           f"llama-cpp-python {llama_cpp.__version__}, {os.path.basename(args.model)}, "
           f"medians of {args.rounds} alternated rounds")
-    print(f"{'metric':<22} | {'localserve':>11} | {'llama.cpp':>11} | {'ratio':>6}")
+    # Paired ratio: each round's two runs sit side by side in time, so their ratio cancels
+    # most of the drift of a shared machine's load; its median is the headline figure.
+    print(f"{'metric':<22} | {'localserve':>11} | {'llama.cpp':>11} | {'ratio':>6} | "
+          f"{'paired ratio (min-max)':>22}")
     for key, label in [("pp512", "(a) prompt tok/s @512"),
                        ("decode_short", "(b) decode tok/s short"),
                        ("decode_512", "(b) decode tok/s @512"), ("rss_mib", "peak RSS MiB")]:
         ours = statistics.median(r[key] for r in runs["localserve"])
         peer = statistics.median(r[key] for r in runs["llamacpp"])
-        print(f"{label:<22} | {ours:>11.1f} | {peer:>11.1f} | {ours / peer:>5.2f}x")
+        pairs = [a[key] / b[key] for a, b in zip(runs["localserve"], runs["llamacpp"],
+                                                  strict=True)]
+        print(f"{label:<22} | {ours:>11.1f} | {peer:>11.1f} | {ours / peer:>5.2f}x | "
+              f"{statistics.median(pairs):>5.2f}x ({min(pairs):.2f}-{max(pairs):.2f})")
 
 
 if __name__ == "__main__":

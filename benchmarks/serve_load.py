@@ -182,11 +182,15 @@ def start_localserve(extra: list[str], timeout_s: float) -> tuple[subprocess.Pop
     raise RuntimeError("localserve did not print its ready line")
 
 
-def start_llamacpp(gguf: str, n_ctx: int, timeout_s: float) -> tuple[subprocess.Popen, str]:
+def start_llamacpp(gguf: str, n_ctx: int, threads: int, timeout_s: float
+                   ) -> tuple[subprocess.Popen, str]:
     port = free_port()
+    # interrupt_requests False: a new request waits for the one in flight (by default it
+    # cancels it, and the cancelled stream would count as an error, not as slowness).
     proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", gguf,
                              "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx),
-                             "--model_alias", "llamacpp"],
+                             "--n_threads", str(threads), "--n_threads_batch", str(threads),
+                             "--interrupt_requests", "False", "--model_alias", "llamacpp"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     wait_http(url, "/v1/models", timeout_s, proc)
@@ -246,6 +250,8 @@ def main() -> int:
     p.add_argument("--backend", default=None, help="passed to `localserve up`")
     p.add_argument("--gguf", default=None, help="model for both servers (default: built-in)")
     p.add_argument("--no-llamacpp", action="store_true")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                   help="CPU threads for both servers")
     p.add_argument("--json", default=None, metavar="FILE", help="also write raw results")
     args = p.parse_args()
     if args.url and not re.match(r"^http://(127\.\d+\.\d+\.\d+|localhost|\[::1\])(:\d+)?/?$",
@@ -261,14 +267,15 @@ def main() -> int:
         if args.url:
             url = args.url.rstrip("/")
         else:
-            extra = ["--backend", args.backend] if args.backend else []
+            extra = ["--num-threads", str(args.threads)]
+            extra += ["--backend", args.backend] if args.backend else []
             if args.gguf:
                 extra = ["--model", args.gguf, *extra]
             proc, url = start_localserve(extra, args.timeout)
             procs.append(proc)
         results["localserve"] = bench("localserve", url, args.api_key, args)
         if not args.no_llamacpp and importlib.util.find_spec("llama_cpp") is not None:
-            proc, lurl = start_llamacpp(gguf, 4096, args.timeout)
+            proc, lurl = start_llamacpp(gguf, 4096, args.threads, args.timeout)
             procs.append(proc)
             results["llama.cpp"] = bench("llama.cpp", lurl, None, args)
         elif not args.no_llamacpp:

@@ -56,6 +56,44 @@ class CGGUFEmbeddingMethod:
         pass
 
 
+class CFusedGGUFLinear(nn.Module):
+    """Projections that read the same input (q/k/v, gate/up) in one C call: the activations
+    are quantized once and one parallel region covers every weight. Output: the parts'
+    outputs concatenated, as `layers.fusion` lays them out for float weights."""
+
+    def __init__(self, parts: list[nn.Module]):
+        super().__init__()
+        self.parts = nn.ModuleList(parts)  # keeps the raw GGUF buffers the weights point at
+        self.weights = [p.method.weight for p in parts]
+        self.out_features = sum(w.out_features for w in self.weights)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from localserve.kernels.cpu import gguf_matmul_multi
+
+        return torch.cat(gguf_matmul_multi(x.float(), self.weights), dim=-1)
+
+
+def fuse_c_projections(model: nn.Module) -> int:
+    """Fills the fusion slots (`qkv_proj`, `gate_up_proj`) of modules whose parts all run
+    through CGGUFLinearMethod without bias; returns how many groups were fused."""
+    from localserve.layers.fusion import GROUPS
+
+    count = 0
+    for module in model.modules():
+        for fused_name, names in GROUPS.items():
+            if getattr(module, fused_name, False) is not None:
+                continue
+            parts = [getattr(module, n) for n in names]
+            if any(type(p.method) is not CGGUFLinearMethod or p.bias is not None
+                   for p in parts):
+                continue
+            setattr(module, fused_name, CFusedGGUFLinear(parts))
+            for n in names:
+                delattr(module, n)
+            count += 1
+    return count
+
+
 def c_attention_ops() -> KernelAttentionOps:
     from localserve.kernels import cpu
 
@@ -63,10 +101,9 @@ def c_attention_ops() -> KernelAttentionOps:
 
 
 def c_layer_ops() -> LayerOps:
-    from localserve.kernels import reference
-    from localserve.kernels.cpu import act_and_mul, rms_norm
+    from localserve.kernels.cpu import act_and_mul, rms_norm, rotary_embedding
 
-    return LayerOps(rms_norm=rms_norm, rotary_embedding=reference.rotary_embedding,
+    return LayerOps(rms_norm=rms_norm, rotary_embedding=rotary_embedding,
                     act_and_mul=act_and_mul)
 
 

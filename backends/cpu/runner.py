@@ -6,7 +6,12 @@ import logging
 
 import torch
 
-from localserve.backends.cpu.methods import c_attention_ops, c_layer_ops, install_c_methods
+from localserve.backends.cpu.methods import (
+    c_attention_ops,
+    c_layer_ops,
+    fuse_c_projections,
+    install_c_methods,
+)
 from localserve.config import EngineConfig
 from localserve.layers.ops import install_layer_ops
 from localserve.platform.probe import DeviceInfo
@@ -52,5 +57,7 @@ class CpuModelRunner(TorchModelRunner):
         super().load_model()
         if self.use_c:
             n = install_c_methods(self.model)
+            fused = fuse_c_projections(self.model)
             install_layer_ops(self.model, c_layer_ops())
-            log.info("%d layers read raw GGUF blocks through the C kernels", n)
+            log.info("%d layers read raw GGUF blocks through the C kernels (%d q/k/v and "
+                     "gate/up groups in one call each)", n, fused)

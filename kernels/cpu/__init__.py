@@ -24,8 +24,10 @@ from localserve.kernels.cpu.ops import (
     gguf_matmul_multi,
     prepare_weight,
     rms_norm,
+    rotary_embedding,
 )
 
 __all__ = ["GGUFWeight", "act_and_mul", "available", "best_isa", "embedding",
            "get_num_threads", "gguf_matmul", "gguf_matmul_multi", "isa", "paged_attention",
-           "prepare_weight", "rms_norm", "set_isa", "set_num_threads", "write_kv"]
+           "prepare_weight", "rms_norm", "rotary_embedding", "set_isa", "set_num_threads",
+           "write_kv"]

@@ -32,6 +32,7 @@ SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "ls_write_kv": (N, [P, P, N, P, P, N, N, N, N, N, N, P]),
     "ls_rms_norm": (None, [P, P, P, P, P, N, N, F, F]),
     "ls_act_and_mul": (N, [P, P, N, N, N]),
+    "ls_rotary": (N, [P, P, P, N, N, N, P, N, I64]),
     "ls_embedding": (N, [P, N, P, N, N, I64, F, P]),
     "ls_dequantize_row": (N, [P, N, N, P]),
     "ls_set_isa": (N, [N]),

@@ -71,3 +71,28 @@ LS_API int ls_act_and_mul(const float *x, float *out, int T, int d, int kind) {
     ls_parallel(act_task, &j, chunks < pool ? chunks : pool);
     return LS_OK;
 }
+
+/* NeoX-style rotary embedding: out = x with pairs (i, i + rot/2), i < rot/2, of every head
+ * rotated by the angle of the token's position; dims past `rot` are copied.
+ * x, out [T, heads, hd] (out may alias x); positions [T]; cos_sin [max_pos, rot] = cos | sin. */
+LS_API int ls_rotary(const float *x, float *out, const int64_t *positions, int T, int heads,
+                     int hd, const float *cos_sin, int rot, int64_t max_pos) {
+    const int half = rot / 2;
+    if (rot > hd || rot % 2) return LS_EBADSHAPE;
+    for (int t = 0; t < T; t++) {
+        const int64_t p = positions[t];
+        if (p < 0 || p >= max_pos) return LS_ERANGE;
+        const float *c = cos_sin + p * rot, *s = c + half;
+        for (int h = 0; h < heads; h++) {
+            const float *v = x + ((size_t)t * heads + h) * hd;
+            float *o = out + ((size_t)t * heads + h) * hd;
+            for (int i = 0; i < half; i++) {
+                const float x1 = v[i], x2 = v[i + half];
+                o[i] = x1 * c[i] - x2 * s[i];
+                o[i + half] = x2 * c[i] + x1 * s[i];
+            }
+            for (int i = rot; i < hd; i++) o[i] = v[i];
+        }
+    }
+    return LS_OK;
+}

@@ -171,6 +171,27 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
     return out, res_out
 
 
+def rotary_embedding(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
+                     cos_sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Same contract as kernels.reference.rotary_embedding (float32 q/k, new tensors)."""
+    cos_sin = _f32_input(cos_sin, "cos_sin")
+    pos = positions.to(torch.int64).contiguous()
+    rot = cos_sin.shape[-1]
+    outs = []
+    for name, x in (("q", q), ("k", k)):
+        x = _f32_input(x, name)
+        if x.dim() != 3 or x.shape[0] != pos.numel():
+            raise ValueError(f"{name} {tuple(x.shape)} must be [T={pos.numel()}, heads, hd]")
+        out = torch.empty_like(x)
+        check(lib().ls_rotary(x.data_ptr(), out.data_ptr(), pos.data_ptr(), x.shape[0],
+                              x.shape[1], x.shape[2], cos_sin.data_ptr(), rot,
+                              cos_sin.shape[0]),
+              f"rotary ({name} head_dim {x.shape[2]} vs rot {rot}, positions < "
+              f"{cos_sin.shape[0]})")
+        outs.append(out)
+    return outs[0], outs[1]
+
+
 _ACTIVATIONS = {"silu": 0, "gelu_tanh": 1}
 
 

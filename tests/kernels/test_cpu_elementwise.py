@@ -74,3 +74,20 @@ def test_isa_and_threads_controls(monkeypatch):
     cpu.set_num_threads(n)
     with pytest.raises(ValueError):
         cpu.set_num_threads(0)
+
+
+@pytest.mark.parametrize(("tokens", "heads", "head_dim", "rot"),
+                         [(1, 4, 256, 256), (7, 2, 64, 64), (5, 3, 128, 64)])
+def test_rotary_embedding(tokens, heads, head_dim, rot):
+    g = torch.Generator().manual_seed(2)
+    q = torch.randn(tokens, heads, head_dim, generator=g)
+    k = torch.randn(tokens, 1, head_dim, generator=g)
+    positions = torch.randint(0, 300, (tokens,), generator=g)
+    cos_sin = reference.rope_cos_sin(rot, 512, 10000.0)
+    got_q, got_k = cpu.rotary_embedding(positions, q, k, cos_sin)
+    want_q, want_k = reference.rotary_embedding(positions, q, k, cos_sin)
+    torch.testing.assert_close(got_q, want_q, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got_k, want_k, rtol=1e-5, atol=1e-5)
+    assert got_q.data_ptr() != q.data_ptr()  # new tensors, inputs untouched
+    with pytest.raises(ValueError, match="out of range"):
+        cpu.rotary_embedding(torch.tensor([512] * tokens), q, k, cos_sin)
