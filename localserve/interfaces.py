@@ -116,6 +116,17 @@ class PendingStep(Protocol):
     def result(self) -> StepOutput: ...
 
 
+@dataclass(frozen=True)
+class FinishedStep:
+    """A PendingStep whose result is known already (a step that samples nothing, or a
+    runner that computes at launch)."""
+
+    output: StepOutput
+
+    def result(self) -> StepOutput:
+        return self.output
+
+
 @runtime_checkable
 class ModelRunner(Protocol):
     """Executes scheduled steps on one device. One runner per engine."""

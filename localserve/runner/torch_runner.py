@@ -18,6 +18,7 @@ import torch
 from localserve.config import EngineConfig
 from localserve.interfaces import (
     PLACEHOLDER,
+    FinishedStep,
     ModelSpec,
     PendingStep,
     RunnerCapabilities,
@@ -46,14 +47,6 @@ class _PreparedStep:
     requests: list[SampleRequest]
     owners: list[int]  # the seq_id of each draw
     first_draw: dict[int, int]  # seq_id -> its first draw's row
-
-
-class _Done:
-    def __init__(self, output: StepOutput):
-        self.output = output
-
-    def result(self) -> StepOutput:
-        return self.output
 
 
 class _Launched:
@@ -159,7 +152,7 @@ class TorchModelRunner:
     def launch(self, scheduled: SchedulerOutput) -> PendingStep:
         """Queues the step on the device; on a GPU nothing here waits for earlier steps."""
         if not scheduled.seqs:
-            return _Done(StepOutput())
+            return FinishedStep(StepOutput())
         for src, dst in scheduled.blocks_to_copy:
             for k_cache, v_cache in self.kv_caches:
                 k_cache[dst].copy_(k_cache[src])
@@ -168,7 +161,7 @@ class TorchModelRunner:
         hidden = self._forward(scheduled, step.input_ids, step.positions, step.meta)
         if not step.requests:
             self._last_sampled = None
-            return _Done(StepOutput())
+            return FinishedStep(StepOutput())
         if step.sample_rows is not None:
             hidden = hidden.index_select(0, step.sample_rows)
         logits = self.model.compute_logits(hidden)  # [num_draws, vocab]

@@ -15,6 +15,7 @@ from localserve.config import EngineConfig
 from localserve.engine.engine import EngineInfo, LLMEngine
 from localserve.interfaces import (
     PLACEHOLDER,
+    FinishedStep,
     ModelSpec,
     RunnerCapabilities,
     SchedulerOutput,
@@ -54,14 +55,6 @@ class FakeTokenizer:
         return "".join(m["content"] for m in messages)
 
 
-class _Done:
-    def __init__(self, output: StepOutput):
-        self.output = output
-
-    def result(self) -> StepOutput:
-        return self.output
-
-
 class FakeRunner:
     capabilities = RunnerCapabilities(mixed_batches=True)
 
@@ -89,7 +82,7 @@ class FakeRunner:
     def execute(self, scheduled: SchedulerOutput) -> StepOutput:
         return self.launch(scheduled).result()
 
-    def launch(self, scheduled: SchedulerOutput) -> _Done:
+    def launch(self, scheduled: SchedulerOutput) -> FinishedStep:
         """Runs at once; a PLACEHOLDER input is read from the draws of the step before, as
         a GPU runner reads it from device memory (only with async scheduling)."""
         self.steps.append(scheduled)
@@ -128,7 +121,7 @@ class FakeRunner:
                                       strict=True):
                 out.setdefault(seq_id, []).append(sample)
         self.last_drawn = {seq_id: samples[0].token_id for seq_id, samples in out.items()}
-        return _Done(StepOutput(out))
+        return FinishedStep(StepOutput(out))
 
     @staticmethod
     def logits(context: list[int]) -> torch.Tensor:
