@@ -65,6 +65,8 @@ class Settings(BaseSettings):
     scheduling_policy: Literal["fcfs", "priority"] = Field("fcfs",
                                                            description="fcfs or priority")
     enforce_eager: bool = Field(False, description="disable graph capture/compilation")
+    async_scheduling: bool = Field(
+        True, description="prepare the next step while the GPU runs this one")
     num_threads: int | None = Field(None, ge=1, description="CPU threads (default: cores)")
     # --- server ---
     host: str = Field("127.0.0.1", description="bind address (non-loopback needs an API key)")
@@ -146,7 +148,8 @@ class Settings(BaseSettings):
             scheduler=SchedulerConfig(max_num_seqs=self.max_num_seqs,
                                       max_num_batched_tokens=self.max_num_batched_tokens,
                                       policy=self.scheduling_policy,
-                                      max_waiting=self.max_waiting_requests),
+                                      max_waiting=self.max_waiting_requests,
+                                      async_scheduling=self.async_scheduling),
             backend=self.backend,
             enforce_eager=self.enforce_eager,
             num_threads=self.num_threads,

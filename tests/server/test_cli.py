@@ -65,6 +65,9 @@ def test_json_config_and_engine_config(tmp_path: Path) -> None:
     assert ec.model.max_model_len == 512 and ec.scheduler.policy == "priority"
     assert ec.cache.enable_prefix_caching is False and ec.cache.block_size == 32
     assert ec.cache.num_blocks == 64
+    # Batch limits left open are the device's to choose; async scheduling is on by default.
+    assert ec.scheduler.max_num_seqs is None and ec.scheduler.async_scheduling is True
+    assert Settings(async_scheduling=False).to_engine_config().scheduler.async_scheduling is False
 
 
 @pytest.mark.parametrize("text, fragment", [
