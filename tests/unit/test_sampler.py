@@ -108,3 +108,12 @@ def test_different_seeds_and_choices_differ():
     b = [s.token_id for s in draw(logits, [req(temperature=1.0, seed=1, choice=1, out=[0] * i)
                                            for i in range(64)])]
     assert a != b
+
+
+def test_greedy_ties_pick_the_first_maximum_like_torch():
+    logits = torch.zeros(3, V)
+    logits[0, [5, 9]] = 2.0          # a tie: the first index wins
+    logits[1, V - 1] = 1.0
+    logits[2, [3, 4]] = float("inf")
+    out = draw(logits, [req(temperature=0)] * 3)
+    assert [s.token_id for s in out] == logits.argmax(-1).tolist() == [5, V - 1, 3]
