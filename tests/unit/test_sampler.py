@@ -112,7 +112,7 @@ def test_different_seeds_and_choices_differ():
 
 def test_greedy_ties_pick_the_first_maximum_like_torch():
     logits = torch.zeros(3, V)
-    logits[0, [5, 9]] = 2.0          # a tie: the first index wins
+    logits[0, [5, 6]] = 2.0          # a tie: the first index wins
     logits[1, V - 1] = 1.0
     logits[2, [3, 4]] = float("inf")
     out = draw(logits, [req(temperature=0)] * 3)
