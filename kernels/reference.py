@@ -136,6 +136,17 @@ def rotary_embedding(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
     return rotate(q), rotate(k)
 
 
+def sampling_probs(logits: torch.Tensor, temps: torch.Tensor) -> torch.Tensor:
+    """The distribution a temperature sampler draws from: softmax(logits / T) in float64 per
+    row; a one-hot on the first maximum where T is 0 (greedy)."""
+    x = logits.double()
+    greedy = temps <= 0
+    t = torch.where(greedy, torch.ones_like(temps), temps).double()
+    probs = torch.softmax(x / t[:, None], dim=-1)
+    hot = torch.nn.functional.one_hot(x.argmax(-1), x.shape[-1]).double()
+    return torch.where(greedy[:, None], hot, probs)
+
+
 def act_and_mul(x: torch.Tensor, activation: str) -> torch.Tensor:
     """act(x[..., :d]) * x[..., d:] for x [..., 2d]; activation is 'silu' or 'gelu_tanh'."""
     d = x.shape[-1] // 2

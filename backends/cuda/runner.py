@@ -30,8 +30,11 @@ class CudaModelRunner(TorchModelRunner):
     capabilities = RunnerCapabilities(mixed_batches=True, overlap=True)
 
     def __init__(self, config: EngineConfig, device: torch.device):
+        from localserve.kernels.triton import gumbel_argmax
+
         super().__init__(config, device, triton_attention_ops())
         self.graphs: DecodeGraphs | None = None
+        self.draw_kernel = gumbel_argmax
 
     def load_model(self) -> None:
         torch.cuda.set_device(self.device)
@@ -103,6 +106,8 @@ class CudaModelRunner(TorchModelRunner):
         # tensors): left out, the KV pool takes their memory and the allocator thrashes.
         draw = SampleRequest(SamplingParams(temperature=1.0), (), (), 0)
         Sampler(spec.vocab_size).sample(logits, [draw] * num_seqs)
+        # ...and the fused draw kernel compiles here, not in the first request.
+        Sampler(spec.vocab_size, draw_kernel=self.draw_kernel).sample(logits[:1], [draw])
         torch.cuda.synchronize()
         del caches
 

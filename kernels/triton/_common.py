@@ -127,8 +127,9 @@ def poisoned_outputs() -> Iterator[None]:
 
 
 def empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """torch.empty for kernel outputs; NaN-filled inside `poisoned_outputs()`."""
+    """torch.empty for kernel outputs; inside `poisoned_outputs()` NaN-filled (integers: -1,
+    never a valid index)."""
     t = torch.empty(shape, dtype=dtype, device=device)
     if _poison_outputs:
-        t.fill_(float("nan"))
+        t.fill_(float("nan") if dtype.is_floating_point else -1)
     return t

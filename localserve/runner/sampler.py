@@ -29,10 +29,16 @@ class SampleRequest:
     choice_index: int
 
 
+# draw(logits [rows, >= vocab], temps [rows] fp32 (0 = greedy), seeds [rows] int64 < 2**31,
+# vocab) -> token ids [rows]: a fused sampling kernel (kernels/triton/sampling.py).
+DrawKernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
+_SEED_MOD = 2**31 - 1
+
+
 class Sampler:
     def __init__(self, vocab_size: int, eos_token_ids: frozenset[int] = frozenset(),
                  seed: int = 0, to_device: Callable[[np.ndarray, torch.device], torch.Tensor]
-                 | None = None):
+                 | None = None, draw_kernel: DrawKernel | None = None):
         self.vocab_size = vocab_size
         self.eos_token_ids = eos_token_ids
         self._generator: torch.Generator | None = None
@@ -40,6 +46,9 @@ class Sampler:
         # Host arrays reach the device through this (the GPU runner passes a pinned, non-
         # blocking copy: a plain copy from pageable memory would wait for the whole queue).
         self.to_device = to_device or (lambda a, device: torch.from_numpy(a).to(device))
+        # Set by GPU runners: draws rows without top-k/p/min-p in one read of the logits.
+        self.draw_kernel = draw_kernel
+        self._seeds = np.random.default_rng(seed)
 
     def __call__(self, logits: torch.Tensor,
                  requests: Sequence[SampleRequest]) -> list[TokenSample]:
@@ -51,12 +60,16 @@ class Sampler:
                ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Draws on the device without waiting for it (unless a row needs a penalty, bias or
         min_tokens). Returns (token ids [num_draws], raw logprobs or None)."""
-        logits = logits[:, :self.vocab_size].float()
+        logits = logits[:, :self.vocab_size]
         raw_logprobs = None
         if any(r.params.logprobs is not None for r in requests):
-            raw_logprobs = torch.log_softmax(logits, dim=-1)
+            raw_logprobs = torch.log_softmax(logits.float(), dim=-1)
         if any(_processes(r.params) for r in requests):
-            logits = self._process(logits.clone(), requests)  # the caller's logits stay as-is
+            # A copy: the caller's logits stay as they are.
+            logits = self._process(logits.float().clone(), requests)
+        if self.draw_kernel is not None and not any(_truncates(r.params) for r in requests):
+            return self._draw_fused(logits, requests), raw_logprobs
+        logits = logits.float()
         if all(r.params.greedy for r in requests):
             return _argmax(logits), raw_logprobs
         temps = np.array([0.0 if r.params.greedy else r.params.temperature for r in requests],
@@ -66,6 +79,21 @@ class Sampler:
             return drawn, raw_logprobs
         greedy = self.to_device(temps == 0, logits.device)
         return torch.where(greedy, _argmax(logits), drawn), raw_logprobs
+
+    def _draw_fused(self, logits: torch.Tensor, requests: Sequence[SampleRequest]
+                    ) -> torch.Tensor:
+        """The draw kernel: seeded rows keyed like their torch generators (batch-invariant),
+        the others from this sampler's own stream."""
+        assert self.draw_kernel is not None
+        temps = np.array([0.0 if r.params.greedy else r.params.temperature for r in requests],
+                         np.float32)
+        seeds = self._seeds.integers(0, _SEED_MOD, len(requests), dtype=np.int64)
+        for i, r in enumerate(requests):
+            if r.params.seed is not None:
+                seeds[i] = _seed_key(r) % _SEED_MOD
+        dev = logits.device
+        return self.draw_kernel(logits, self.to_device(temps, dev), self.to_device(seeds, dev),
+                                self.vocab_size)
 
     # -- logit processing ------------------------------------------------------------------
     def _process(self, logits: torch.Tensor, requests: Sequence[SampleRequest]) -> torch.Tensor:
@@ -117,9 +145,7 @@ class Sampler:
             if self._generator is None or self._generator.device != device:
                 self._generator = torch.Generator(device=device).manual_seed(self._seed)
             return self._generator
-        key = (r.params.seed * _SEED_MIX + r.choice_index * 1_000_003
-               + len(r.output_token_ids)) % (2**63)
-        return torch.Generator(device=device).manual_seed(key)
+        return torch.Generator(device=device).manual_seed(_seed_key(r))
 
     def pack(self, ids: list[int], raw_logprobs: torch.Tensor | None,
              requests: Sequence[SampleRequest]) -> list[TokenSample]:
@@ -137,6 +163,17 @@ class Sampler:
                 top = tuple(zip(idx.tolist(), vals.tolist(), strict=True))
             samples.append(TokenSample(ids[i], float(row[ids[i]]), top))
         return samples
+
+
+def _seed_key(r: SampleRequest) -> int:
+    """A seeded row's stream: (seed, choice, output position), never the batch."""
+    assert r.params.seed is not None
+    return (r.params.seed * _SEED_MIX + r.choice_index * 1_000_003
+            + len(r.output_token_ids)) % (2**63)
+
+
+def _truncates(p: SamplingParams) -> bool:
+    return not p.greedy and (p.top_k > 0 or p.top_p < 1 or p.min_p > 0)
 
 
 def _argmax(logits: torch.Tensor) -> torch.Tensor:

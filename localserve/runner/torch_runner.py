@@ -32,7 +32,7 @@ from localserve.runner.context import (
     ForwardContext,
     forward_context,
 )
-from localserve.runner.sampler import Sampler, SampleRequest
+from localserve.runner.sampler import DrawKernel, Sampler, SampleRequest
 from localserve.runner.staging import PinnedStager
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,7 @@ class TorchModelRunner:
         self.sampler: Sampler | None = None
         self.spec: ModelSpec | None = None
         self._stager = PinnedStager(device)
+        self.draw_kernel: DrawKernel | None = None  # a fused sampling kernel (GPU runners)
         # The device tensor of the last step's draws and each sequence's first row in it.
         self._last_sampled: tuple[torch.Tensor, dict[int, int]] | None = None
 
@@ -117,7 +118,8 @@ class TorchModelRunner:
     def set_eos_token_ids(self, eos_token_ids: frozenset[int]) -> None:
         spec = self._spec()
         self.sampler = Sampler(spec.vocab_size, eos_token_ids, seed=self.config.model.seed,
-                               to_device=lambda a, _device: self._to_device(a))
+                               to_device=lambda a, _device: self._to_device(a),
+                               draw_kernel=self.draw_kernel)
 
     def bytes_per_block(self) -> int:
         spec = self._spec()
