@@ -2,7 +2,9 @@
 
 A copy from pageable memory makes CUDA wait until every queued kernel has run, which would
 stall the host behind the step in flight. Copies go through pinned buffers instead, reused in
-a ring; each buffer waits only for its own previous copy (long finished by its next turn).
+a ring; each buffer waits only for its own previous copy. The ring must span more than two
+steps' copies (a step makes up to three: inputs, temperatures, seeds): a buffer whose last
+copy was queued behind the step in flight would make the host wait for that step.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import torch
 
 
 class PinnedStager:
-    def __init__(self, device: torch.device, ring: int = 4):
+    def __init__(self, device: torch.device, ring: int = 16):
         self.device = device
         self._buffers: list[torch.Tensor | None] = [None] * ring
         self._events: list[torch.cuda.Event | None] = [None] * ring
