@@ -92,6 +92,16 @@ class LLM:
             raise
         return [results[r] for r in order]
 
+    def shutdown(self) -> None:
+        """Frees the model, the KV pool and (on a GPU) their device memory now."""
+        self.engine.shutdown()
+
+    def __enter__(self) -> LLM:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
     def chat(self, messages: Messages | Sequence[Messages],
              params: SamplingParams | Sequence[SamplingParams] | None = None
              ) -> list[GenerationOutput]:

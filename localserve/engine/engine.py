@@ -254,7 +254,12 @@ class LLMEngine:
             uptime_s=round(now - self.start_time, 3), requests=rows)
 
     def shutdown(self) -> None:
+        self._pending = None
         self.runner.shutdown()
+        # gc.freeze() at start-up exempted every object of that moment from collection;
+        # without this, reference cycles through the runner would keep the model alive.
+        gc.unfreeze()
+        gc.collect()
 
 
 def _size_pool(config: EngineConfig, runner: ModelRunner) -> tuple[int, int]:

@@ -256,4 +256,8 @@ class TorchModelRunner:
         return self._stager.copy(host)
 
     def shutdown(self) -> None:
+        """Drops the KV pool and the weights (the runner cannot step afterwards)."""
         self.kv_caches = []
+        self._last_sampled = None
+        self.sampler = None
+        self.model = None

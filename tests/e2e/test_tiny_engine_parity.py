@@ -98,3 +98,19 @@ def test_cuda_backend_matches_hf_fp32(tmp_path, model_type):
 def test_cuda_backend_matches_hf_bf16_near_tie(tmp_path, model_type):
     divergences = run_case(tmp_path, model_type, "cuda", "bfloat16", 64, strict=False)
     print(f"{model_type} bf16: divergences at {divergences}")
+
+
+def test_shutdown_frees_the_model(tmp_path):
+    """The engine freezes the GC at start-up; shutdown must still let the weights go (a
+    leaked model kept a second engine's KV pool 16 GB smaller on the GPU)."""
+    import gc
+    import weakref
+
+    ckpt = make_tiny_checkpoint(tmp_path, "llama", "safetensors", with_tokenizer=True)
+    with LLM(str(ckpt.path), backend="reference", num_kv_blocks=16, block_size=4) as llm:
+        llm.generate([PROMPTS[0]], SamplingParams(max_tokens=2, temperature=0))
+        model = weakref.ref(llm.engine.runner.model)
+        runner = weakref.ref(llm.engine.runner)
+    del llm
+    gc.collect()
+    assert model() is None and runner() is None
