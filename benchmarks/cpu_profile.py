@@ -26,8 +26,6 @@ def main() -> None:
     from localserve.backends.cpu.methods import c_layer_ops
     from localserve.layers.ops import LayerOps, install_layer_ops
 
-    llm = LLM(backend="cpu", num_threads=args.threads, enable_prefix_caching=False)
-    engine, runner = llm.engine, llm.engine.runner
     totals: dict[str, float] = collections.defaultdict(float)
 
     def timed(fn: Callable, key: str) -> Callable:
@@ -39,13 +37,18 @@ def main() -> None:
 
         return wrapper
 
+    # Before loading: the linear layers bind the matmul functions when they are built.
+    for name in ("gguf_matmul", "gguf_matmul_multi"):
+        setattr(kernels, name, timed(getattr(kernels, name), name))
+    llm = LLM(backend="cpu", num_threads=args.threads, enable_prefix_caching=False)
+    engine, runner = llm.engine, llm.engine.runner
+
     ops = c_layer_ops()
     install_layer_ops(runner.model, LayerOps(
         rms_norm=timed(ops.rms_norm, "rms_norm"),
         rotary_embedding=timed(ops.rotary_embedding, "rotary"),
         act_and_mul=timed(ops.act_and_mul, "act_and_mul")))
-    targets = [(kernels, "gguf_matmul"), (kernels, "gguf_matmul_multi"),
-               (runner.ops, "attend"), (runner.ops, "write_kv"), (runner, "_prepare"),
+    targets = [(runner.ops, "attend"), (runner.ops, "write_kv"), (runner, "_prepare"),
                (runner, "_forward"), (runner.model, "compute_logits"),
                (engine.scheduler, "schedule"), (engine, "_process")]
     for obj, name in targets:

@@ -85,3 +85,9 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+    @property
+    def penalized(self) -> bool:
+        """Repetition, presence or frequency penalties: sampling reads the token history."""
+        return (self.repetition_penalty != 1.0 or bool(self.presence_penalty)
+                or bool(self.frequency_penalty))

@@ -6,6 +6,8 @@ quantizing activations on the fly, so no dequantized copy of the model ever exis
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -17,17 +19,16 @@ class CGGUFLinearMethod:
     """y = x @ W^T with W the raw GGUF rows of `layer.qweight`."""
 
     def __init__(self, layer: nn.Module):
-        from localserve.kernels.cpu import prepare_weight
+        from localserve.kernels.cpu import gguf_matmul, prepare_weight
 
         self.weight = prepare_weight(layer.qweight, layer.qtype, layer.out_features)
+        self._matmul = gguf_matmul  # bound once: apply runs per layer per step
 
     def create_weights(self, layer: nn.Module) -> None:
         pass
 
     def apply(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        from localserve.kernels.cpu import gguf_matmul
-
-        y = gguf_matmul(x.float(), self.weight)
+        y = self._matmul(x.float(), self.weight)
         if layer.bias is not None:
             y += layer.bias
         return y
@@ -61,37 +62,25 @@ class CFusedGGUFLinear(nn.Module):
     are quantized once and one parallel region covers every weight. Output: the parts'
     outputs concatenated, as `layers.fusion` lays them out for float weights."""
 
-    def __init__(self, parts: list[nn.Module]):
+    def __init__(self, parts: Sequence[nn.Module]):
+        from localserve.kernels.cpu import gguf_matmul_multi
+
         super().__init__()
         self.parts = nn.ModuleList(parts)  # keeps the raw GGUF buffers the weights point at
         self.weights = [p.method.weight for p in parts]
         self.out_features = sum(w.out_features for w in self.weights)
+        self._matmul = gguf_matmul_multi  # bound once: forward runs per layer per step
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from localserve.kernels.cpu import gguf_matmul_multi
-
-        return torch.cat(gguf_matmul_multi(x.float(), self.weights), dim=-1)
+        return torch.cat(self._matmul(x.float(), self.weights), dim=-1)
 
 
-def fuse_c_projections(model: nn.Module) -> int:
-    """Fills the fusion slots (`qkv_proj`, `gate_up_proj`) of modules whose parts all run
-    through CGGUFLinearMethod without bias; returns how many groups were fused."""
-    from localserve.layers.fusion import GROUPS
-
-    count = 0
-    for module in model.modules():
-        for fused_name, names in GROUPS.items():
-            if getattr(module, fused_name, False) is not None:
-                continue
-            parts = [getattr(module, n) for n in names]
-            if any(type(p.method) is not CGGUFLinearMethod or p.bias is not None
-                   for p in parts):
-                continue
-            setattr(module, fused_name, CFusedGGUFLinear(parts))
-            for n in names:
-                delattr(module, n)
-            count += 1
-    return count
+def c_fused_linear(parts: Sequence[nn.Module]) -> CFusedGGUFLinear | None:
+    """For `layers.fusion.fuse_projections`: parts that all run through CGGUFLinearMethod
+    without bias fuse, whatever GGUF types they have."""
+    if any(type(p.method) is not CGGUFLinearMethod or p.bias is not None for p in parts):
+        return None
+    return CFusedGGUFLinear(parts)
 
 
 def c_attention_ops() -> KernelAttentionOps:

@@ -8,11 +8,12 @@ import torch
 
 from localserve.backends.cpu.methods import (
     c_attention_ops,
+    c_fused_linear,
     c_layer_ops,
-    fuse_c_projections,
     install_c_methods,
 )
 from localserve.config import EngineConfig
+from localserve.layers.fusion import fuse_projections
 from localserve.layers.ops import install_layer_ops
 from localserve.platform.probe import DeviceInfo
 from localserve.runner.context import ReferenceAttentionOps
@@ -57,7 +58,7 @@ class CpuModelRunner(TorchModelRunner):
         super().load_model()
         if self.use_c:
             n = install_c_methods(self.model)
-            fused = fuse_c_projections(self.model)
+            fused = fuse_projections(self.model, c_fused_linear)
             install_layer_ops(self.model, c_layer_ops())
             log.info("%d layers read raw GGUF blocks through the C kernels (%d q/k/v and "
                      "gate/up groups in one call each)", n, fused)

@@ -3,8 +3,9 @@
 argmax_i(l_i / T + G_i), with G_i = -log(-log U_i) independent, picks i with probability
 softmax(l / T)_i (the Gumbel-max trick). The torch path makes an fp32 copy, divides, takes a
 softmax, fills a noise tensor and divides again: about 12 bytes moved per logit against this
-kernel's 2. Each row draws its uniforms from Philox keyed by its own seed and the token index,
-so a row's token depends only on its logits, temperature and seed (batch-invariant).
+kernel's 2 (counted from the tensors each pass reads and writes, not profiled). Each row
+draws its uniforms from Philox keyed by its own seed and the token index, so a row's token
+depends only on its logits, temperature and seed (batch-invariant).
 Temperature 0 is greedy: no noise, the first maximum wins (as torch.argmax).
 The ground truth is the distribution softmax(l / T) (kernels/reference.py: sampling_probs).
 """

@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 from localserve.config import DEFAULT_MAX_NUM_BATCHED_TOKENS, DEFAULT_MAX_NUM_SEQS, EngineConfig
 from localserve.detokenizer import IncrementalDetokenizer
@@ -30,6 +31,7 @@ from localserve.engine.sequence import SeqStatus, Sequence
 from localserve.interfaces import (
     PLACEHOLDER,
     ModelRunner,
+    OverlappingRunner,
     PendingStep,
     SchedulerOutput,
     StepOutput,
@@ -66,8 +68,7 @@ class LLMEngine:
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
         self.start_time = time.monotonic()
-        self._overlap = (config.scheduler.async_scheduling
-                         and getattr(runner.capabilities, "overlap", False))
+        self._overlap = config.scheduler.async_scheduling and runner.capabilities.overlap
         self._pending: tuple[SchedulerOutput, PendingStep] | None = None
         self._num_sync_requests = 0  # live requests that force synchronous steps
         # The model, tokenizer and caches live for the whole run: move them out of the
@@ -154,7 +155,7 @@ class LLMEngine:
             step_output = self.runner.execute(scheduled)
             self.scheduler.update(scheduled)
             return self._process(scheduled, step_output)
-        launched = self.runner.launch(scheduled)  # type: ignore[attr-defined]
+        launched = cast(OverlappingRunner, self.runner).launch(scheduled)
         # While the device runs this step: finish the previous one (its tokens replace their
         # placeholders before update() hashes full blocks), then mark this one computed.
         outputs = self._complete_pending()
@@ -284,5 +285,4 @@ def _size_pool(config: EngineConfig, runner: ModelRunner) -> tuple[int, int]:
 
 def _needs_sync(params: SamplingParams) -> bool:
     """Forks and penalties read sampled tokens on the host before the next step."""
-    return (params.n > 1 or params.repetition_penalty != 1.0 or bool(params.presence_penalty)
-            or bool(params.frequency_penalty))
+    return params.n > 1 or params.penalized

@@ -67,14 +67,14 @@ def with_device_defaults(config: EngineConfig, backend: str, device: DeviceInfo
     """Batch limits the user left open, sized to the device: a big GPU keeps its weights
     busy with many sequences per step (vLLM's defaults on an 80 GB GPU are 1,024 sequences
     and 16,384 tokens); a CPU step costs time in proportion to its tokens, so it stays small."""
-    gpu_mem = device.gpus[0].memory_total if backend != "cpu" and device.gpus else 0
-    if backend in ("cuda", "mlx") and gpu_mem >= 70 * 2**30:
+    if backend not in ("cuda", "mlx"):
+        return config.with_batch_limits(DEFAULT_MAX_NUM_SEQS, DEFAULT_MAX_NUM_BATCHED_TOKENS)
+    gpu_mem = device.gpus[0].memory_total if device.gpus else 0
+    if gpu_mem >= 70 * 2**30:
         return config.with_batch_limits(1024, 16384)
-    if backend in ("cuda", "mlx") and gpu_mem >= 20 * 2**30:
+    if gpu_mem >= 20 * 2**30:
         return config.with_batch_limits(512, 8192)
-    if backend in ("cuda", "mlx"):
-        return config.with_batch_limits(256, 4096)
-    return config.with_batch_limits(DEFAULT_MAX_NUM_SEQS, DEFAULT_MAX_NUM_BATCHED_TOKENS)
+    return config.with_batch_limits(256, 4096)
 
 
 def _tokenizer(config: EngineConfig, runner: ModelRunner, load_tokenizer) -> object:

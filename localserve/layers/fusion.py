@@ -7,7 +7,7 @@ the parts with different types, so quantized layers keep their own methods.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -35,11 +35,15 @@ def fused_linear(parts: Sequence[Linear]) -> Linear | None:
     return fused
 
 
-def fuse_projections(model: nn.Module) -> int:
-    """Replaces each q/k/v and gate/up group by one fused Linear; returns how many fused.
+def fuse_projections(model: nn.Module,
+                     fuse: Callable[[Sequence[Linear]], nn.Module | None] = fused_linear) -> int:
+    """Replaces each q/k/v and gate/up group by one module from `fuse(parts)` (None: leave
+    the group alone); returns how many fused. The default fuses float weights into one Linear;
+    a backend passes its own (the C backend: one multi-weight matmul over raw GGUF blocks).
 
     A module opts in by declaring the fused attribute (`qkv_proj` / `gate_up_proj`, None
-    until fused) and using it in forward when set.
+    until fused) and using it in forward when set: the fused module's output is the parts'
+    outputs concatenated.
     """
     count = 0
     for module in model.modules():
@@ -47,7 +51,7 @@ def fuse_projections(model: nn.Module) -> int:
             if getattr(module, fused_name, False) is not None:
                 continue  # not declared by this module, or already fused
             parts = [getattr(module, n) for n in names]
-            fused = fused_linear(parts)
+            fused = fuse(parts)
             if fused is None:
                 continue
             setattr(module, fused_name, fused)

@@ -72,8 +72,7 @@ class Sampler:
         logits = logits.float()
         if all(r.params.greedy for r in requests):
             return _argmax(logits), raw_logprobs
-        temps = np.array([0.0 if r.params.greedy else r.params.temperature for r in requests],
-                         np.float32)
+        temps = _temperatures(requests)
         drawn = self._sample(logits, requests, self.to_device(temps, logits.device))
         if temps.all():
             return drawn, raw_logprobs
@@ -85,8 +84,7 @@ class Sampler:
         """The draw kernel: seeded rows keyed like their torch generators (batch-invariant),
         the others from this sampler's own stream."""
         assert self.draw_kernel is not None
-        temps = np.array([0.0 if r.params.greedy else r.params.temperature for r in requests],
-                         np.float32)
+        temps = _temperatures(requests)
         seeds = self._seeds.integers(0, _SEED_MOD, len(requests), dtype=np.int64)
         for i, r in enumerate(requests):
             if r.params.seed is not None:
@@ -126,9 +124,8 @@ class Sampler:
         temperature 0, draw garbage that the caller discards)."""
         probs = torch.softmax(logits / temps.clamp(min=1e-5)[:, None], dim=-1)
         for i, r in enumerate(requests):
-            p = r.params
-            if not p.greedy and (p.top_k > 0 or p.top_p < 1 or p.min_p):
-                probs[i] = _truncate(probs[i], p)
+            if _truncates(r.params):
+                probs[i] = _truncate(probs[i], r.params)
         # Exponential race: argmax(p / E) with E ~ Exp(1) draws from p (Gumbel-max in disguise).
         noise = torch.empty_like(probs)
         unseeded = [i for i, r in enumerate(requests) if r.params.seed is None]
@@ -172,6 +169,12 @@ def _seed_key(r: SampleRequest) -> int:
             + len(r.output_token_ids)) % (2**63)
 
 
+def _temperatures(requests: Sequence[SampleRequest]) -> np.ndarray:
+    """Per-row temperature, 0 for greedy rows."""
+    return np.array([0.0 if r.params.greedy else r.params.temperature for r in requests],
+                    np.float32)
+
+
 def _truncates(p: SamplingParams) -> bool:
     return not p.greedy and (p.top_k > 0 or p.top_p < 1 or p.min_p > 0)
 
@@ -185,8 +188,7 @@ def _argmax(logits: torch.Tensor) -> torch.Tensor:
 
 
 def _processes(p: SamplingParams) -> bool:
-    return bool(p.logit_bias or p.min_tokens or p.repetition_penalty != 1.0
-                or p.presence_penalty or p.frequency_penalty)
+    return bool(p.logit_bias or p.min_tokens) or p.penalized
 
 
 def _truncate(probs: torch.Tensor, p: SamplingParams) -> torch.Tensor:

@@ -16,18 +16,6 @@ from localserve.kernels import cpu, reference
 pytestmark = pytest.mark.cpu
 
 
-@pytest.fixture(params=["scalar", "avx2", "avx512"])
-def isa(request):
-    if not cpu.available():
-        pytest.skip("C CPU kernels unavailable (no compiler)")
-    try:
-        cpu.set_isa(request.param)
-    except ValueError:
-        pytest.skip(f"this CPU lacks the {request.param} path (best: {cpu.best_isa()})")
-    yield request.param
-    cpu.set_isa(None)
-
-
 def make_batch(cached: list[int], new: list[int], num_heads: int, num_kv_heads: int,
                head_dim: int, dtype: torch.dtype, block_size: int = 16, seed: int = 0):
     """Caches holding every sequence's first `cached` tokens, plus the `new` tokens' q/k/v."""

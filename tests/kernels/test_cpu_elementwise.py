@@ -32,16 +32,6 @@ def test_rms_norm(with_residual, tokens, hidden, offset):
         assert got_res is None
 
 
-@pytest.fixture(params=["scalar", "avx2", "avx512"])
-def isa(request):
-    try:
-        cpu.set_isa(request.param)
-    except ValueError:
-        pytest.skip(f"this CPU lacks the {request.param} path (best: {cpu.best_isa()})")
-    yield request.param
-    cpu.set_isa(None)
-
-
 @pytest.mark.parametrize("activation", ["silu", "gelu_tanh"])
 @pytest.mark.parametrize("shape", [(1, 2 * 2048), (3, 7, 2 * 33)])
 def test_act_and_mul(isa, activation, shape):

@@ -23,20 +23,7 @@ from gguf.quants import quantize
 from localserve.kernels import cpu, reference
 
 pytestmark = pytest.mark.cpu
-ISAS = ["scalar", "avx2", "avx512"]
 ACT_BLOCK = {Q.Q8_0: 32, Q.Q5_0: 32, Q.Q4_K: 256, Q.Q6_K: 256}
-
-
-@pytest.fixture(params=ISAS)
-def isa(request):
-    if not cpu.available():
-        pytest.skip("C CPU kernels unavailable (no compiler)")
-    try:
-        cpu.set_isa(request.param)
-    except ValueError:
-        pytest.skip(f"this CPU lacks the {request.param} path (best: {cpu.best_isa()})")
-    yield request.param
-    cpu.set_isa(None)
 
 
 def fp16_bytes(v: np.ndarray) -> np.ndarray:
