@@ -374,21 +374,30 @@ class Bench:
         """Split-KV factors and tile sizes around the heuristic's choice (for tuning it)."""
         print("sweep (num_kv_splits, tiles)", flush=True)
         decode = [("llama3-8b decode 64x8192", 32, 8, 128, [1] * 64, [8192] * 64),
-                  ("llama3-8b decode 8x4096", 32, 8, 128, [1] * 8, [4096] * 8)]
-        prefill = [("llama3-8b prefill 1x4096", 32, 8, 128, [4096], [4096])]
-        prefill_tiles = [(128, 64, 8, 2), (128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3),
-                         (128, 32, 4, 3)]
+                  ("llama3-8b decode 8x4096", 32, 8, 128, [1] * 8, [4096] * 8),
+                  # gpu_bench (a): batch 1 after a 512-token prompt
+                  ("llama3-8b decode 1x640", 32, 8, 128, [1], [640]),
+                  # gpu_bench (b)-like: many mid-length sequences
+                  ("qwen3-0.6b decode 256x1024", 16, 8, 128, [1] * 256, [1024] * 256),
+                  # gpu_bench (c)-like: hundreds of short conversations
+                  ("llama3-8b decode 256x512", 32, 8, 128, [1] * 256, [512] * 256)]
+        prefill = [("llama3-8b prefill 1x4096", 32, 8, 128, [4096], [4096]),
+                   ("llama3-8b prefill 8x512", 32, 8, 128, [512] * 8, [512] * 8)]
+        prefill_tiles = [(128, 64, 8, 2), (128, 64, 8, 3), (128, 128, 8, 2), (128, 128, 8, 3),
+                         (64, 64, 4, 3), (64, 128, 4, 2), (128, 32, 4, 3)]
         if self.smoke:
             decode = [("tiny decode", 4, 2, 64, [1, 1], [40, 70])]
             prefill = [("tiny prefill", 4, 2, 64, [24], [24])]
             prefill_tiles = [(32, 16, 4, 2), (64, 32, 4, 3)]
         for shape in decode:
             case = self.attention_inputs(*shape)
-            for splits in (1, 2, 4, 8, 16):
+            for splits in (1, 2, 3, 4, 6, 8, 10, 16):
                 self.attention_row(case, f"[splits={splits}]", num_kv_splits=splits)
-            for bn, stages in ((32, 3), (64, 2), (64, 4), (128, 2)):
-                self.attention_row(case, f"[BN={bn} s={stages}]",
-                                   launch_override={"block_n": bn, "num_stages": stages})
+            for bn, stages, warps in ((32, 2, 2), (64, 3, 4), (64, 2, 4), (64, 2, 2),
+                                      (64, 2, 8), (128, 2, 4), (128, 2, 8), (128, 3, 8)):
+                self.attention_row(case, f"[BN={bn} s={stages} w={warps}]",
+                                   launch_override={"block_n": bn, "num_stages": stages,
+                                                    "num_warps": warps})
         for shape in prefill:
             case = self.attention_inputs(*shape)
             group_pad = 1 << (case.nh // case.kvh - 1).bit_length()

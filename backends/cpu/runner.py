@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 
+from localserve.backends.cpu.decoder_layer import install_c_decoder_layers
 from localserve.backends.cpu.methods import (
     c_attention_ops,
     c_fused_linear,
@@ -60,5 +62,9 @@ class CpuModelRunner(TorchModelRunner):
             n = install_c_methods(self.model)
             fused = fuse_projections(self.model, c_fused_linear)
             install_layer_ops(self.model, c_layer_ops())
-            log.info("%d layers read raw GGUF blocks through the C kernels (%d q/k/v and "
-                     "gate/up groups in one call each)", n, fused)
+            # LOCALSERVE_CPU_LAYER_CALLS=0 keeps the module path (for A/B measurements).
+            whole = (install_c_decoder_layers(self.model)
+                     if os.environ.get("LOCALSERVE_CPU_LAYER_CALLS", "1") != "0" else 0)
+            log.info("%d linears read raw GGUF blocks through the C kernels (%d q/k/v and "
+                     "gate/up groups in one call each); %d decoder layers run as one C call "
+                     "each", n, fused, whole)

@@ -33,6 +33,7 @@ SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "ls_rms_norm": (None, [P, P, P, P, P, N, N, F, F]),
     "ls_act_and_mul": (N, [P, P, N, N, N]),
     "ls_rotary": (N, [P, P, P, N, N, N, P, N, I64]),
+    "ls_decoder_layer": (N, [P, P, P, P, N]),
     "ls_embedding": (N, [P, N, P, N, N, I64, F, P]),
     "ls_dequantize_row": (N, [P, N, N, P]),
     "ls_set_isa": (N, [N]),

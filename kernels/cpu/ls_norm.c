@@ -3,6 +3,7 @@
 #include <math.h>
 #include <stdatomic.h>
 
+#include "ls_api.h"
 #include "ls_common.h"
 #include "ls_threads.h"
 
@@ -29,7 +30,8 @@ LS_API void ls_rms_norm(const float *x, const float *residual, float *residual_o
 #define ACT_CHUNK 512
 
 typedef struct {
-    const float *x;
+    const float *g, *u;  /* row t of each at t * ld */
+    size_t ld;
     float *out;
     int T, d, kind;
     void (*vec_act)(const float *g, const float *u, float *o, int n, int kind);
@@ -46,7 +48,7 @@ static void act_task(void *p, int ith, int nth) {
     for (int ch; (ch = atomic_fetch_add(&j->next, 1)) < j->T * per_token;) {
         const int t = ch / per_token, i0 = (ch % per_token) * ACT_CHUNK;
         const int i1 = i0 + ACT_CHUNK < j->d ? i0 + ACT_CHUNK : j->d;
-        const float *g = j->x + (size_t)t * 2 * j->d, *u = g + j->d;
+        const float *g = j->g + (size_t)t * j->ld, *u = j->u + (size_t)t * j->ld;
         float *o = j->out + (size_t)t * j->d;
         if (j->vec_act) {
             j->vec_act(g + i0, u + i0, o + i0, i1 - i0, j->kind);
@@ -61,15 +63,22 @@ static void act_task(void *p, int ith, int nth) {
     }
 }
 
-/* out[T, d] = act(x[:, :d]) * x[:, d:] for x [T, 2d]; kind 0 = SiLU, 1 = GELU (tanh). */
-LS_API int ls_act_and_mul(const float *x, float *out, int T, int d, int kind) {
+/* out[T, d] = act(g) * u for rows of g and u `ld` floats apart; kind 0 = SiLU, 1 = GELU
+ * (tanh). */
+int ls_act_mul_rows(const float *g, const float *u, size_t ld, float *out, int T, int d,
+                    int kind) {
     if (kind != 0 && kind != 1) return LS_EBADTYPE;
-    act_job j = {.x = x, .out = out, .T = T, .d = d, .kind = kind,
+    act_job j = {.g = g, .u = u, .ld = ld, .out = out, .T = T, .d = d, .kind = kind,
                  .vec_act = ls_active_kernels()->act_mul};
     atomic_init(&j.next, 0);
     const int chunks = T * ((d + ACT_CHUNK - 1) / ACT_CHUNK), pool = ls_pool_threads();
     ls_parallel(act_task, &j, chunks < pool ? chunks : pool);
     return LS_OK;
+}
+
+/* out[T, d] = act(x[:, :d]) * x[:, d:] for x [T, 2d]. */
+LS_API int ls_act_and_mul(const float *x, float *out, int T, int d, int kind) {
+    return ls_act_mul_rows(x, x + d, (size_t)2 * d, out, T, d, kind);
 }
 
 /* NeoX-style rotary embedding: out = x with pairs (i, i + rot/2), i < rot/2, of every head

@@ -78,9 +78,12 @@ def declare_qkv(attn: nn.Module, hidden: int, num_heads: int, num_kv_heads: int,
 def project_qkv(attn: nn.Module, x: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """q [T, heads, hd], k and v [T, kv_heads, hd] of an attention module's input, through
-    its fused `qkv_proj` when set, else through q_proj/k_proj/v_proj."""
+    its fused `qkv_proj` when set, else through q_proj/k_proj/v_proj.
+
+    Fused outputs are strided views of one tensor, not copies: a copy is a kernel launch per
+    part per layer on a GPU, and the consumers (rotary, the KV write, norms) accept strides."""
     if attn.qkv_proj is not None:
-        q, k, v = (t.contiguous() for t in attn.qkv_proj(x).split(attn.qkv_sizes, dim=-1))
+        q, k, v = attn.qkv_proj(x).split(attn.qkv_sizes, dim=-1)
     else:
         q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
     t = x.shape[0]

@@ -20,10 +20,10 @@ class RMSNorm(nn.Module):
         self.layer_ops: LayerOps = DEFAULT_LAYER_OPS
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        out, _ = self.layer_ops.rms_norm(x.reshape(-1, shape[-1]), self.weight, self.eps, None,
-                                         self.offset)
-        return out.view(shape)
+        # Any leading shape and strides (q/k heads are views into the fused qkv output): the
+        # kernels address rows themselves, so no copy is made here.
+        out, _ = self.layer_ops.rms_norm(x, self.weight, self.eps, None, self.offset)
+        return out
 
     def add_and_norm(self, x: torch.Tensor, residual: torch.Tensor
                      ) -> tuple[torch.Tensor, torch.Tensor]:
