@@ -3,8 +3,9 @@
 Usage: python benchmarks/cpu_profile.py [--threads 2] [--tokens 64]
 Wraps the C kernels, the layer ops and the engine phases with timers, generates `--tokens`
 greedy tokens after a 16-token prompt on the default model, and prints ms per token. Phases
-nest: `forward` contains the layer matmuls, norms, rotary and attention; `compute_logits`
-contains the LM head matmul (counted in `gguf_matmul` too).
+nest: `forward` contains the decoder layers (one C call each by default; with
+LOCALSERVE_CPU_LAYER_CALLS=0 their matmuls, norms, rotary and attention one by one);
+`compute_logits` contains the LM head matmul (counted in `gguf_matmul` too).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ def main() -> None:
     import localserve.kernels.cpu as kernels
     from localserve import LLM, SamplingParams
     from localserve.backends.cpu.methods import c_layer_ops
+    from localserve.kernels.cpu.layer import DecoderLayerKernel
     from localserve.layers.ops import LayerOps, install_layer_ops
 
     totals: dict[str, float] = collections.defaultdict(float)
@@ -40,6 +42,9 @@ def main() -> None:
     # Before loading: the linear layers bind the matmul functions when they are built.
     for name in ("gguf_matmul", "gguf_matmul_multi"):
         setattr(kernels, name, timed(getattr(kernels, name), name))
+    # Whole layers in one C call (the default; LOCALSERVE_CPU_LAYER_CALLS=0 for the module
+    # path, whose norms, rotary, attention and matmuls are then timed one by one).
+    DecoderLayerKernel.run = timed(DecoderLayerKernel.run, "decoder_layer (C)")
     llm = LLM(backend="cpu", num_threads=args.threads, enable_prefix_caching=False)
     engine, runner = llm.engine, llm.engine.runner
 

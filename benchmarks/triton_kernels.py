@@ -95,13 +95,16 @@ def main(argv: list[str] | None = None) -> int:
     sections: list[tuple[str, Callable[[], None]]] = [
         ("write_kv", bench.write_kv), ("paged_attention", bench.attention),
         ("rms_norm", bench.rms_norm), ("rotary_embedding", bench.rotary),
-        ("act_and_mul", bench.act_and_mul),
+        ("act_and_mul", bench.act_and_mul), ("gemv", bench.gemv),
     ]
     for name, run in sections:
         if not only or name in only:
             run()
     if args.sweep:
-        bench.sweep()
+        if not only or "gemv" in only:
+            bench.gemv_sweep()
+        if not only or "paged_attention" in only:
+            bench.sweep()
     print_table(bench.rows, bench.device_name, time.perf_counter() - started)
     failed = [r for r in bench.rows if r.ok is False]
     return 1 if failed else 0
@@ -368,6 +371,81 @@ class Bench:
                 row.ms = self.time_ms(lambda: self.k.act_and_mul(x, activation))  # noqa: B023
                 row.bytes_moved = 3 * t * d * self.elem
                 self.add(row)
+
+    # ---- gemv (decode linears) -------------------------------------------------------------
+    def replay_ms(self, calls: list[Callable[[], object]]) -> float:
+        """Per-call GPU time of `calls` replayed as one CUDA graph (no launch gaps; the
+        callers rotate over weight copies larger than L2, so every call reads HBM)."""
+        if self.smoke:
+            return self.time_ms(lambda: [c() for c in calls]) / len(calls)
+        torch = self.torch
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for c in calls:  # compile / pick algorithms outside the capture
+                c()
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for c in calls:
+                c()
+        for _ in range(3):
+            graph.replay()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        times = []
+        for _ in range(10):
+            start.record()
+            graph.replay()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / len(calls))
+        return sorted(times)[len(times) // 2]
+
+    def gemv_shapes(self) -> list[tuple[str, int, int]]:
+        if self.smoke:
+            return [("tiny", 96, 512)]
+        return [("llama3-8b qkv", 6144, 4096), ("llama3-8b o_proj", 4096, 4096),
+                ("llama3-8b gate_up", 28672, 4096), ("llama3-8b down", 4096, 14336),
+                ("llama3-8b lm_head", 128256, 4096), ("qwen3-0.6b gate_up", 6144, 1024)]
+
+    def gemv(self, configs: list | None = None) -> None:
+        """gemv vs torch's F.linear (cuBLAS) on decode shapes, M = 1 / 4 / 8."""
+        torch = self.torch
+        from localserve.kernels.triton.gemv import GemvConfig, gemv
+
+        print("gemv", flush=True)
+        configs = configs or [GemvConfig()]
+        for label, n, k in self.gemv_shapes():
+            copies = max(2, -(-160 * 2**20 // (n * k * self.elem)))  # > L2 together
+            ws = [torch.randn(n, k, device=self.dev, dtype=self.dtype) / k ** 0.5
+                  for _ in range(copies)]
+            for m in ([1, 4, 8] if not self.smoke else [1, 3]):
+                x = torch.randn(m, k, device=self.dev, dtype=self.dtype)
+                nbytes = n * k * self.elem + m * (n + k) * self.elem
+                cub = Row("F.linear (cuBLAS)", f"{label} M={m} {n}x{k}")
+                cub.ms = self.replay_ms([lambda w=w: torch.nn.functional.linear(x, w)  # noqa: B023
+                                         for w in ws])
+                cub.bytes_moved = nbytes
+                self.add(cub)
+                for cfg in configs:
+                    row = Row("gemv", f"{label} M={m} {n}x{k}")
+                    self.check(row, gemv(x, ws[0], config=cfg), self.ref.linear(x, ws[0]),
+                               self.elementwise_tol())
+                    row.ms = self.replay_ms([lambda w=w, cfg=cfg: gemv(x, w, config=cfg)  # noqa: B023
+                                             for w in ws])
+                    row.bytes_moved = nbytes
+                    row.note = (f"BN={cfg.block_n} BK={cfg.block_k} w={cfg.num_warps} "
+                                f"s={cfg.num_stages}; {cub.ms / row.ms:.2f}x cuBLAS")
+                    self.add(row)
+
+    def gemv_sweep(self) -> None:
+        from localserve.kernels.triton.gemv import GemvConfig
+
+        grid = [(16, 256, 4, 4), (16, 512, 4, 3), (32, 256, 4, 4), (32, 256, 8, 4),
+                (32, 512, 8, 3), (64, 128, 4, 4), (64, 256, 8, 3), (16, 1024, 8, 2)]
+        if self.smoke:
+            grid = [(16, 128, 4, 2), (32, 64, 4, 2)]
+        self.gemv([GemvConfig(*g) for g in grid])
 
     # ---- tuning sweeps ---------------------------------------------------------------------
     def sweep(self) -> None:

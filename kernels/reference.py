@@ -160,6 +160,13 @@ def act_and_mul(x: torch.Tensor, activation: str) -> torch.Tensor:
     return (act * up).to(x.dtype)
 
 
+def linear(x: torch.Tensor, weight: torch.Tensor,
+           bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x @ weight^T (+ bias) in fp32, returned in x's dtype (the gemv kernel's contract)."""
+    y = F.linear(x.float(), weight.float(), None if bias is None else bias.float())
+    return y.to(x.dtype)
+
+
 def gguf_linear(x: torch.Tensor, raw: np.ndarray, qtype: int) -> torch.Tensor:
     """x [..., in] @ W.T in float64, W dequantized by the `gguf` package from raw GGUF blocks.
 

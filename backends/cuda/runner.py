@@ -7,6 +7,7 @@ import logging
 import torch
 
 from localserve.backends.cuda.graphs import DecodeGraphs
+from localserve.backends.cuda.linear import MAX_GEMV_ROWS, install_decode_gemv
 from localserve.backends.cuda.ops import triton_attention_ops, triton_layer_ops
 from localserve.config import EngineConfig
 from localserve.interfaces import RunnerCapabilities, SchedulerOutput
@@ -48,6 +49,9 @@ class CudaModelRunner(TorchModelRunner):
                 "smaller model.") from e
         install_layer_ops(self.model, triton_layer_ops())
         fuse_projections(self.model)
+        gemv = install_decode_gemv(self.model)
+        log.info("%d linear layers use the Triton gemv for decode batches of <= %d rows",
+                 gemv, MAX_GEMV_ROWS)
 
     def profile_num_blocks(self) -> int:
         """KV blocks that fit after a warm-up forward at the largest step the scheduler makes."""

@@ -1,0 +1,52 @@
+"""Decode-sized matmuls through the Triton gemv where it beats cuBLAS.
+
+At decode a linear layer sees a handful of rows and streams its whole weight; cuBLAS tiles
+some of those shapes poorly (a 4096 x 4096 projection runs on 64 of an H100's 132 SMs).
+`benchmarks/triton_kernels.py --sweep --only gemv` on the H100 (CUDA-graph replays, weights
+rotated past L2), at 1 to 8 rows: gemv took 0.86-0.90x cuBLAS's time on Llama-3-8B's
+o_proj, 0.95-0.99x on qkv and down, 0.90-0.92x on the LM head, but 1.01-1.03x on the 235 MB
+gate_up. Hence the rule:
+up to 8 rows, half-precision weights of at most 64 Mi elements or a vocabulary-sized head.
+fp32 weights (reference checks) keep cuBLAS's exact fp32 path. Larger batches are GEMMs.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from localserve.layers.linear import Linear, UnquantizedMethod
+
+MAX_GEMV_ROWS = 8
+MAX_GEMV_ELEMENTS = 64 * 2**20
+MIN_HEAD_ROWS = 65536  # an LM head over a vocabulary: long, thin, many programs
+
+
+def gemv_suits(weight: torch.Tensor) -> bool:
+    n, k = weight.shape
+    return (weight.dtype in (torch.float16, torch.bfloat16)
+            and (n * k <= MAX_GEMV_ELEMENTS or n >= MIN_HEAD_ROWS))
+
+
+class DecodeGemvMethod(UnquantizedMethod):
+    """A float weight applied by the Triton gemv for <= MAX_GEMV_ROWS rows, else F.linear."""
+
+    def apply(self, layer: Linear, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2 and x.shape[0] <= MAX_GEMV_ROWS:
+            from localserve.kernels.triton.gemv import gemv
+
+            return gemv(x, layer.weight, layer.bias)
+        return F.linear(x, layer.weight, layer.bias)
+
+
+def install_decode_gemv(model: nn.Module) -> int:
+    """Gives every float Linear whose weight suits the gemv a DecodeGemvMethod; returns how
+    many (after fusion, so fused q/k/v and gate/up are judged as one weight)."""
+    count = 0
+    for module in model.modules():
+        if (isinstance(module, Linear) and type(module.method) is UnquantizedMethod
+                and gemv_suits(module.weight)):
+            module.method = DecodeGemvMethod()
+            count += 1
+    return count

@@ -1,0 +1,114 @@
+"""Skinny matmul for decode: y[M, N] = x[M, K] @ W[N, K]^T (+ bias) for a few rows M.
+
+At decode a linear layer streams its whole weight to produce a handful of rows, so its speed
+is the fraction of memory bandwidth it reaches. cuBLAS tiles for wide GEMMs; on some decode
+shapes its choice leaves SMs idle (a 4096 x 4096 projection at M = 1 runs 64 tiles on an
+H100's 132 SMs). Here each program owns BLOCK_N output columns for all M rows and streams
+its [BLOCK_N, K] slice of W exactly once: N / BLOCK_N programs, whatever M is. Rows are
+padded to the 16 that `tl.dot` needs; the products are free next to the weight traffic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from localserve.kernels.triton._common import (
+    FLOAT_DTYPES,
+    check_last_dim_contiguous,
+    check_same_device,
+    check_tensor,
+    empty,
+)
+
+MAX_ROWS = 16  # one tl.dot tile of rows; larger M is a GEMM, not a GEMV
+
+
+@dataclass(frozen=True)
+class GemvConfig:
+    block_n: int = 32
+    block_k: int = 256
+    num_warps: int = 4
+    num_stages: int = 4
+
+
+@triton.jit
+def _gemv_kernel(
+    y_ptr,              # [M, N], row stride stride_ym
+    x_ptr,              # [M, K], row stride stride_xm
+    w_ptr,              # [N, K], row stride stride_wn
+    b_ptr,              # [N] (HAS_BIAS)
+    M, N, K,
+    stride_ym, stride_xm, stride_wn,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    EVEN_K: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_k = tl.arange(0, BLOCK_K)
+    n_ok = offs_n < N
+    m_ok = offs_m < M
+    w_rows = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn      # [BLOCK_N, 1]
+    x_rows = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm      # [BLOCK_M, 1]
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + offs_k
+        if EVEN_K:
+            w = tl.load(w_rows + k[None, :], mask=n_ok[:, None], other=0.0)
+            x = tl.load(x_rows + k[None, :], mask=m_ok[:, None], other=0.0)
+        else:
+            k_ok = k < K
+            w = tl.load(w_rows + k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+            x = tl.load(x_rows + k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        acc = tl.dot(x, tl.trans(w), acc, input_precision=DOT_PRECISION)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    tl.store(y_ptr + offs_m.to(tl.int64)[:, None] * stride_ym + offs_n[None, :],
+             acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+         config: GemvConfig | None = None) -> torch.Tensor:
+    """x [M, K] @ weight[N, K]^T (+ bias [N]) -> [M, N] in x's dtype, fp32 accumulation.
+
+    M <= 16 (decode batches); x and weight of one float dtype and contiguous in K; any row
+    strides. Same contract as F.linear for 2-D x.
+    """
+    check_tensor("x", x, ndim=2, dtypes=FLOAT_DTYPES)
+    check_tensor("weight", weight, ndim=2, dtypes=(x.dtype,))
+    tensors = {"x": x, "weight": weight}
+    if bias is not None:
+        check_tensor("bias", bias, ndim=1, dtypes=FLOAT_DTYPES)
+        if bias.shape[0] != weight.shape[0]:
+            raise ValueError(f"bias has {bias.shape[0]} entries for {weight.shape[0]} outputs")
+        tensors["bias"] = bias
+    check_same_device(**tensors)
+    check_last_dim_contiguous("x", x)
+    check_last_dim_contiguous("weight", weight)
+    (m, k), n = x.shape, weight.shape[0]
+    if weight.shape[1] != k:
+        raise ValueError(f"x has {k} features, weight {tuple(weight.shape)} expects "
+                         f"{weight.shape[1]}")
+    if m > MAX_ROWS:
+        raise ValueError(f"gemv takes at most {MAX_ROWS} rows, got {m}: use a GEMM")
+    cfg = config or GemvConfig()
+    y = empty((m, n), x.dtype, x.device)
+    if m == 0 or n == 0:
+        return y
+    if k == 0:
+        return y.zero_() if bias is None else y.copy_(bias.expand(m, n))
+    _gemv_kernel[(triton.cdiv(n, cfg.block_n),)](
+        y, x, weight, bias if bias is not None else y, m, n, k,
+        y.stride(0), x.stride(0), weight.stride(0),
+        HAS_BIAS=bias is not None, BLOCK_M=MAX_ROWS, BLOCK_N=cfg.block_n,
+        BLOCK_K=cfg.block_k, EVEN_K=k % cfg.block_k == 0,
+        # fp32 inputs: exact products (no TF32), as F.linear computes them.
+        DOT_PRECISION="ieee" if x.dtype == torch.float32 else None,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return y
