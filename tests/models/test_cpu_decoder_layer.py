@@ -77,6 +77,16 @@ def test_one_call_layers_equal_the_module_path(tmp_path, arch, kv_dtype):
     assert torch.equal(ours, ref), (ours - ref).abs().max()
 
 
+@pytest.mark.parametrize("arch", ["gemma3_text", "qwen3"])
+def test_equal_on_every_simd_path(tmp_path, arch, isa):
+    """The same equality with each SIMD path of this CPU forced (`isa` fixture)."""
+    ckpt = make_tiny_checkpoint(tmp_path, arch, "gguf-q8_0")
+    modules, arch_cfg, _ = c_model(str(ckpt.path), whole_layers=False)
+    whole, _, _ = c_model(str(ckpt.path), whole_layers=True)
+    assert torch.equal(run_steps(whole, arch_cfg, torch.float32),
+                       run_steps(modules, arch_cfg, torch.float32))
+
+
 def test_bad_step_is_a_clear_error(tmp_path):
     """A slot past the KV pool is rejected by the C layer, not written out of bounds."""
     ckpt = make_tiny_checkpoint(tmp_path, "llama", "gguf-q8_0")
