@@ -136,6 +136,20 @@ def rotary_embedding(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
     return rotate(q), rotate(k)
 
 
+def rope_and_cache(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                   cos_sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                   slot_mapping: torch.Tensor, q_norm: torch.Tensor | None = None,
+                   k_norm: torch.Tensor | None = None, eps: float = 1e-6,
+                   norm_offset: float = 0.0) -> torch.Tensor:
+    """Per-head q/k RMSNorm (if given), rotary, then k and v into the cache; returns q."""
+    if q_norm is not None and k_norm is not None:
+        q = rms_norm(q, q_norm, eps, None, norm_offset)[0]
+        k = rms_norm(k, k_norm, eps, None, norm_offset)[0]
+    q, k = rotary_embedding(positions, q, k, cos_sin)
+    write_kv(k, v, k_cache, v_cache, slot_mapping)
+    return q
+
+
 def sampling_probs(logits: torch.Tensor, temps: torch.Tensor) -> torch.Tensor:
     """The distribution a temperature sampler draws from: softmax(logits / T) in float64 per
     row; a one-hot on the first maximum where T is 0 (greedy)."""

@@ -2,6 +2,8 @@
 
 Everything backend-specific comes from the forward context: the layer's KV cache
 (`ctx.kv_caches[layer_idx]`), the step's metadata and the kernels (`ctx.ops`).
+`forward_rope` also runs the q/k norm and rotary that precede attention, fused with the KV
+write where the backend's ops offer `rope_and_cache`.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from localserve.layers.norm import RMSNorm
+from localserve.layers.rotary import RotaryEmbedding
 from localserve.runner.context import get_forward_context
 
 
@@ -32,6 +36,28 @@ class Attention(nn.Module):
         ctx.ops.write_kv(k, v, k_cache, v_cache, ctx.meta.slot_mapping)
         return ctx.ops.attend(q, k_cache, v_cache, ctx.meta, self.scale, self.sliding_window,
                               self.soft_cap)
+
+    def forward_rope(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
+                     v: torch.Tensor, rotary: RotaryEmbedding, q_norm: RMSNorm | None = None,
+                     k_norm: RMSNorm | None = None) -> torch.Tensor:
+        """Per-head q/k norm (optional), rotary, KV write and attention. Backends whose ops
+        have `rope_and_cache` run the first three as one kernel (kernels/reference.py)."""
+        ctx = get_forward_context()
+        fused = getattr(ctx.ops, "rope_and_cache", None)
+        norms = q_norm is not None and k_norm is not None
+        if fused is not None and (not norms or (q_norm.eps, q_norm.offset)
+                                  == (k_norm.eps, k_norm.offset)):
+            k_cache, v_cache = ctx.kv_caches[self.layer_idx]
+            q = fused(positions, q, k, v, rotary.cos_sin(q.device), k_cache, v_cache,
+                      ctx.meta.slot_mapping,
+                      q_norm.weight if norms else None, k_norm.weight if norms else None,
+                      q_norm.eps if norms else 1e-6, q_norm.offset if norms else 0.0)
+            return ctx.ops.attend(q, k_cache, v_cache, ctx.meta, self.scale,
+                                  self.sliding_window, self.soft_cap)
+        if q_norm is not None and k_norm is not None:
+            q, k = q_norm(q), k_norm(k)
+        q, k = rotary(positions, q, k)
+        return self.forward(q, k, v)
 
     def extra_repr(self) -> str:
         return (f"layer={self.layer_idx}, heads={self.num_heads}/{self.num_kv_heads}, "

@@ -36,8 +36,8 @@ class Gemma3Attention(nn.Module):
     def forward(self, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         num_tokens = x.shape[0]
         q, k, v = project_qkv(self, x)
-        q, k = self.rotary(positions, self.q_norm(q), self.k_norm(k))
-        out = self.attn(q, k, v)  # [T, num_heads, head_dim]
+        out = self.attn.forward_rope(positions, q, k, v, self.rotary, self.q_norm,
+                                     self.k_norm)  # [T, num_heads, head_dim]
         return self.o_proj(out.reshape(num_tokens, self.num_heads * self.head_dim))
 
 

@@ -85,6 +85,9 @@ class KernelAttentionOps:
     def __init__(self, kernels: Any, host_bounds: bool = False) -> None:
         self._kernels = kernels
         self._host_bounds = host_bounds
+        # q/k norm + rotary + KV write in one kernel, where the module has it (see
+        # layers.attention.Attention.forward_rope); None keeps them separate.
+        self.rope_and_cache = getattr(kernels, "rope_and_cache", None)
 
     def write_kv(self, key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor,
                  v_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
