@@ -114,17 +114,7 @@ static void run_item(const attn_job *j, int s, int h, int c, float *scr) {
     }
 }
 
-static _Thread_local float *tl_buf;
-static _Thread_local size_t tl_cap;
-
-static float *scratch_floats(size_t n) {
-    if (n > tl_cap) {
-        free(tl_buf);
-        tl_buf = (float *)aligned_alloc(64, (n * sizeof(float) + 63) & ~(size_t)63);
-        tl_cap = tl_buf ? n : 0;
-    }
-    return tl_buf;
-}
+static _Thread_local ls_scratch tl_scratch;
 
 static void attn_task(void *p, int ith, int nth) {
     (void)nth;
@@ -164,7 +154,8 @@ LS_API int ls_paged_attention(const float *q, int num_tokens, int nh, int hd, co
      * is an mmap + page faults on every decode step. */
     const int nth_max = ls_pool_threads();
     const size_t per_thread = (size_t)QC * hd + KT + (kv_dtype == LS_BF16 ? 2 * KT * hd : 0);
-    float *scratch = scratch_floats(per_thread * nth_max + (size_t)num_seqs + 1 + 16);
+    float *scratch = (float *)ls_scratch_get(
+        &tl_scratch, sizeof(float) * (per_thread * nth_max + (size_t)num_seqs + 1 + 16));
     if (!scratch) return LS_ENOMEM;
     int *item_start = (int *)(scratch + per_thread * nth_max);
     item_start[0] = 0;

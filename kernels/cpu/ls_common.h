@@ -6,6 +6,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define LS_API __attribute__((visibility("default")))
@@ -87,6 +88,20 @@ typedef struct {
      * 1 + tanh(z) = 2 * sigmoid(2z)), so one vector exp serves both. */
     void (*act_mul)(const float *g, const float *u, float *o, int n, int kind);
 } ls_kernels;
+
+/* A grow-only buffer, one per calling thread (`static _Thread_local ls_scratch s;`): kernels
+ * run every decode step, and a fresh malloc of a large size is an mmap plus page faults each
+ * time. Returns NULL when the allocation fails. */
+typedef struct { void *p; size_t cap; } ls_scratch;
+
+static inline void *ls_scratch_get(ls_scratch *s, size_t bytes) {
+    if (bytes > s->cap) {
+        free(s->p);
+        s->p = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+        s->cap = s->p ? bytes : 0;
+    }
+    return s->p;
+}
 
 enum { LS_ISA_SCALAR = 0, LS_ISA_AVX2 = 1, LS_ISA_AVX512 = 2, LS_ISA_NEON = 3 };
 

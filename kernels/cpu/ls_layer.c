@@ -4,8 +4,6 @@
  * tensor allocations and checks between them cost about as much as the layer's matmuls on a
  * small model. Here the same kernels run back to back over a reused workspace, so the
  * result is bit-identical to the module path (backends/cpu/decoder_layer.py checks that). */
-#include <stdlib.h>
-
 #include "ls_api.h"
 #include "ls_common.h"
 
@@ -41,17 +39,7 @@ typedef struct {
     const int32_t *block_tables, *query_start_loc, *seq_lens;
 } ls_step;
 
-static _Thread_local float *tl_ws;
-static _Thread_local size_t tl_cap;
-
-static float *workspace(size_t n) {
-    if (n > tl_cap) {
-        free(tl_ws);
-        tl_ws = (float *)aligned_alloc(64, (n * sizeof(float) + 63) & ~(size_t)63);
-        tl_cap = tl_ws ? n : 0;
-    }
-    return tl_ws;
-}
+static _Thread_local ls_scratch tl_workspace;
 
 #define TRY(call)                   \
     do {                            \
@@ -67,8 +55,9 @@ LS_API int ls_decoder_layer(const ls_layer *L, const ls_step *S, float *hidden,
     const int T = S->num_tokens, H = L->hidden, hd = L->head_dim, I = L->inter;
     const int qn = L->num_heads * hd, kvn = L->num_kv_heads * hd;
     if (T <= 0) return T == 0 ? LS_OK : LS_EBADSHAPE;
-    float *ws = workspace((size_t)T * (2 * (size_t)H + 2 * (size_t)qn + 2 * (size_t)kvn +
-                                       3 * (size_t)I));
+    float *ws = (float *)ls_scratch_get(
+        &tl_workspace,
+        sizeof(float) * T * (2 * (size_t)H + 2 * (size_t)qn + 2 * (size_t)kvn + 3 * (size_t)I));
     if (!ws) return LS_ENOMEM;
     float *x = ws, *q = x + (size_t)T * H, *k = q + (size_t)T * qn, *v = k + (size_t)T * kvn;
     float *att = v + (size_t)T * kvn, *a = att + (size_t)T * qn, *gate = a + (size_t)T * H;

@@ -82,18 +82,8 @@ static void matmul_task(void *p, int ith, int nth) {
     }
 }
 
-/* Reused scratch for quantized activations (one per calling thread; grows, never shrinks). */
-static _Thread_local uint8_t *tl_buf;
-static _Thread_local size_t tl_cap;
-
-static uint8_t *scratch(size_t n) {
-    if (n > tl_cap) {
-        free(tl_buf);
-        tl_buf = (uint8_t *)aligned_alloc(64, (n + 63) & ~(size_t)63);
-        tl_cap = tl_buf ? n : 0;
-    }
-    return tl_buf;
-}
+/* Quantized activations, reused across calls. */
+static _Thread_local ls_scratch tl_scratch;
 
 static ls_dot_fn pick(const ls_kernels *k, int qtype, int *kind) {
     *kind = LS_ACT_F32;
@@ -157,7 +147,7 @@ LS_API int ls_gguf_matmul_multi(const float *x, int T, int K, int n, const void 
     j.lay[LS_ACT_F32] = ls_act_layout_for(LS_ACT_F32, K);
     j.act[LS_ACT_F32] = (const uint8_t *)x;
     if (bytes) {
-        uint8_t *buf = scratch(bytes);
+        uint8_t *buf = (uint8_t *)ls_scratch_get(&tl_scratch, bytes);
         if (!buf) return LS_ENOMEM;
         for (int kind = LS_ACT_A8; kind <= LS_ACT_AK; kind++) {
             if (!j.need[kind]) continue;

@@ -6,13 +6,9 @@ Outputs start NaN.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton")
 
 from localserve.kernels import reference
@@ -21,7 +17,6 @@ from localserve.kernels.triton._common import poisoned_outputs
 from localserve.kernels.triton.testing import (
     ELEMENTWISE_TOL,
     device,
-    fresh_seed,
     full_shapes,
     rel_error,
 )
@@ -34,13 +29,6 @@ DEV = device()
 DTYPES = [torch.float16, torch.bfloat16] if FULL else [torch.float32, torch.float16]
 # d = intermediate size: Llama-3-8B, Qwen3-0.6B, a non-power-of-two, one past a program's block.
 SIZES = [14336, 3072, 8960, 2049] if FULL else [64, 300, 2049]
-
-
-@pytest.fixture
-def seed() -> int:
-    s = fresh_seed()
-    print(f"seed={s}")
-    return s
 
 
 @pytest.mark.parametrize("activation", ["silu", "gelu_tanh"])

@@ -7,13 +7,9 @@ run (the seed is printed on failure); unused cache blocks and every output buffe
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton")
 
 from localserve.kernels import reference
@@ -23,7 +19,6 @@ from localserve.kernels.triton.attention import choose_launch
 from localserve.kernels.triton.testing import (
     ATTENTION_TOL,
     device,
-    fresh_seed,
     full_shapes,
     make_paged_batch,
     poison_outside_window,
@@ -52,13 +47,6 @@ else:
 # (num_heads, num_kv_heads): MHA, GQA, MQA, and a group of 3 (padded to 4 rows per token).
 HEADS = [(4, 4), (8, 2), (4, 1), (6, 2)] if not FULL else [(32, 8), (16, 8), (16, 1), (12, 4)]
 HEAD_DIMS = [64, 80, 128, 256] if FULL else [64, 80]
-
-
-@pytest.fixture
-def seed() -> int:
-    s = fresh_seed()
-    print(f"seed={s}")
-    return s
 
 
 def _check(batch, scale, window=None, soft_cap=None, *, caches=None, num_kv_splits=None,

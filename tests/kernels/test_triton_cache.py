@@ -6,29 +6,18 @@ so a missed or misplaced store is visible, and untouched slots must stay NaN.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton")
 
 from localserve.kernels import reference
 from localserve.kernels.triton import write_kv
-from localserve.kernels.triton.testing import device, fresh_seed, full_shapes
+from localserve.kernels.triton.testing import device, full_shapes
 
 FULL = full_shapes()
 DEV = device()
 DTYPES = [torch.float16, torch.bfloat16, torch.float32]
-
-
-@pytest.fixture
-def seed() -> int:
-    s = fresh_seed()
-    print(f"seed={s}")
-    return s
 
 
 def _caches(num_blocks, block_size, num_kv_heads, head_dim, dtype):

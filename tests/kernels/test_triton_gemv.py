@@ -7,13 +7,9 @@ dtype's rounding (ELEMENTWISE_TOL) - both sides accumulate in fp32.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton")
 
 from localserve.kernels import reference
@@ -22,7 +18,6 @@ from localserve.kernels.triton.gemv import GemvConfig, gemv
 from localserve.kernels.triton.testing import (
     ELEMENTWISE_TOL,
     device,
-    fresh_seed,
     full_shapes,
     rel_error,
 )
@@ -35,13 +30,6 @@ SHAPES = ([(4096, 4096), (6144, 4096), (4096, 14336), (1000, 4100)] if FULL
           else [(64, 256), (40, 300), (96, 512)])
 CONFIGS = [GemvConfig(), GemvConfig(block_n=16, block_k=128, num_warps=4, num_stages=2),
            GemvConfig(block_n=64, block_k=64, num_warps=8, num_stages=3)]
-
-
-@pytest.fixture
-def seed() -> int:
-    s = fresh_seed()
-    print(f"seed={s}")
-    return s
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

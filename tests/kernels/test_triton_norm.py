@@ -6,13 +6,9 @@ truncation, so bf16 is checked on the GPU only), model-sized shapes on one. Outp
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton")
 
 from localserve.kernels import reference
@@ -22,7 +18,6 @@ from localserve.kernels.triton.norm import MAX_FUSED_HIDDEN
 from localserve.kernels.triton.testing import (
     ELEMENTWISE_TOL,
     device,
-    fresh_seed,
     full_shapes,
     rel_error,
 )
@@ -32,13 +27,6 @@ DEV = device()
 DTYPES = [torch.float16, torch.bfloat16] if FULL else [torch.float32, torch.float16]
 # A row longer than MAX_FUSED_HIDDEN takes the two-pass loop.
 HIDDEN = [1024, 4096, 5120, 3 * MAX_FUSED_HIDDEN // 2] if FULL else [64, 100, MAX_FUSED_HIDDEN + 8]
-
-
-@pytest.fixture
-def seed() -> int:
-    s = fresh_seed()
-    print(f"seed={s}")
-    return s
 
 
 def _compare(x, weight, eps, residual, weight_offset):

@@ -8,13 +8,9 @@ slots are -1 (padding rows) and must leave the cache untouched. The q output sta
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton")
 
 from localserve.kernels import reference
@@ -23,7 +19,6 @@ from localserve.kernels.triton._common import poisoned_outputs
 from localserve.kernels.triton.testing import (
     ELEMENTWISE_TOL,
     device,
-    fresh_seed,
     full_shapes,
     rel_error,
 )
@@ -35,13 +30,6 @@ DTYPES = [torch.bfloat16, torch.float16] if FULL else [torch.float32, torch.floa
 SHAPES = ([(256, 32, 8, 128, 128), (256, 16, 8, 128, 128), (7, 4, 1, 256, 256),
            (33, 8, 2, 96, 64)] if FULL
           else [(5, 4, 2, 32, 32), (3, 2, 1, 48, 32)])
-
-
-@pytest.fixture
-def seed() -> int:
-    s = fresh_seed()
-    print(f"seed={s}")
-    return s
 
 
 @pytest.mark.parametrize("with_norm", [False, True])

@@ -6,13 +6,9 @@ New outputs start NaN; the in-place mode must equal the out-of-place result.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton")
 
 from localserve.kernels import reference
@@ -21,7 +17,6 @@ from localserve.kernels.triton._common import poisoned_outputs
 from localserve.kernels.triton.testing import (
     ELEMENTWISE_TOL,
     device,
-    fresh_seed,
     full_shapes,
     rel_error,
 )
@@ -33,13 +28,6 @@ DTYPES = [torch.float16, torch.bfloat16] if FULL else [torch.float32, torch.floa
 # and more heads than one program's head block (16 at rotary_dim 256) with a partial last block.
 SHAPES = ([(32, 8, 128, 128), (16, 8, 128, 128), (32, 32, 80, 32), (40, 8, 256, 256)] if FULL
           else [(4, 2, 64, 64), (3, 1, 80, 32), (2, 2, 64, 16), (40, 8, 256, 256)])
-
-
-@pytest.fixture
-def seed() -> int:
-    s = fresh_seed()
-    print(f"seed={s}")
-    return s
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

@@ -8,13 +8,9 @@ by the number of draws); determinism and batch invariance are checked exactly.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton")
 
 from localserve.kernels import reference
