@@ -3,7 +3,7 @@
  * At decode a layer is a dozen small kernels; driven one by one from Python, the calls,
  * tensor allocations and checks between them cost about as much as the layer's matmuls on a
  * small model. Here the same kernels run back to back over a reused workspace, so the
- * result is bit-identical to the module path (backends/cpu/decoder_layer.py checks that). */
+ * result is bit-identical to the module path (tests/models/test_cpu_decoder_layer.py). */
 #include "ls_api.h"
 #include "ls_common.h"
 
