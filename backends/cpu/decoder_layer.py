@@ -28,16 +28,17 @@ class StepCache:
     """The current forward's `Step`: built by the first layer, reused by the others."""
 
     def __init__(self) -> None:
-        self._key: tuple[AttentionMetadata, torch.Tensor] | None = None
-        self._step: Step | None = None
+        # (meta, positions, step); meta and positions are held, so their identities stay
+        # unique while cached.
+        self._cached: tuple[AttentionMetadata, torch.Tensor, Step] | None = None
 
     def get(self, meta: AttentionMetadata, positions: torch.Tensor) -> Step:
-        key = self._key
-        if key is None or key[0] is not meta or key[1] is not positions or self._step is None:
-            self._step = Step(positions, meta.slot_mapping, meta.block_tables,
-                              meta.query_start_loc, meta.seq_lens)
-            self._key = (meta, positions)  # held, so identity cannot be reused meanwhile
-        return self._step
+        cached = self._cached
+        if cached is None or cached[0] is not meta or cached[1] is not positions:
+            cached = self._cached = (meta, positions, Step(
+                positions, meta.slot_mapping, meta.block_tables, meta.query_start_loc,
+                meta.seq_lens))
+        return cached[2]
 
 
 class CDecoderLayer(nn.Module):
@@ -58,7 +59,7 @@ class CDecoderLayer(nn.Module):
         ctx = get_forward_context()
         k_cache, v_cache = ctx.kv_caches[self.layer_idx]
         first = residual is None
-        if residual is None:
+        if first:
             residual = torch.empty_like(hidden)
         self.kernel.run(self._steps.get(ctx.meta, positions), k_cache, v_cache, hidden,
                         residual, first)

@@ -59,12 +59,19 @@ class CpuModelRunner(TorchModelRunner):
     def load_model(self) -> None:
         super().load_model()
         if self.use_c:
-            n = install_c_methods(self.model)
-            fused = fuse_projections(self.model, c_fused_linear)
-            install_layer_ops(self.model, c_layer_ops())
             # LOCALSERVE_CPU_LAYER_CALLS=0 keeps the module path (for A/B measurements).
-            whole = (install_c_decoder_layers(self.model)
-                     if os.environ.get("LOCALSERVE_CPU_LAYER_CALLS", "1") != "0" else 0)
+            layer_calls = os.environ.get("LOCALSERVE_CPU_LAYER_CALLS", "1") != "0"
+            n, fused, whole = install_c_kernels(self.model, layer_calls)
             log.info("%d linears read raw GGUF blocks through the C kernels (%d q/k/v and "
                      "gate/up groups in one call each); %d decoder layers run as one C call "
                      "each", n, fused, whole)
+
+
+def install_c_kernels(model: torch.nn.Module, layer_calls: bool = True) -> tuple[int, int, int]:
+    """Puts a model loaded with raw GGUF weights on the C kernels: linears and embeddings,
+    fused q/k/v and gate/up calls, the layer ops, then (with `layer_calls`) whole layers as
+    one call each. Returns (linears, fused groups, one-call layers)."""
+    n = install_c_methods(model)
+    fused = fuse_projections(model, c_fused_linear)
+    install_layer_ops(model, c_layer_ops())
+    return n, fused, install_c_decoder_layers(model) if layer_calls else 0

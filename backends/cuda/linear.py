@@ -32,11 +32,14 @@ def gemv_suits(weight: torch.Tensor) -> bool:
 class DecodeGemvMethod(UnquantizedMethod):
     """A float weight applied by the Triton gemv for <= MAX_GEMV_ROWS rows, else F.linear."""
 
+    def __init__(self) -> None:
+        from localserve.kernels.triton.gemv import gemv
+
+        self._gemv = gemv  # bound once: apply runs per layer per step
+
     def apply(self, layer: Linear, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 2 and x.shape[0] <= MAX_GEMV_ROWS:
-            from localserve.kernels.triton.gemv import gemv
-
-            return gemv(x, layer.weight, layer.bias)
+            return self._gemv(x, layer.weight, layer.bias)
         return F.linear(x, layer.weight, layer.bias)
 
 

@@ -1,5 +1,5 @@
 /* Fused elementwise kernels that run between the matmuls every layer: RMSNorm (with the
- * pre-norm residual add and Gemma's weight offset) and gated activations. */
+ * pre-norm residual add and Gemma's weight offset), gated activations and NeoX rotary. */
 #include <math.h>
 #include <stdatomic.h>
 

@@ -25,51 +25,7 @@ from localserve.kernels.triton._common import (
     empty,
     next_pow2,
 )
-
-
-@triton.jit
-def _norm_rotate(src, heads_ok, w_ptr, cos, sin, eps, norm_offset, head_dim,
-                 HAS_NORM: tl.constexpr, HALF: tl.constexpr, HALF_PAD: tl.constexpr,
-                 HAS_TAIL: tl.constexpr, TAIL_PAD: tl.constexpr, BLOCK_H: tl.constexpr):
-    """Rotated (and normalised) heads at src [BLOCK_H, 1] -> (first half, second half, tail)
-    in fp32; the tail is the pass-through dims past the rotary ones."""
-    offs = tl.arange(0, HALF_PAD)
-    mask = heads_ok[:, None] & (offs[None, :] < HALF)
-    x_in = tl.load(src + offs[None, :], mask=mask, other=0.0)
-    in_ty = x_in.dtype
-    x1 = x_in.to(tl.float32)
-    x2 = tl.load(src + HALF + offs[None, :], mask=mask, other=0.0).to(tl.float32)
-    tail_offs = 2 * HALF + tl.arange(0, TAIL_PAD)
-    tail_mask = heads_ok[:, None] & (tail_offs[None, :] < head_dim)
-    tail = tl.zeros([BLOCK_H, TAIL_PAD], dtype=tl.float32)
-    if HAS_TAIL:
-        tail = tl.load(src + tail_offs[None, :], mask=tail_mask, other=0.0).to(tl.float32)
-    if HAS_NORM:
-        ss = tl.sum(x1 * x1, axis=1) + tl.sum(x2 * x2, axis=1) + tl.sum(tail * tail, axis=1)
-        inv = 1.0 / tl.sqrt(ss / head_dim + eps)
-        half_ok = offs < HALF
-        w1 = tl.load(w_ptr + offs, mask=half_ok, other=0.0).to(tl.float32) + norm_offset
-        w2 = tl.load(w_ptr + HALF + offs, mask=half_ok, other=0.0).to(tl.float32) + norm_offset
-        x1 = (x1 * inv[:, None] * w1[None, :]).to(in_ty).to(tl.float32)
-        x2 = (x2 * inv[:, None] * w2[None, :]).to(in_ty).to(tl.float32)
-        if HAS_TAIL:
-            wt = tl.load(w_ptr + tail_offs, mask=tail_offs < head_dim, other=0.0).to(tl.float32)
-            tail = (tail * inv[:, None] * (wt + norm_offset)[None, :]).to(in_ty).to(tl.float32)
-    out1 = x1 * cos[None, :] - x2 * sin[None, :]
-    out2 = x2 * cos[None, :] + x1 * sin[None, :]
-    return out1, out2, tail, mask, tail_mask
-
-
-@triton.jit
-def _store_heads(dst, out1, out2, tail, mask, tail_mask,
-                 HALF: tl.constexpr, HALF_PAD: tl.constexpr, HAS_TAIL: tl.constexpr,
-                 TAIL_PAD: tl.constexpr):
-    offs = tl.arange(0, HALF_PAD)
-    ty = dst.dtype.element_ty
-    tl.store(dst + offs[None, :], out1.to(ty), mask=mask)
-    tl.store(dst + HALF + offs[None, :], out2.to(ty), mask=mask)
-    if HAS_TAIL:
-        tl.store(dst + (2 * HALF + tl.arange(0, TAIL_PAD))[None, :], tail.to(ty), mask=tail_mask)
+from localserve.kernels.triton.rotary import rotate_heads, store_heads
 
 
 @triton.jit
@@ -99,20 +55,20 @@ def _rope_cache_kernel(
                   other=0.0).to(tl.float32)
 
     q_ok = heads < num_heads
-    o1, o2, t, m, tm = _norm_rotate(q_ptr + token * stride_qt + heads[:, None] * stride_qh, q_ok,
+    o1, o2, t, m, tm = rotate_heads(q_ptr + token * stride_qt + heads[:, None] * stride_qh, q_ok,
                                     q_norm_ptr, cos, sin, eps, norm_offset, head_dim, HAS_NORM,
                                     HALF, HALF_PAD, HAS_TAIL, TAIL_PAD, BLOCK_H)
-    _store_heads(q_out_ptr + (token * num_heads + heads[:, None]) * head_dim, o1, o2, t, m, tm,
+    store_heads(q_out_ptr + (token * num_heads + heads[:, None]) * head_dim, o1, o2, t, m, tm,
                  HALF, HALF_PAD, HAS_TAIL, TAIL_PAD)
 
     slot = tl.load(slot_ptr + token).to(tl.int64)
     kv_ok = (heads < num_kv_heads) & (slot >= 0)   # slot < 0: a padding row, nothing stored
     block = slot // BLOCK_SIZE
     in_block = slot % BLOCK_SIZE
-    o1, o2, t, m, tm = _norm_rotate(k_ptr + token * stride_kt + heads[:, None] * stride_kh,
+    o1, o2, t, m, tm = rotate_heads(k_ptr + token * stride_kt + heads[:, None] * stride_kh,
                                     kv_ok, k_norm_ptr, cos, sin, eps, norm_offset, head_dim,
                                     HAS_NORM, HALF, HALF_PAD, HAS_TAIL, TAIL_PAD, BLOCK_H)
-    _store_heads(k_cache_ptr + block * stride_kcb + in_block * stride_kcs
+    store_heads(k_cache_ptr + block * stride_kcb + in_block * stride_kcs
                  + heads[:, None] * stride_kch, o1, o2, t, m, tm,
                  HALF, HALF_PAD, HAS_TAIL, TAIL_PAD)
     dims = tl.arange(0, HEAD_PAD)

@@ -22,29 +22,64 @@ from localserve.kernels.triton._common import (
 
 
 @triton.jit
+def rotate_heads(src, heads_ok, w_ptr, cos, sin, eps, norm_offset, head_dim,
+                 HAS_NORM: tl.constexpr, HALF: tl.constexpr, HALF_PAD: tl.constexpr,
+                 HAS_TAIL: tl.constexpr, TAIL_PAD: tl.constexpr, BLOCK_H: tl.constexpr):
+    """Heads at src [BLOCK_H, 1] rotated (and with HAS_NORM first RMS-normalised by w_ptr,
+    rounded to the input dtype as a separate norm kernel would store them) -> (first half,
+    second half, tail) in fp32, plus the masks to store them with; the tail is the dims past
+    the rotary ones (loaded with HAS_TAIL). Shared with rope_cache.py."""
+    offs = tl.arange(0, HALF_PAD)
+    mask = heads_ok[:, None] & (offs[None, :] < HALF)
+    x_in = tl.load(src + offs[None, :], mask=mask, other=0.0)
+    in_ty = x_in.dtype
+    x1 = x_in.to(tl.float32)
+    x2 = tl.load(src + HALF + offs[None, :], mask=mask, other=0.0).to(tl.float32)
+    tail_offs = 2 * HALF + tl.arange(0, TAIL_PAD)
+    tail_mask = heads_ok[:, None] & (tail_offs[None, :] < head_dim)
+    tail = tl.zeros([BLOCK_H, TAIL_PAD], dtype=tl.float32)
+    if HAS_TAIL:
+        tail = tl.load(src + tail_offs[None, :], mask=tail_mask, other=0.0).to(tl.float32)
+    if HAS_NORM:
+        ss = tl.sum(x1 * x1, axis=1) + tl.sum(x2 * x2, axis=1) + tl.sum(tail * tail, axis=1)
+        inv = 1.0 / tl.sqrt(ss / head_dim + eps)
+        half_ok = offs < HALF
+        w1 = tl.load(w_ptr + offs, mask=half_ok, other=0.0).to(tl.float32) + norm_offset
+        w2 = tl.load(w_ptr + HALF + offs, mask=half_ok, other=0.0).to(tl.float32) + norm_offset
+        x1 = (x1 * inv[:, None] * w1[None, :]).to(in_ty).to(tl.float32)
+        x2 = (x2 * inv[:, None] * w2[None, :]).to(in_ty).to(tl.float32)
+        if HAS_TAIL:
+            wt = tl.load(w_ptr + tail_offs, mask=tail_offs < head_dim, other=0.0).to(tl.float32)
+            tail = (tail * inv[:, None] * (wt + norm_offset)[None, :]).to(in_ty).to(tl.float32)
+    out1 = x1 * cos[None, :] - x2 * sin[None, :]
+    out2 = x2 * cos[None, :] + x1 * sin[None, :]
+    return out1, out2, tail, mask, tail_mask
+
+
+@triton.jit
+def store_heads(dst, out1, out2, tail, mask, tail_mask,
+                 HALF: tl.constexpr, HALF_PAD: tl.constexpr, HAS_TAIL: tl.constexpr,
+                 TAIL_PAD: tl.constexpr):
+    offs = tl.arange(0, HALF_PAD)
+    ty = dst.dtype.element_ty
+    tl.store(dst + offs[None, :], out1.to(ty), mask=mask)
+    tl.store(dst + HALF + offs[None, :], out2.to(ty), mask=mask)
+    if HAS_TAIL:
+        tl.store(dst + (2 * HALF + tl.arange(0, TAIL_PAD))[None, :], tail.to(ty), mask=tail_mask)
+
+
+@triton.jit
 def _rotate_heads(src_ptr, dst_ptr, num_heads, stride_st, stride_sh, stride_dt, stride_dh,
                   token, cos, sin, head_dim,
                   HALF: tl.constexpr, BLOCK_H: tl.constexpr, HALF_PAD: tl.constexpr,
                   COPY_TAIL: tl.constexpr, TAIL_PAD: tl.constexpr):
     heads = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
-    offs = tl.arange(0, HALF_PAD)
-    head_ok = heads < num_heads
-    mask = head_ok[:, None] & (offs[None, :] < HALF)
     src = src_ptr + token * stride_st + heads[:, None] * stride_sh
     dst = dst_ptr + token * stride_dt + heads[:, None] * stride_dh
-    x1 = tl.load(src + offs[None, :], mask=mask, other=0.0)                # [BLOCK_H, HALF_PAD]
-    x2 = tl.load(src + HALF + offs[None, :], mask=mask, other=0.0)
-    x1f = x1.to(tl.float32)
-    x2f = x2.to(tl.float32)
-    out_ty = dst_ptr.dtype.element_ty
-    tl.store(dst + offs[None, :], (x1f * cos[None, :] - x2f * sin[None, :]).to(out_ty), mask=mask)
-    tl.store(dst + HALF + offs[None, :], (x2f * cos[None, :] + x1f * sin[None, :]).to(out_ty),
-             mask=mask)
-    if COPY_TAIL:
-        tail = 2 * HALF + tl.arange(0, TAIL_PAD)
-        tail_mask = head_ok[:, None] & (tail[None, :] < head_dim)
-        rest = tl.load(src + tail[None, :], mask=tail_mask, other=0.0)
-        tl.store(dst + tail[None, :], rest.to(out_ty), mask=tail_mask)
+    out1, out2, tail, mask, tail_mask = rotate_heads(
+        src, heads < num_heads, src_ptr, cos, sin, 0.0, 0.0, head_dim, False, HALF, HALF_PAD,
+        COPY_TAIL, TAIL_PAD, BLOCK_H)
+    store_heads(dst, out1, out2, tail, mask, tail_mask, HALF, HALF_PAD, COPY_TAIL, TAIL_PAD)
 
 
 @triton.jit

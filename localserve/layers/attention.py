@@ -40,24 +40,24 @@ class Attention(nn.Module):
     def forward_rope(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
                      v: torch.Tensor, rotary: RotaryEmbedding, q_norm: RMSNorm | None = None,
                      k_norm: RMSNorm | None = None) -> torch.Tensor:
-        """Per-head q/k norm (optional), rotary, KV write and attention. Backends whose ops
-        have `rope_and_cache` run the first three as one kernel (kernels/reference.py)."""
+        """Per-head q/k norm (optional), rotary, KV write and attention; the first three as
+        one kernel where the backend's ops have `rope_and_cache` (one eps for both norms)."""
         ctx = get_forward_context()
-        fused = getattr(ctx.ops, "rope_and_cache", None)
+        fused = ctx.ops.rope_and_cache
         norms = q_norm is not None and k_norm is not None
-        if fused is not None and (not norms or (q_norm.eps, q_norm.offset)
-                                  == (k_norm.eps, k_norm.offset)):
-            k_cache, v_cache = ctx.kv_caches[self.layer_idx]
-            q = fused(positions, q, k, v, rotary.cos_sin(q.device), k_cache, v_cache,
-                      ctx.meta.slot_mapping,
-                      q_norm.weight if norms else None, k_norm.weight if norms else None,
-                      q_norm.eps if norms else 1e-6, q_norm.offset if norms else 0.0)
-            return ctx.ops.attend(q, k_cache, v_cache, ctx.meta, self.scale,
-                                  self.sliding_window, self.soft_cap)
-        if q_norm is not None and k_norm is not None:
-            q, k = q_norm(q), k_norm(k)
-        q, k = rotary(positions, q, k)
-        return self.forward(q, k, v)
+        if fused is None or (norms and (q_norm.eps, q_norm.offset)
+                             != (k_norm.eps, k_norm.offset)):
+            if norms:
+                q, k = q_norm(q), k_norm(k)
+            q, k = rotary(positions, q, k)
+            return self.forward(q, k, v)
+        k_cache, v_cache = ctx.kv_caches[self.layer_idx]
+        norm_args = ({"q_norm": q_norm.weight, "k_norm": k_norm.weight, "eps": q_norm.eps,
+                      "norm_offset": q_norm.offset} if norms else {})
+        q = fused(positions, q, k, v, rotary.cos_sin(q.device), k_cache, v_cache,
+                  ctx.meta.slot_mapping, **norm_args)
+        return ctx.ops.attend(q, k_cache, v_cache, ctx.meta, self.scale, self.sliding_window,
+                              self.soft_cap)
 
     def extra_repr(self) -> str:
         return (f"layer={self.layer_idx}, heads={self.num_heads}/{self.num_kv_heads}, "

@@ -8,7 +8,7 @@ model files never depend on a backend. Layouts are those of `localserve.kernels.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -41,6 +41,10 @@ class AttentionOps(Protocol):
                meta: AttentionMetadata, scale: float, sliding_window: int | None,
                soft_cap: float | None) -> torch.Tensor:
         """Causal paged attention of q [num_tokens, num_heads, head_dim]; same shape out."""
+
+    # Per-head q/k norm + rotary + KV write in one kernel (kernels.reference.rope_and_cache's
+    # signature), or None: the layers then run norm, rotary and write_kv one by one.
+    rope_and_cache: Callable[..., torch.Tensor] | None
 
 
 @dataclass
@@ -85,9 +89,7 @@ class KernelAttentionOps:
     def __init__(self, kernels: Any, host_bounds: bool = False) -> None:
         self._kernels = kernels
         self._host_bounds = host_bounds
-        # q/k norm + rotary + KV write in one kernel, where the module has it (see
-        # layers.attention.Attention.forward_rope); None keeps them separate.
-        self.rope_and_cache = getattr(kernels, "rope_and_cache", None)
+        self.rope_and_cache = getattr(kernels, "rope_and_cache", None)  # None: not fused
 
     def write_kv(self, key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor,
                  v_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:

@@ -8,17 +8,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from localserve.backends.cpu.decoder_layer import CDecoderLayer, install_c_decoder_layers
-from localserve.backends.cpu.methods import (
-    c_attention_ops,
-    c_fused_linear,
-    c_layer_ops,
-    install_c_methods,
-)
+from localserve.backends.cpu.decoder_layer import CDecoderLayer
+from localserve.backends.cpu.methods import c_attention_ops
+from localserve.backends.cpu.runner import install_c_kernels
 from localserve.config import ModelConfig
 from localserve.kernels.cpu import available
-from localserve.layers.fusion import fuse_projections
-from localserve.layers.ops import install_layer_ops
 from localserve.loader import load_model
 from tests.helpers.paged import Chunk, PagedDriver
 from tests.helpers.tiny_models import VOCAB, make_tiny_checkpoint
@@ -33,12 +27,8 @@ EXPECTED_LAYERS = {"llama": True, "mistral": True, "qwen3": True, "gemma3_text":
 def c_model(path: str, whole_layers: bool):
     loaded = load_model(ModelConfig(model=path), torch.device("cpu"), torch.float32,
                         keep_quantized=True)
-    model = loaded.model
-    install_c_methods(model)
-    fuse_projections(model, c_fused_linear)
-    install_layer_ops(model, c_layer_ops())
-    count = install_c_decoder_layers(model) if whole_layers else 0
-    return model, loaded.arch, count
+    _, _, count = install_c_kernels(loaded.model, layer_calls=whole_layers)
+    return loaded.model, loaded.arch, count
 
 
 def run_steps(model, arch, kv_dtype: torch.dtype) -> torch.Tensor:
@@ -65,9 +55,9 @@ def run_steps(model, arch, kv_dtype: torch.dtype) -> torch.Tensor:
 @pytest.mark.parametrize("kv_dtype", [torch.float32, torch.float16])
 def test_one_call_layers_equal_the_module_path(tmp_path, arch, kv_dtype):
     ckpt = make_tiny_checkpoint(tmp_path, arch, "gguf-q8_0")
-    modules, arch_cfg, none = c_model(str(ckpt.path), whole_layers=False)
+    modules, arch_cfg, _ = c_model(str(ckpt.path), whole_layers=False)
     whole, _, count = c_model(str(ckpt.path), whole_layers=True)
-    assert none == 0
+    assert not any(isinstance(m, CDecoderLayer) for m in modules.model.layers)
     assert count == (arch_cfg.num_layers if EXPECTED_LAYERS[arch] else 0)
     assert all(isinstance(m, CDecoderLayer) == EXPECTED_LAYERS[arch]
                for m in whole.model.layers)
