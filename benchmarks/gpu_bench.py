@@ -50,6 +50,37 @@ def bandwidth_bytes_per_s(device) -> float:
     return 2 * n * 10 / (time.perf_counter() - start)
 
 
+class JitCompiles:
+    """Counts the Triton kernel variants compiled (or loaded from the disk cache) while
+    active: inside a timed run each one is a stall of up to seconds, so the warm-up and the
+    kernels' specialisation rules must leave none."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def __enter__(self) -> JitCompiles:
+        from triton import knobs
+
+        self._previous = knobs.runtime.jit_cache_hook
+        knobs.runtime.jit_cache_hook = self._hook
+        return self
+
+    def _hook(self, *, fn, **_kw) -> bool:
+        self.names.append(fn.name.rsplit(".", 1)[-1])
+        return False  # compile as usual
+
+    def __exit__(self, *exc) -> None:
+        from triton import knobs
+
+        knobs.runtime.jit_cache_hook = self._previous
+
+    def report(self, label: str) -> str:
+        counts = {n: self.names.count(n) for n in sorted(set(self.names))}
+        text = f"{len(self.names)} JIT compiles" + (f" {counts}" if counts else "")
+        print(f"{label}: {text} inside the timing", flush=True)
+        return text
+
+
 def make_llm(config: str, args: argparse.Namespace, **kw):
     from localserve import LLM
 
@@ -70,18 +101,21 @@ def bench_a(args, results, table) -> None:
     for _ in range(2):  # warm-up: compile kernels, capture the batch-1 graph
         llm.generate([prompt], g128)
     ttfts, totals = [], []
-    for _ in range(3):
-        t = time.perf_counter()
-        llm.generate([prompt], g1)
-        ttfts.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        llm.generate([prompt], g128)
-        totals.append(time.perf_counter() - t)
+    with JitCompiles() as jit:
+        for _ in range(3):
+            t = time.perf_counter()
+            llm.generate([prompt], g1)
+            ttfts.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            llm.generate([prompt], g128)
+            totals.append(time.perf_counter() - t)
+    jit.report("(a)")
     ttft, total = sorted(ttfts)[1], sorted(totals)[1]
     tok_s = 127 / (total - ttft)
     runner = llm.engine.runner
     roofline = args.bw / runner.weight_bytes
-    results["a"] = {"decode_tok_s": tok_s, "ttft_ms": ttft * 1e3, "roofline_tok_s": roofline}
+    results["a"] = {"decode_tok_s": tok_s, "ttft_ms": ttft * 1e3, "roofline_tok_s": roofline,
+                    "jit_compiles": len(jit.names)}
     table.append(("(a) 8B batch-1 decode", f"{tok_s:.1f} tok/s, TTFT {ttft * 1e3:.1f} ms",
                   f"{tok_s / roofline:.0%} of {roofline:.0f}", VLLM["a"]))
     release(llm)
@@ -190,17 +224,18 @@ def bench_b(args, results, table) -> None:
     warm_up(llm, 100, 1024)
     counter = StepBytes(llm)
     phases = Phases(llm) if args.phases else None
-    t = time.perf_counter()
-    llm.generate(prompts, params)
-    wall = time.perf_counter() - t
+    with JitCompiles() as jit:
+        t = time.perf_counter()
+        llm.generate(prompts, params)
+        wall = time.perf_counter() - t
     if phases:
         phases.report(f"(b) {wall:.2f}s")
     total = sum(p.max_tokens for p in params)
     frac = counter.bytes / args.bw / wall
     results["b"] = {"tok_s": total / wall, "wall_s": wall, "roofline_fraction": frac,
-                    "steps": counter.steps}
+                    "steps": counter.steps, "jit_compiles": len(jit.names)}
     table.append(("(b) Qwen3-0.6B nano-vllm", f"{total / wall:,.0f} tok/s ({n} reqs)",
-                  f"{frac:.0%} of per-step roofline", VLLM["b"]))
+                  f"{frac:.0%} of per-step roofline; {jit.report('(b)')}", VLLM["b"]))
     if args.hf:  # HF's continuous batching needs minutes for all 256: both on a subset
         k = HF_B_SUBSET
         llm.engine.block_manager.reset_prefix_cache()  # these prompts ran just now
@@ -327,14 +362,16 @@ def bench_c(args, results, table) -> None:
             llm.generate(prompts[:100], params[:100])
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=14,
                                         max_name_column_width=50), flush=True)
-    t = time.perf_counter()
-    llm.generate(prompts, params)
-    wall = time.perf_counter() - t
+    with JitCompiles() as jit:
+        t = time.perf_counter()
+        llm.generate(prompts, params)
+        wall = time.perf_counter() - t
     if phases:
         phases.report(f"(c) {wall:.2f}s")
-    results["c"] = {"req_s": n / wall, "out_tok_s": sum(outs) / wall}
+    results["c"] = {"req_s": n / wall, "out_tok_s": sum(outs) / wall,
+                    "jit_compiles": len(jit.names)}
     table.append(("(c) 8B ShareGPT-like", f"{n / wall:.1f} req/s, {sum(outs) / wall:,.0f} tok/s",
-                  "", VLLM["c"]))
+                  jit.report("(c)"), VLLM["c"]))
     release(llm)
 
 

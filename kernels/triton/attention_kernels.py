@@ -101,7 +101,9 @@ def _attend_tiles(
     return acc, l_i, m_i
 
 
-@triton.jit
+# Batch-dependent integers are not specialised: Triton would compile a new variant the first
+# time one is 1 or a multiple of 16, in the middle of serving (a second or more each).
+@triton.jit(do_not_specialize=["num_seqs", "num_splits", "stride_bt"])
 def paged_attention_kernel(
     out_ptr,            # [num_tokens, num_heads, head_dim]                (not SPLIT_KV)
     part_acc_ptr,       # [num_tokens, num_heads, num_splits, head_dim] fp32 (SPLIT_KV)
@@ -224,7 +226,7 @@ def paged_attention_kernel(
                  mask=row_ok[:, None] & dim_ok[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_splits"])
 def reduce_splits_kernel(
     out_ptr,            # [num_tokens, num_heads, head_dim]
     part_acc_ptr,       # [num_tokens, num_heads, num_splits, head_dim] fp32

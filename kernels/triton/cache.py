@@ -19,7 +19,8 @@ from localserve.kernels.triton._common import (
 )
 
 
-@triton.jit
+# slot_mapping is a view into the step's packed index buffer: see rope_cache.py.
+@triton.jit(do_not_specialize_on_alignment=["slot_mapping_ptr"])
 def _write_kv_kernel(
     key_ptr, value_ptr,                # [num_tokens, num_kv_heads, head_dim]
     k_cache_ptr, v_cache_ptr,          # [num_blocks, block_size, num_kv_heads, head_dim]

@@ -28,7 +28,9 @@ from localserve.kernels.triton._common import (
 from localserve.kernels.triton.rotary import rotate_heads, store_heads
 
 
-@triton.jit
+# Positions and slots are views into the step's packed index buffer, 16-byte aligned or not
+# by the batch's token count: no alignment specialisation (one scalar load per program).
+@triton.jit(do_not_specialize_on_alignment=["positions_ptr", "slot_ptr"])
 def _rope_cache_kernel(
     positions_ptr, slot_ptr,            # [num_tokens]
     q_ptr, k_ptr, v_ptr,                # [num_tokens, heads, head_dim], any token/head strides

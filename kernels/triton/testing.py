@@ -7,8 +7,12 @@ so a kernel that reads outside a sequence's blocks cannot pass.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
 
 import torch
 
@@ -126,3 +130,62 @@ def poison_outside_window(batch: PagedBatch, q_lens: list[int], seq_lens: list[i
             v_cache[int(tables[s, b])] = float("nan")
             num_poisoned += 1
     return k_cache, v_cache, num_poisoned
+
+
+@dataclass
+class Launch:
+    """One `kernel[grid](*args, **kwargs)` call, recorded instead of run."""
+
+    kernel: Any  # triton JITFunction, or the interpreter's InterpretedFunction
+    grid: Any
+    args: tuple
+    kwargs: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.kernel.fn.__name__
+
+    def specialization(self) -> list[tuple]:
+        """Triton's own specialisation of this call's arguments, one (type, attribute) per
+        parameter: ("i32", "D") is an int divisible by 16, ("*bf16", "D") a 16-byte aligned
+        pointer, ("constexpr", v) a compile-time constant. Kernels differing here are
+        different compilations."""
+        from triton.backends.compiler import BaseBackend
+        from triton.runtime.jit import JITFunction, create_function_from_signature
+
+        fn = self.kernel
+        if not isinstance(fn, JITFunction):  # interpreter: rebuild the JIT's view of it
+            fn = JITFunction(fn.fn, **{k: v for k, v in fn.kwargs.items()
+                                       if k.startswith("do_not_specialize")})
+        binder = create_function_from_signature(fn.signature, fn.params, BaseBackend)
+        _, spec, _ = binder(*self.args, **self.kwargs)
+        return [tuple(s) for s in spec]
+
+    def compile_key(self) -> tuple:
+        options = {k: v for k, v in self.kwargs.items() if k in ("num_warps", "num_stages")}
+        return (self.name, tuple(map(repr, self.specialization())), tuple(sorted(options.items())))
+
+
+@contextlib.contextmanager
+def recorded_launches(*kernels: tuple[ModuleType, str]) -> Iterator[list[Launch]]:
+    """While active, each (module, kernel attribute) records its launches instead of running
+    them: the wrappers' argument checks and launch choices run, the kernels do not."""
+    launches: list[Launch] = []
+
+    class _Recorder:
+        def __init__(self, kernel: Any) -> None:
+            self.kernel = kernel
+
+        def __getitem__(self, grid: Any):
+            def launch(*args: Any, **kwargs: Any) -> None:
+                launches.append(Launch(self.kernel, grid, args, kwargs))
+            return launch
+
+    originals = [(module, attr, getattr(module, attr)) for module, attr in kernels]
+    try:
+        for module, attr, kernel in originals:
+            setattr(module, attr, _Recorder(kernel))
+        yield launches
+    finally:
+        for module, attr, kernel in originals:
+            setattr(module, attr, kernel)

@@ -4,17 +4,19 @@ The interpreter runs kernels as NumPy code, so it cannot catch what only the GPU
 (layouts, dot shapes, a type that does not lower, register spills). Here each public wrapper is
 called in interpreter mode with model-sized shapes, but its launches are recorded instead of
 run; a subprocess without TRITON_INTERPRET then compiles each recorded launch, specialised as
-the JIT would (pointers and multiples of 16 marked divisible by 16), for NVIDIA sm_90 (through
+the JIT would (Triton's own argument specialisation), for NVIDIA sm_90 (through
 the ptxas bundled with Triton) and AMD gfx942, and asserts the CUDA build spills no registers.
 With a GPU present the other test files compile for the real device and this one is skipped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,59 +39,44 @@ from localserve.kernels.triton import (  # noqa: E402
     rotary_embedding,
     write_kv,
 )
-from localserve.kernels.triton.testing import make_paged_batch  # noqa: E402
+from localserve.kernels.triton.testing import (  # noqa: E402
+    Launch,
+    make_paged_batch,
+    recorded_launches,
+)
 
 PTXAS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
-TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32",
-         torch.int32: "i32", torch.int64: "i64"}
 # (module, attribute) of every kernel object a wrapper launches.
 KERNELS = [(attention, "paged_attention_kernel"), (attention, "reduce_splits_kernel"),
            (cache, "_write_kv_kernel"), (norm, "_rms_norm_kernel"),
            (rotary, "_rotary_kernel"), (activation, "_act_and_mul_kernel")]
 
 
-class _Recorder:
-    """Stands in for a kernel: `kernel[grid](*args, **kw)` records the launch as a spec."""
-
-    def __init__(self, kernel, specs: list[dict]) -> None:
-        self.kernel, self.specs = kernel, specs
-
-    def __getitem__(self, grid):
-        def launch(*args, **kwargs) -> None:
-            self.specs.append(_spec(self.kernel, args, kwargs))
-        return launch
-
-
-def _spec(kernel, args: tuple, kwargs: dict) -> dict:
-    names = kernel.arg_names
-    values = dict(zip(names, args, strict=False))
+def _spec(launch: Launch) -> dict:
+    """A recorded launch as the JIT would compile it: Triton's own specialisation decides
+    which ints are constants or multiples of 16 and which pointers are aligned."""
+    names = launch.kernel.arg_names
     signature, constexprs, divisible = {}, {}, []
-    for i, name in enumerate(names):
-        if name in kwargs:
-            signature[name] = "constexpr"
-            constexprs[name] = kwargs[name]
-            continue
-        v = values[name]
-        if isinstance(v, torch.Tensor):
-            signature[name] = "*" + TYPES[v.dtype]
-            divisible.append(i)  # torch allocations are 256-byte aligned
-        elif isinstance(v, bool):
-            signature[name] = "i1"
-        elif isinstance(v, int):
-            signature[name] = "i32" if -2**31 <= v < 2**31 else "i64"
-            if v % 16 == 0:
-                divisible.append(i)
-        else:
-            signature[name] = "fp32"
-    return {"module": kernel.fn.__module__, "name": kernel.fn.__name__,
+    for i, (name, (kind, attr)) in enumerate(zip(names, launch.specialization(), strict=True)):
+        signature[name] = kind
+        if kind == "constexpr":
+            constexprs[name] = attr
+        elif attr == "D":
+            divisible.append(i)
+    return {"module": launch.kernel.fn.__module__, "name": launch.name,
             "signature": signature, "constexprs": constexprs, "divisible": divisible,
-            "options": {k: kwargs[k] for k in ("num_warps", "num_stages") if k in kwargs}}
+            "options": {k: launch.kwargs[k] for k in ("num_warps", "num_stages")
+                        if k in launch.kwargs}}
 
 
-def _record_launches(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
-    specs: list[dict] = []
-    for module, attr in KERNELS:
-        monkeypatch.setattr(module, attr, _Recorder(getattr(module, attr), specs))
+@contextlib.contextmanager
+def _record_launches() -> Iterator[list[Launch]]:
+    with recorded_launches(*KERNELS) as launches:
+        _launch_every_kernel()
+        yield launches
+
+
+def _launch_every_kernel() -> None:
     bf16, cpu = torch.bfloat16, torch.device("cpu")
     # Attention: Llama-3-8B decode (split-KV), prefill, head_dim 256 with window + soft cap,
     # fp16 head_dim 80, fp32 (exact FMA dots) at head_dim 64 and 256, MQA.
@@ -116,7 +103,6 @@ def _record_launches(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
     rotary_embedding(torch.arange(8), q, k, torch.empty(64, 128), inplace=True)
     for act in ("silu", "gelu_tanh"):
         act_and_mul(torch.empty(8, 2 * 14336, dtype=bf16), act)
-    return specs
 
 
 # Runs in a fresh interpreter without TRITON_INTERPRET, so `triton.jit` builds real kernels.
@@ -160,8 +146,8 @@ json.dump(results, sys.stdout)
 def compiled() -> list[dict]:
     if not PTXAS.exists():
         pytest.skip(f"this Triton wheel has no bundled ptxas ({PTXAS})")
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        specs = _record_launches(monkeypatch)
+    with _record_launches() as launches:
+        specs = [_spec(launch) for launch in launches]
     assert {s["name"] for s in specs} == {attr for _, attr in KERNELS}
     # Same kernel, same constants, same signature: compile once.
     unique = list({json.dumps(s, sort_keys=True): s for s in specs}.values())

@@ -1,0 +1,90 @@
+"""A serving step's changing batch never makes Triton compile a new kernel variant.
+
+Triton compiles one variant per specialisation of the runtime arguments: an int that is 1 or
+a multiple of 16, a pointer that is 16-byte aligned or not. The batch's sequence count, its
+widest block table, the split-KV factor and the alignment of the positions/slots views into
+the runner's packed index buffer all change from step to step, so each new combination would
+stall serving for a compilation (a second or more for attention). The kernels opt those
+arguments out; here the wrappers' launches are recorded (not run) over such batches, and
+Triton's own specialisation of each launch must be the same wherever the constexpr launch
+choices (tile sizes, split-KV on or off) are the same.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from localserve.kernels import reference
+from localserve.kernels.triton import attention, cache, rope_cache
+from localserve.kernels.triton.testing import Launch, make_paged_batch, recorded_launches
+
+CPU = torch.device("cpu")
+
+
+def _variants_per_choice(launches: list[Launch]) -> dict[tuple, set[tuple]]:
+    """Compile keys grouped by each launch's compile-time constants and options."""
+    groups: dict[tuple, set[tuple]] = defaultdict(set)
+    for launch in launches:
+        consts = tuple((i, v) for i, (kind, v) in enumerate(launch.specialization())
+                       if kind == "constexpr" and launch.kernel.arg_names[i] in launch.kwargs)
+        groups[(launch.name, consts)].add(launch.compile_key())
+    return groups
+
+
+def _assert_one_variant_each(launches: list[Launch], expected_kernels: set[str]) -> None:
+    assert {launch.name for launch in launches} == expected_kernels
+    groups = _variants_per_choice(launches)
+    many = {name: len(keys) for (name, _), keys in groups.items() if len(keys) > 1}
+    assert not many, f"kernels compiled more than once for one launch choice: {many}"
+
+
+def test_attention_batch_shape_adds_no_variant():
+    kernels = [(attention, "paged_attention_kernel"), (attention, "reduce_splits_kernel")]
+    with recorded_launches(*kernels) as launches:
+        # Decode steps of 1..33 sequences whose longest table has 1..17 blocks, with and
+        # without split-KV (9 and 16 splits share one reduction tile), and prefill chunks.
+        for num_seqs in (1, 2, 16, 17, 33):
+            for ctx in (5, 17, 16 * 16, 16 * 17):
+                b = make_paged_batch([1] * num_seqs, [ctx] * num_seqs, 8, 2, 64, 16,
+                                     torch.float16, CPU, poison_unused=False)
+                for splits in (1, 9, 16):
+                    attention.paged_attention(*b.args(), 0.125, max_query_len=1,
+                                              max_seq_len=ctx, num_kv_splits=splits)
+        for q_lens in ([100], [100, 60, 1], [64] * 16):
+            b = make_paged_batch(q_lens, [q + 32 for q in q_lens], 8, 2, 64, 16,
+                                 torch.float16, CPU, poison_unused=False)
+            attention.paged_attention(*b.args(), 0.125, max_query_len=max(q_lens),
+                                      max_seq_len=max(q_lens) + 32)
+    _assert_one_variant_each(launches, {"paged_attention_kernel", "reduce_splits_kernel"})
+
+
+def _packed_index_views(num_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """positions and slots as the runner passes them: int64 views of one buffer at offsets of
+    one and two token counts, so the positions' alignment follows the token count."""
+    spare = torch.zeros(3 * num_tokens + 1, dtype=torch.int64)
+    first = spare.data_ptr() // 8 % 2  # the buffer starts 16-byte aligned, as on the GPU
+    buf = spare[first:first + 3 * num_tokens]
+    positions, slots = buf[num_tokens:2 * num_tokens], buf[2 * num_tokens:]
+    positions.copy_(torch.arange(num_tokens))
+    slots.copy_(torch.arange(num_tokens))
+    return positions, slots
+
+
+def test_cache_writes_ignore_index_alignment():
+    kernels = [(rope_cache, "_rope_cache_kernel"), (cache, "_write_kv_kernel")]
+    cos_sin = reference.rope_cos_sin(32, 64, 10000.0)
+    k_cache = torch.zeros(8, 16, 2, 32)
+    with recorded_launches(*kernels) as launches:
+        for num_tokens in (1, 2, 3, 16, 17):
+            positions, slots = _packed_index_views(num_tokens)
+            assert (positions.data_ptr() % 16 == 0) == (num_tokens % 2 == 0)
+            q, kv = torch.randn(num_tokens, 4, 32), torch.randn(num_tokens, 2, 32)
+            rope_cache.rope_and_cache(positions, q, kv, kv, cos_sin, k_cache, k_cache.clone(),
+                                      slots)
+            cache.write_kv(kv, kv, k_cache, k_cache.clone(), slots)
+    _assert_one_variant_each(launches, {"_rope_cache_kernel", "_write_kv_kernel"})
