@@ -18,7 +18,11 @@ if TYPE_CHECKING:
     from localserve.platform.probe import DeviceInfo
 
 
-@dataclass(frozen=True)
+# The per-token messages (ScheduledSeq, TokenSample, the sampler's SampleRequest) are built
+# for every sequence in every step: slotted and not frozen, because a frozen dataclass's
+# __init__ costs ~5x more (1.7 vs 0.3 us for nine fields), host time on the engine's hot
+# path. Treat them as immutable all the same.
+@dataclass(slots=True)
 class ScheduledSeq:
     """One sequence's share of a step.
 
@@ -58,7 +62,7 @@ class SchedulerOutput:
         return sum(s.num_tokens for s in self.seqs)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class TokenSample:
     """One sampled token; logprobs come from the raw logits (log_softmax before processing)."""
 

@@ -111,10 +111,12 @@ class BlockManager:
         Returns the copy-on-write copies (src, dst) the runner must do first, or None
         (nothing changed) if the free blocks do not suffice.
         """
+        table = seq.block_table
         first_block = seq.num_computed // self.block_size
-        shared = (first_block < len(seq.block_table)
-                  and self.blocks[seq.block_table[first_block]].ref_count > 1)
-        num_fresh = self.blocks_needed(seq.num_computed + num_new_tokens) - len(seq.block_table)
+        shared = first_block < len(table) and self.blocks[table[first_block]].ref_count > 1
+        num_fresh = self.blocks_needed(seq.num_computed + num_new_tokens) - len(table)
+        if num_fresh <= 0 and not shared:
+            return []  # most decode steps: the token fits the sequence's own last block
         if max(num_fresh, 0) + shared > self.num_free_blocks:
             return None
         copies = []

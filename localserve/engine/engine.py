@@ -178,6 +178,7 @@ class LLMEngine:
         """in_flight: the step's tokens are already in the lists as placeholders."""
         now = time.monotonic()
         touched: dict[str, RequestState] = {}
+        ended: set[str] = set()  # requests with a choice that ended in this step
         for item in scheduled.seqs:
             seq = self._seqs.get(item.seq_id)
             samples = step_output.samples.get(item.seq_id)
@@ -193,16 +194,18 @@ class LLMEngine:
                     self.block_manager.fork(seq, child)
                     self.scheduler.add_running(child)
                     self._track(state, child)
-                    self._after_token(state, child, sample)
+                    if self._after_token(state, child, sample):
+                        ended.add(state.request_id)
                 seq.num_pending_forks = 0
             if in_flight:
                 seq.output_token_ids[-1] = samples[0].token_id
             else:
                 seq.output_token_ids.append(samples[0].token_id)
-            self._after_token(state, seq, samples[0])
+            if self._after_token(state, seq, samples[0]):
+                ended.add(state.request_id)
         outputs = []
         for state in touched.values():
-            finished = state.finished
+            finished = state.request_id in ended and state.finished
             if finished:
                 state.metrics.finished_time = now
                 del self.requests[state.request_id]
@@ -211,13 +214,16 @@ class LLMEngine:
                                          state.take_deltas(), finished, state.metrics))
         return outputs
 
-    def _after_token(self, state: RequestState, seq: Sequence, sample) -> None:
+    def _after_token(self, state: RequestState, seq: Sequence, sample) -> bool:
+        """Records the token; True when it ended its choice."""
         self.generation_tokens_total += 1
         state.metrics.num_generation_tokens += 1
         choice = state.choices[seq.choice_index]
         if state.add_token(choice, sample, seq.num_outputs, seq.num_tokens):
             self.scheduler.finish(seq)
             del self._seqs[seq.seq_id]
+            return True
+        return False
 
     def _track(self, state: RequestState, seq: Sequence) -> None:
         self._seqs[seq.seq_id] = seq

@@ -10,7 +10,7 @@ from localserve.interfaces import TokenSample
 FinishReason = Literal["stop", "length", "abort"]
 
 
-@dataclass
+@dataclass(slots=True)  # one per choice per step: see interfaces.ScheduledSeq
 class CompletionDelta:
     """One choice's progress since the previous output of its request."""
 

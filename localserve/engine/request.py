@@ -78,6 +78,10 @@ class RequestState:
         if seq_len >= self.max_model_len:
             choice.held = text
             return self._finish(choice, "length", None)
+        if not p.stop:  # nothing to hold back for
+            delta.text += text
+            choice.held = ""
+            return False
         keep = max((len(s) - 1 for s in p.stop), default=0)
         release = max(0, len(text) - keep)
         # Hold back only a tail that could still grow into a stop string.
@@ -107,6 +111,10 @@ class RequestState:
                 choice.pending().finish_reason = "abort"
 
     def take_deltas(self) -> list[CompletionDelta]:
+        if len(self.choices) == 1:  # n = 1: no ordering to do
+            (choice,) = self.choices.values()
+            delta, choice.delta = choice.delta, None
+            return [delta] if delta is not None else []
         deltas = []
         for index in sorted(self.choices):
             choice = self.choices[index]

@@ -10,6 +10,7 @@ recomputed later, cheaply when its blocks are still in the prefix cache).
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 from localserve.config import SchedulerConfig
@@ -80,10 +81,10 @@ class Scheduler:
         chosen: list[tuple[Sequence, int]] = []
         copies: list[tuple[int, int]] = []
 
-        order = sorted(self.running, key=Sequence.sort_key)
+        order = deque(sorted(self.running, key=Sequence.sort_key))
         preempted_now = False
         while order and budget > 0:
-            seq = order.pop(0)
+            seq = order.popleft()
             if seq.params.max_tokens is not None and seq.num_outputs >= seq.params.max_tokens:
                 continue  # its last token is still in flight (async scheduling) and ends it
             num_new = min(seq.num_tokens - seq.num_computed, budget)

@@ -19,9 +19,10 @@ from localserve.sampling_params import SamplingParams
 _SEED_MIX = 0x9E3779B97F4A7C15  # golden-ratio constant: spreads (seed, choice, step) apart
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class SampleRequest:
-    """One draw: the params and token history of the sequence it extends."""
+    """One draw: the params and token history of the sequence it extends (a per-token
+    message: slotted, not frozen, see interfaces.ScheduledSeq)."""
 
     params: SamplingParams
     prompt_token_ids: Sequence[int]
