@@ -27,7 +27,9 @@ from localserve.kernels.triton._common import (
 BLOCK = 1024
 
 
-@triton.jit
+# temps and seeds may be views into one staged host copy, aligned by the batch size: no
+# alignment specialisation (a variant compiled mid-serving; one scalar load each per row).
+@triton.jit(do_not_specialize_on_alignment=["temps_ptr", "seeds_ptr"])
 def _gumbel_argmax_kernel(
     out_ptr,            # [rows] int64
     logits_ptr,         # [rows, >= vocab], last dim contiguous

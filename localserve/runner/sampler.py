@@ -85,13 +85,17 @@ class Sampler:
         """The draw kernel: seeded rows keyed like their torch generators (batch-invariant),
         the others from this sampler's own stream."""
         assert self.draw_kernel is not None
-        temps = _temperatures(requests)
-        seeds = self._seeds.integers(0, _SEED_MOD, len(requests), dtype=np.int64)
+        n = len(requests)
+        # One host-to-device copy: seeds (int64) then the temperatures (fp32) in its tail.
+        staged = np.empty(n + (n + 1) // 2, np.int64)
+        seeds = staged[:n]
+        seeds[:] = self._seeds.integers(0, _SEED_MOD, n, dtype=np.int64)
         for i, r in enumerate(requests):
             if r.params.seed is not None:
                 seeds[i] = _seed_key(r) % _SEED_MOD
-        dev = logits.device
-        return self.draw_kernel(logits, self.to_device(temps, dev), self.to_device(seeds, dev),
+        staged[n:].view(np.float32)[:n] = _temperatures(requests)
+        dev = self.to_device(staged, logits.device)
+        return self.draw_kernel(logits, dev[n:].view(torch.float32)[:n], dev[:n],
                                 self.vocab_size)
 
     # -- logit processing ------------------------------------------------------------------
