@@ -20,10 +20,15 @@ import torch
 pytest.importorskip("triton")
 
 from localserve.kernels import reference
-from localserve.kernels.triton import attention, cache, rope_cache
-from localserve.kernels.triton.testing import Launch, make_paged_batch, recorded_launches
+from localserve.kernels.triton import attention, cache, rope_cache, sampling
+from localserve.kernels.triton.testing import (
+    Launch,
+    device,
+    make_paged_batch,
+    recorded_launches,
+)
 
-CPU = torch.device("cpu")
+DEV = device()  # the launches are only recorded, but the wrappers check the device
 
 
 def _variants_per_choice(launches: list[Launch]) -> dict[tuple, set[tuple]]:
@@ -51,13 +56,13 @@ def test_attention_batch_shape_adds_no_variant():
         for num_seqs in (1, 2, 16, 17, 33):
             for ctx in (5, 17, 16 * 16, 16 * 17):
                 b = make_paged_batch([1] * num_seqs, [ctx] * num_seqs, 8, 2, 64, 16,
-                                     torch.float16, CPU, poison_unused=False)
+                                     torch.float16, DEV, poison_unused=False)
                 for splits in (1, 9, 16):
                     attention.paged_attention(*b.args(), 0.125, max_query_len=1,
                                               max_seq_len=ctx, num_kv_splits=splits)
         for q_lens in ([100], [100, 60, 1], [64] * 16):
             b = make_paged_batch(q_lens, [q + 32 for q in q_lens], 8, 2, 64, 16,
-                                 torch.float16, CPU, poison_unused=False)
+                                 torch.float16, DEV, poison_unused=False)
             attention.paged_attention(*b.args(), 0.125, max_query_len=max(q_lens),
                                       max_seq_len=max(q_lens) + 32)
     _assert_one_variant_each(launches, {"paged_attention_kernel", "reduce_splits_kernel"})
@@ -66,25 +71,37 @@ def test_attention_batch_shape_adds_no_variant():
 def _packed_index_views(num_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
     """positions and slots as the runner passes them: int64 views of one buffer at offsets of
     one and two token counts, so the positions' alignment follows the token count."""
-    spare = torch.zeros(3 * num_tokens + 1, dtype=torch.int64)
+    spare = torch.zeros(3 * num_tokens + 1, dtype=torch.int64, device=DEV)
     first = spare.data_ptr() // 8 % 2  # the buffer starts 16-byte aligned, as on the GPU
     buf = spare[first:first + 3 * num_tokens]
     positions, slots = buf[num_tokens:2 * num_tokens], buf[2 * num_tokens:]
-    positions.copy_(torch.arange(num_tokens))
-    slots.copy_(torch.arange(num_tokens))
+    positions.copy_(torch.arange(num_tokens, device=DEV))
+    slots.copy_(torch.arange(num_tokens, device=DEV))
     return positions, slots
 
 
 def test_cache_writes_ignore_index_alignment():
     kernels = [(rope_cache, "_rope_cache_kernel"), (cache, "_write_kv_kernel")]
-    cos_sin = reference.rope_cos_sin(32, 64, 10000.0)
-    k_cache = torch.zeros(8, 16, 2, 32)
+    cos_sin = reference.rope_cos_sin(32, 64, 10000.0).to(DEV)
+    k_cache = torch.zeros(8, 16, 2, 32, device=DEV)
     with recorded_launches(*kernels) as launches:
         for num_tokens in (1, 2, 3, 16, 17):
             positions, slots = _packed_index_views(num_tokens)
             assert (positions.data_ptr() % 16 == 0) == (num_tokens % 2 == 0)
-            q, kv = torch.randn(num_tokens, 4, 32), torch.randn(num_tokens, 2, 32)
+            q = torch.randn(num_tokens, 4, 32, device=DEV)
+            kv = torch.randn(num_tokens, 2, 32, device=DEV)
             rope_cache.rope_and_cache(positions, q, kv, kv, cos_sin, k_cache, k_cache.clone(),
                                       slots)
             cache.write_kv(kv, kv, k_cache, k_cache.clone(), slots)
     _assert_one_variant_each(launches, {"_rope_cache_kernel", "_write_kv_kernel"})
+
+
+def test_fused_sampling_ignores_staged_views_alignment():
+    """The sampler stages seeds then temperatures in one int64 buffer: the temperatures'
+    view is 16-byte aligned or not by the row count."""
+    with recorded_launches((sampling, "_gumbel_argmax_kernel")) as launches:
+        for rows in (1, 2, 3, 16, 17):
+            staged = torch.zeros(rows + (rows + 1) // 2, dtype=torch.int64, device=DEV)
+            temps = staged[rows:].view(torch.float32)[:rows]
+            sampling.gumbel_argmax(torch.randn(rows, 64, device=DEV), temps, staged[:rows])
+    _assert_one_variant_each(launches, {"_gumbel_argmax_kernel"})
