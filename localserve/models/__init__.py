@@ -2,5 +2,5 @@
 
 Every model: `__init__(arch: ModelArchConfig)`, `forward(input_ids [T], positions [T]) ->
 hidden [T, H]` over the packed tokens of a step (attention metadata and KV caches come from
-the forward context), and `compute_logits(hidden [N, H]) -> [N, vocab] float32`.
+the forward context), and `compute_logits(hidden [N, H]) -> [N, vocab]` (the head's float dtype).
 """

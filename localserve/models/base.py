@@ -23,7 +23,10 @@ class CausalLM(nn.Module):
         return self.model(input_ids, positions)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden [N, hidden_size] -> logits [N, vocab_size] float32 (soft-capped if set)."""
-        logits = self.lm_head(hidden).float()
+        """hidden [N, hidden_size] -> logits [N, vocab_size] in the head's dtype, or float32
+        when soft-capped (tanh in float). Not cast up front: the sampler reads any float dtype,
+        and a float32 copy of a [256, 152k] bf16 batch cost a 112 us kernel per step and doubled
+        what the fused draw reads (H200, benchmarks.md)."""
+        logits = self.lm_head(hidden)
         cap = self.arch.final_logit_softcapping
-        return logits if cap is None else cap * torch.tanh(logits / cap)
+        return logits if cap is None else cap * torch.tanh(logits.float() / cap)

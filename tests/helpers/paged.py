@@ -87,7 +87,7 @@ class PagedDriver:
                                 torch.tensor(positions, dtype=torch.int64, device=dev))
         if last_only:
             hidden = hidden[[end - 1 for end in starts[1:]]]
-        return self.model.compute_logits(hidden)
+        return self.model.compute_logits(hidden).float()
 
     def greedy(self, prompt: Sequence[int], num_new: int) -> tuple[list[int], torch.Tensor]:
         """Prefill + `num_new` greedy decode steps of one sequence.
