@@ -266,6 +266,10 @@ def warm_up(llm, min_len: int, max_len: int) -> None:
     # reaches max_num_seqs; the batch then shrinks through every bucket as they finish.
     llm.generate(prompts, [SamplingParams(max_tokens=64 - rng.randint(0, 16), temperature=0.6,
                                           ignore_eos=True) for _ in prompts])
+    # Sequences finishing together can skip the smallest buckets: decode them on purpose.
+    for batch in (1, 2, 4, 8):
+        llm.generate(prompts[:batch], SamplingParams(max_tokens=4, temperature=0.6,
+                                                     ignore_eos=True))
     llm.engine.block_manager.reset_prefix_cache()
 
 

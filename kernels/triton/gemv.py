@@ -35,7 +35,9 @@ class GemvConfig:
     num_stages: int = 4
 
 
-@triton.jit
+# M (the decode batch) is not specialised: M == 1 would be its own variant, compiled the first
+# time a single sequence decodes (seen inside a timed H200 run).
+@triton.jit(do_not_specialize=["M"])
 def _gemv_kernel(
     y_ptr,              # [M, N], row stride stride_ym
     x_ptr,              # [M, K], row stride stride_xm

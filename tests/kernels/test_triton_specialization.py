@@ -20,7 +20,7 @@ import torch
 pytest.importorskip("triton")
 
 from localserve.kernels import reference
-from localserve.kernels.triton import attention, cache, rope_cache, sampling
+from localserve.kernels.triton import attention, cache, gemv, rope_cache, sampling
 from localserve.kernels.triton.testing import (
     Launch,
     device,
@@ -105,3 +105,12 @@ def test_fused_sampling_ignores_staged_views_alignment():
             temps = staged[rows:].view(torch.float32)[:rows]
             sampling.gumbel_argmax(torch.randn(rows, 64, device=DEV), temps, staged[:rows])
     _assert_one_variant_each(launches, {"_gumbel_argmax_kernel"})
+
+
+def test_gemv_batch_rows_add_no_variant():
+    """Decode batches of 1 to 8 rows share one gemv variant per weight shape."""
+    weight = torch.randn(48, 64, device=DEV)
+    with recorded_launches((gemv, "_gemv_kernel")) as launches:
+        for rows in range(1, 9):
+            gemv.gemv(torch.randn(rows, 64, device=DEV), weight)
+    _assert_one_variant_each(launches, {"_gemv_kernel"})
