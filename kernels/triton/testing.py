@@ -149,7 +149,8 @@ class Launch:
         """Triton's own specialisation of this call's arguments, one (type, attribute) per
         parameter: ("i32", "D") is an int divisible by 16, ("*bf16", "D") a 16-byte aligned
         pointer, ("constexpr", v) a compile-time constant. Kernels differing here are
-        different compilations."""
+        different compilations. Uses Triton's launch binder (runtime/jit.py internals of the
+        pinned 3.6: revisit on an upgrade; test_triton_compile.py then fails loudly)."""
         from triton.backends.compiler import BaseBackend
         from triton.runtime.jit import JITFunction, create_function_from_signature
 
