@@ -2,8 +2,9 @@
 
 Triton compiles one variant per specialisation of the runtime arguments: an int that is 1 or
 a multiple of 16, a pointer that is 16-byte aligned or not. The batch's sequence count, its
-widest block table, the split-KV factor and the alignment of the positions/slots views into
-the runner's packed index buffer all change from step to step, so each new combination would
+widest block table, the split-KV factor, the decode gemv's row count and the alignment of the
+views into the runner's packed index buffer (positions, slots) and the sampler's staged copy
+(seeds, temperatures) all change from step to step, so each new combination would
 stall serving for a compilation (a second or more for attention). The kernels opt those
 arguments out; here the wrappers' launches are recorded (not run) over such batches, and
 Triton's own specialisation of each launch must be the same wherever the constexpr launch
