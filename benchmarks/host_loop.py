@@ -17,6 +17,7 @@ import time
 from collections import defaultdict
 
 import torch
+from gpu_profile import timed  # this folder's host-time wrapper
 
 from localserve.config import engine_config
 from localserve.engine.engine import EngineInfo, LLMEngine
@@ -63,24 +64,16 @@ def run_once(num_seqs: int, seed: int) -> tuple[float, dict[str, float]]:
         prompt = [rng.randint(0, VOCAB - 1) for _ in range(rng.randint(100, 1024))]
         engine.add_request(str(i), prompt, SamplingParams(
             temperature=0.6, ignore_eos=True, max_tokens=rng.randint(100, 400)))
-    phases: dict[str, float] = defaultdict(float)
+    phases: dict[str, list[float]] = defaultdict(list)
     for obj, name in [(engine.scheduler, "schedule"), (runner, "_prepare"),
                       (engine, "_process")]:
-        inner = getattr(obj, name)
-
-        def timed(*a, _inner=inner, _name=name, **kw):
-            t = time.perf_counter()
-            out = _inner(*a, **kw)
-            phases[_name] += time.perf_counter() - t
-            return out
-
-        setattr(obj, name, timed)
+        setattr(obj, name, timed(getattr(obj, name), phases[name]))
     steps, start = 0, time.perf_counter()
     while engine.has_unfinished_requests():
         engine.step()
         steps += 1
     wall = time.perf_counter() - start
-    return wall / steps, {k: v / steps for k, v in phases.items()}
+    return wall / steps, {k: sum(v) / steps for k, v in phases.items()}
 
 
 def main() -> None:

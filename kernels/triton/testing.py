@@ -8,9 +8,10 @@ so a kernel that reads outside a sequence's blocks cannot pass.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
@@ -137,14 +138,18 @@ class Launch:
     """One `kernel[grid](*args, **kwargs)` call, recorded instead of run."""
 
     kernel: Any  # triton JITFunction, or the interpreter's InterpretedFunction
-    grid: Any
     args: tuple
-    kwargs: dict = field(default_factory=dict)
+    kwargs: dict  # constexprs and launch options
 
     @property
     def name(self) -> str:
         return self.kernel.fn.__name__
 
+    @property
+    def options(self) -> dict:
+        return {k: v for k, v in self.kwargs.items() if k in ("num_warps", "num_stages")}
+
+    @functools.cached_property
     def specialization(self) -> list[tuple]:
         """Triton's own specialisation of this call's arguments, one (type, attribute) per
         parameter: ("i32", "D") is an int divisible by 16, ("*bf16", "D") a 16-byte aligned
@@ -163,8 +168,8 @@ class Launch:
         return [tuple(s) for s in spec]
 
     def compile_key(self) -> tuple:
-        options = {k: v for k, v in self.kwargs.items() if k in ("num_warps", "num_stages")}
-        return (self.name, tuple(map(repr, self.specialization())), tuple(sorted(options.items())))
+        return (self.name, tuple(map(repr, self.specialization)),
+                tuple(sorted(self.options.items())))
 
 
 @contextlib.contextmanager
@@ -179,7 +184,7 @@ def recorded_launches(*kernels: tuple[ModuleType, str]) -> Iterator[list[Launch]
 
         def __getitem__(self, grid: Any):
             def launch(*args: Any, **kwargs: Any) -> None:
-                launches.append(Launch(self.kernel, grid, args, kwargs))
+                launches.append(Launch(self.kernel, args, kwargs))
             return launch
 
     originals = [(module, attr, getattr(module, attr)) for module, attr in kernels]

@@ -57,7 +57,7 @@ def _spec(launch: Launch) -> dict:
     which ints are constants or multiples of 16 and which pointers are aligned."""
     names = launch.kernel.arg_names
     signature, constexprs, divisible = {}, {}, []
-    for i, (name, (kind, attr)) in enumerate(zip(names, launch.specialization(), strict=True)):
+    for i, (name, (kind, attr)) in enumerate(zip(names, launch.specialization, strict=True)):
         signature[name] = kind
         if kind == "constexpr":
             constexprs[name] = attr
@@ -65,8 +65,7 @@ def _spec(launch: Launch) -> dict:
             divisible.append(i)
     return {"module": launch.kernel.fn.__module__, "name": launch.name,
             "signature": signature, "constexprs": constexprs, "divisible": divisible,
-            "options": {k: launch.kwargs[k] for k in ("num_warps", "num_stages")
-                        if k in launch.kwargs}}
+            "options": launch.options}
 
 
 @contextlib.contextmanager

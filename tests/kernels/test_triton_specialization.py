@@ -33,12 +33,11 @@ DEV = device()  # the launches are only recorded, but the wrappers check the dev
 
 
 def _variants_per_choice(launches: list[Launch]) -> dict[tuple, set[tuple]]:
-    """Compile keys grouped by each launch's compile-time constants and options."""
+    """Compile keys grouped by each launch's choices (its constexprs and options: the
+    keyword arguments)."""
     groups: dict[tuple, set[tuple]] = defaultdict(set)
     for launch in launches:
-        consts = tuple((i, v) for i, (kind, v) in enumerate(launch.specialization())
-                       if kind == "constexpr" and launch.kernel.arg_names[i] in launch.kwargs)
-        groups[(launch.name, consts)].add(launch.compile_key())
+        groups[(launch.name, tuple(sorted(launch.kwargs.items())))].add(launch.compile_key())
     return groups
 
 
