@@ -12,6 +12,8 @@ prompts of random token ids):
      per-step roofline (weights + KV read per step / bandwidth).
  (c) Llama-3.1-8B, ShareGPT-like: 500 prompts of 100-300 ids, outputs 100-260, greedy.
  (d) start-up: engine construction to ready, cold.
+A workload named with ":no-pdl" (e.g. `--only a a:no-pdl a a:no-pdl`) runs with programmatic
+dependent launch off, for an A/B in one process; its table rows are marked "[no PDL]".
 --hf adds HF transformers as the in-run peer: for (a) plain generate (dynamic cache); for (b)
 its ContinuousBatchingManager on the first 32 requests, with localserve on the same 32.
 A table is printed last.
@@ -20,6 +22,7 @@ A table is printed last.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -414,11 +417,21 @@ def main() -> None:
     import gc
 
     import localserve
+    from localserve.kernels.triton._common import pdl_override
 
-    results: dict = {"bandwidth_GBps": args.bw / 1e9}
+    results: dict = {"bandwidth_GBps": args.bw / 1e9, "runs": []}
     table: list[tuple[str, str, str, str]] = []
-    for name in args.only:
-        {"a": bench_a, "b": bench_b, "c": bench_c, "d": bench_d}[name](args, results, table)
+    for item in args.only:
+        name, _, variant = item.partition(":")
+        bench = {"a": bench_a, "b": bench_b, "c": bench_c, "d": bench_d}[name]
+        if variant not in ("", "no-pdl"):
+            raise SystemExit(f"unknown variant {variant!r} in --only {item} (known: no-pdl)")
+        rows, run = len(table), {}
+        with pdl_override(False) if variant else contextlib.nullcontext():
+            bench(args, run, table)
+        results["runs"].append({"workload": item, **run})
+        if variant:
+            table[rows:] = [(f"{r[0]} [no PDL]", *r[1:]) for r in table[rows:]]
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

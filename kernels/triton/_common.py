@@ -12,6 +12,8 @@ import os
 from collections.abc import Iterable, Iterator
 
 import torch
+import triton
+import triton.language as tl
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 INDEX_DTYPES = (torch.int32, torch.int64)
@@ -106,6 +108,58 @@ def num_sms(device: torch.device) -> int:
         index = device.index if device.index is not None else torch.cuda.current_device()
         return _cuda_num_sms(index)
     return DEFAULT_NUM_SMS
+
+
+_PDL_ON = {"USE_PDL": True, "launch_pdl": True}
+_PDL_OFF = {"USE_PDL": False}
+_pdl_override: bool | None = None
+
+
+@functools.cache
+def _pdl_capable(index: int) -> bool:
+    return torch.version.hip is None and torch.cuda.get_device_capability(index)[0] >= 9
+
+
+def pdl_launch(device: torch.device) -> dict[str, bool]:
+    """The launch keywords for programmatic dependent launch (PDL) on `device`.
+
+    With PDL a kernel may be launched while the one before it in the stream is finishing; it
+    waits in `pdl_wait` before touching memory. At decode most kernels run a few microseconds,
+    so the gap between two launches is a large share of each one. NVIDIA Hopper (sm_90) and
+    newer only: AMD, older GPUs and the interpreter launch plainly (the HIP backend rejects the
+    `launch_pdl` option, so it is passed only where it applies). LOCALSERVE_TRITON_PDL=0 turns
+    it off; `pdl_override` forces it either way (A/B benchmarks, compile tests).
+    """
+    if _pdl_override is not None:
+        return _PDL_ON if _pdl_override else _PDL_OFF
+    if (device.type != "cuda" or interpreting()
+            or os.environ.get("LOCALSERVE_TRITON_PDL", "1") == "0"):
+        return _PDL_OFF
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return _PDL_ON if _pdl_capable(index) else _PDL_OFF
+
+
+@contextlib.contextmanager
+def pdl_override(enabled: bool) -> Iterator[None]:
+    """While active, every wrapper launches with (or without) PDL whatever the device. Forcing
+    it on is for recording launches to compile for sm_90; running such a launch needs sm_90."""
+    global _pdl_override
+    previous, _pdl_override = _pdl_override, enabled
+    try:
+        yield
+    finally:
+        _pdl_override = previous
+
+
+@triton.jit
+def pdl_wait(USE_PDL: tl.constexpr):
+    """First thing in every kernel launched through `pdl_launch`: wait until the previous
+    kernel's writes are visible (griddepcontrol.wait), then let the next kernel launch; the
+    next one thus starts only after every program here got past this wait, so a chain of PDL
+    launches never has more than two kernels in flight. Without PDL: nothing."""
+    if USE_PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
 
 
 _poison_outputs = False

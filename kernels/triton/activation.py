@@ -16,6 +16,8 @@ from localserve.kernels.triton._common import (
     check_tensor,
     empty,
     next_pow2,
+    pdl_launch,
+    pdl_wait,
 )
 
 ACTIVATIONS = {"silu": 0, "gelu_tanh": 1}
@@ -28,7 +30,9 @@ def _act_and_mul_kernel(
     d, stride_x,
     ACTIVATION: tl.constexpr,   # 0 = silu, 1 = gelu_tanh
     BLOCK: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
+    pdl_wait(USE_PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < d
@@ -68,6 +72,6 @@ def act_and_mul(x: torch.Tensor, activation: str) -> torch.Tensor:
     _act_and_mul_kernel[grid](
         out, rows, d, rows.stride(0),
         ACTIVATION=ACTIVATIONS[activation], BLOCK=block,
-        num_warps=max(1, min(8, block // 256)),
+        num_warps=max(1, min(8, block // 256)), **pdl_launch(x.device),
     )
     return out

@@ -22,6 +22,7 @@ from localserve.kernels.triton._common import (
     empty,
     next_pow2,
     num_sms,
+    pdl_launch,
 )
 from localserve.kernels.triton.attention_kernels import (
     paged_attention_kernel,
@@ -201,13 +202,13 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         USE_WINDOW=sliding_window is not None, USE_SOFT_CAP=soft_cap is not None,
         # fp32 inputs: exact products (no TF32); fp16/bf16: the target's default.
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else None,
-        num_warps=spec.num_warps, num_stages=spec.num_stages,
+        num_warps=spec.num_warps, num_stages=spec.num_stages, **pdl_launch(q.device),
     )
     if split_kv:
         reduce_splits_kernel[(num_tokens, num_heads)](
             out, part_acc, part_max, part_sum, num_heads, spec.num_splits,
             out.stride(0), out.stride(1),
             SPLITS_PAD=next_pow2(spec.num_splits), HEAD_DIM=head_dim,
-            HEAD_DIM_PAD=next_pow2(head_dim), num_warps=4,
+            HEAD_DIM_PAD=next_pow2(head_dim), num_warps=4, **pdl_launch(q.device),
         )
     return out

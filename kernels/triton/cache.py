@@ -16,6 +16,8 @@ from localserve.kernels.triton._common import (
     check_same_device,
     check_tensor,
     next_pow2,
+    pdl_launch,
+    pdl_wait,
 )
 
 
@@ -33,7 +35,9 @@ def _write_kv_kernel(
     BLOCK_SIZE: tl.constexpr,          # tokens per cache block (page)
     BLOCK_H: tl.constexpr,             # heads per program
     BLOCK_D: tl.constexpr,             # head_dim padded to a power of two
+    USE_PDL: tl.constexpr,
 ):
+    pdl_wait(USE_PDL)
     token = tl.program_id(0)
     slot = tl.load(slot_mapping_ptr + token).to(tl.int64)
     if slot < 0:
@@ -97,5 +101,5 @@ def write_kv(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor,
         num_kv_heads, head_dim,
         *key.stride(), *value.stride(), *k_cache.stride(), *v_cache.stride(),
         BLOCK_SIZE=k_cache.shape[1], BLOCK_H=block_h, BLOCK_D=block_d,
-        num_warps=4 if block_h * block_d >= 1024 else 2,
+        num_warps=4 if block_h * block_d >= 1024 else 2, **pdl_launch(key.device),
     )

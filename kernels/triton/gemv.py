@@ -22,6 +22,8 @@ from localserve.kernels.triton._common import (
     check_same_device,
     check_tensor,
     empty,
+    pdl_launch,
+    pdl_wait,
 )
 
 MAX_ROWS = 16  # one tl.dot tile of rows; larger M is a GEMM, not a GEMV
@@ -49,7 +51,9 @@ def _gemv_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     EVEN_K: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
+    pdl_wait(USE_PDL)
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
     offs_k = tl.arange(0, BLOCK_K)
@@ -111,6 +115,6 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
         BLOCK_K=cfg.block_k, EVEN_K=k % cfg.block_k == 0,
         # fp32 inputs: exact products (no TF32), as F.linear computes them.
         DOT_PRECISION="ieee" if x.dtype == torch.float32 else None,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_launch(x.device),
     )
     return y

@@ -18,6 +18,8 @@ from localserve.kernels.triton._common import (
     check_tensor,
     empty,
     next_pow2,
+    pdl_launch,
+    pdl_wait,
 )
 
 # Rows up to this many elements are held in registers in one pass; longer rows loop twice.
@@ -37,7 +39,9 @@ def _rms_norm_kernel(
     HAS_RESIDUAL: tl.constexpr,
     BLOCK: tl.constexpr,
     NUM_CHUNKS: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
+    pdl_wait(USE_PDL)
     row = tl.program_id(0).to(tl.int64)
     x_row = x_ptr + (row // inner) * stride_x_outer + (row % inner) * stride_x_inner
     r_row = res_ptr + (row // inner) * stride_r_outer + (row % inner) * stride_r_inner
@@ -146,6 +150,6 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
         out, new_res if new_res is not None else out, xv, rv, weight,
         hidden, inner, float(eps), float(weight_offset), sxo, sxi, sro, sri,
         HAS_RESIDUAL=residual is not None, BLOCK=block, NUM_CHUNKS=num_chunks,
-        num_warps=num_warps,
+        num_warps=num_warps, **pdl_launch(x.device),
     )
     return out, new_res

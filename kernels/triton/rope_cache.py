@@ -24,6 +24,8 @@ from localserve.kernels.triton._common import (
     check_tensor,
     empty,
     next_pow2,
+    pdl_launch,
+    pdl_wait,
 )
 from localserve.kernels.triton.rotary import rotate_heads, store_heads
 
@@ -46,7 +48,9 @@ def _rope_cache_kernel(
     HAS_NORM: tl.constexpr, HALF: tl.constexpr, HALF_PAD: tl.constexpr,
     HAS_TAIL: tl.constexpr, TAIL_PAD: tl.constexpr, HEAD_PAD: tl.constexpr,
     BLOCK_H: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
+    pdl_wait(USE_PDL)
     token = tl.program_id(0).to(tl.int64)
     heads = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     pos = tl.load(positions_ptr + token).to(tl.int64)
@@ -157,6 +161,6 @@ def rope_and_cache(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v:
         BLOCK_SIZE=k_cache.shape[1], HAS_NORM=q_norm is not None, HALF=half,
         HALF_PAD=half_pad, HAS_TAIL=tail > 0, TAIL_PAD=next_pow2(max(tail, 1)),
         HEAD_PAD=next_pow2(head_dim), BLOCK_H=block_h,
-        num_warps=4 if block_h * next_pow2(head_dim) >= 1024 else 2,
+        num_warps=4 if block_h * next_pow2(head_dim) >= 1024 else 2, **pdl_launch(q.device),
     )
     return q_out

@@ -18,6 +18,8 @@ from localserve.kernels.triton._common import (
     check_tensor,
     empty,
     next_pow2,
+    pdl_launch,
+    pdl_wait,
 )
 
 
@@ -93,7 +95,9 @@ def _rotary_kernel(
     stride_qot, stride_qoh, stride_kot, stride_koh,
     HALF: tl.constexpr, HALF_PAD: tl.constexpr, BLOCK_H: tl.constexpr,
     COPY_TAIL: tl.constexpr, TAIL_PAD: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
+    pdl_wait(USE_PDL)
     token = tl.program_id(0).to(tl.int64)
     pos = tl.load(positions_ptr + token).to(tl.int64)
     offs = tl.arange(0, HALF_PAD)
@@ -160,6 +164,6 @@ def rotary_embedding(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
         q_out.stride(0), q_out.stride(1), k_out.stride(0), k_out.stride(1),
         HALF=half, HALF_PAD=half_pad, BLOCK_H=block_h,
         COPY_TAIL=copy_tail, TAIL_PAD=next_pow2(max(1, head_dim - 2 * half)),
-        num_warps=4,
+        num_warps=4, **pdl_launch(q.device),
     )
     return q_out, k_out

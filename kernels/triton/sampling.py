@@ -22,6 +22,8 @@ from localserve.kernels.triton._common import (
     check_same_device,
     check_tensor,
     empty,
+    pdl_launch,
+    pdl_wait,
 )
 
 BLOCK = 1024
@@ -37,7 +39,9 @@ def _gumbel_argmax_kernel(
     seeds_ptr,          # [rows] int64, < 2**31
     vocab, stride_row,
     BLOCK: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
+    pdl_wait(USE_PDL)
     row = tl.program_id(0)
     temp = tl.load(temps_ptr + row)
     seed = tl.load(seeds_ptr + row).to(tl.int32)
@@ -81,5 +85,6 @@ def gumbel_argmax(logits: torch.Tensor, temps: torch.Tensor, seeds: torch.Tensor
     out = empty((rows,), torch.int64, device)
     if rows:
         _gumbel_argmax_kernel[(rows,)](out, logits, temps.contiguous(), seeds.contiguous(),
-                                       vocab, logits.stride(0), BLOCK=BLOCK, num_warps=4)
+                                       vocab, logits.stride(0), BLOCK=BLOCK, num_warps=4,
+                                       **pdl_launch(device))
     return out

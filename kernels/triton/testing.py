@@ -147,7 +147,8 @@ class Launch:
 
     @property
     def options(self) -> dict:
-        return {k: v for k, v in self.kwargs.items() if k in ("num_warps", "num_stages")}
+        return {k: v for k, v in self.kwargs.items()
+                if k in ("num_warps", "num_stages", "launch_pdl")}
 
     @functools.cached_property
     def specialization(self) -> list[tuple]:

@@ -5,7 +5,8 @@ The interpreter runs kernels as NumPy code, so it cannot catch what only the GPU
 called in interpreter mode with model-sized shapes, but its launches are recorded instead of
 run; a subprocess without TRITON_INTERPRET then compiles each recorded launch, specialised as
 the JIT would (Triton's own argument specialisation), for NVIDIA sm_90 (through
-the ptxas bundled with Triton) and AMD gfx942, and asserts the CUDA build spills no registers.
+the ptxas bundled with Triton; with programmatic dependent launch, as the wrappers launch there)
+and AMD gfx942 (without), and asserts the CUDA build spills no registers.
 With a GPU present the other test files compile for the real device and this one is skipped.
 """
 
@@ -32,13 +33,18 @@ from localserve.kernels.triton import (  # noqa: E402
     activation,
     attention,
     cache,
+    gemv,
     norm,
     paged_attention,
     rms_norm,
+    rope_and_cache,
+    rope_cache,
     rotary,
     rotary_embedding,
+    sampling,
     write_kv,
 )
+from localserve.kernels.triton._common import pdl_override  # noqa: E402
 from localserve.kernels.triton.testing import (  # noqa: E402
     Launch,
     make_paged_batch,
@@ -49,10 +55,12 @@ PTXAS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
 # (module, attribute) of every kernel object a wrapper launches.
 KERNELS = [(attention, "paged_attention_kernel"), (attention, "reduce_splits_kernel"),
            (cache, "_write_kv_kernel"), (norm, "_rms_norm_kernel"),
-           (rotary, "_rotary_kernel"), (activation, "_act_and_mul_kernel")]
+           (rotary, "_rotary_kernel"), (activation, "_act_and_mul_kernel"),
+           (gemv, "_gemv_kernel"), (rope_cache, "_rope_cache_kernel"),
+           (sampling, "_gumbel_argmax_kernel")]
 
 
-def _spec(launch: Launch) -> dict:
+def _spec(launch: Launch, target: str) -> dict:
     """A recorded launch as the JIT would compile it: Triton's own specialisation decides
     which ints are constants or multiples of 16 and which pointers are aligned."""
     names = launch.kernel.arg_names
@@ -65,12 +73,12 @@ def _spec(launch: Launch) -> dict:
             divisible.append(i)
     return {"module": launch.kernel.fn.__module__, "name": launch.name,
             "signature": signature, "constexprs": constexprs, "divisible": divisible,
-            "options": launch.options}
+            "options": launch.options, "target": target}
 
 
 @contextlib.contextmanager
-def _record_launches() -> Iterator[list[Launch]]:
-    with recorded_launches(*KERNELS) as launches:
+def _record_launches(pdl: bool) -> Iterator[list[Launch]]:
+    with pdl_override(pdl), recorded_launches(*KERNELS) as launches:
         _launch_every_kernel()
         yield launches
 
@@ -102,6 +110,24 @@ def _launch_every_kernel() -> None:
     rotary_embedding(torch.arange(8), q, k, torch.empty(64, 128), inplace=True)
     for act in ("silu", "gelu_tanh"):
         act_and_mul(torch.empty(8, 2 * 14336, dtype=bf16), act)
+    # Decode gemv: Llama-3-8B's qkv in bf16, an uneven K with bias, fp32 (exact dots).
+    gemv.gemv(torch.empty(1, 4096, dtype=bf16), torch.empty(6144, 4096, dtype=bf16))
+    gemv.gemv(torch.empty(8, 1000, dtype=bf16), torch.empty(64, 1000, dtype=bf16),
+              torch.empty(64, dtype=bf16))
+    gemv.gemv(torch.empty(2, 512), torch.empty(64, 512))
+    # q/k norm + rotary + KV write: Llama-3-8B (no norm), Gemma-3 head_dim 256 with norm and
+    # partial rotary.
+    positions = torch.arange(8)
+    for nh, kvh, hd, rot, norm_w in ((32, 8, 128, 128, None), (8, 4, 256, 128, 256)):
+        q, kv = torch.empty(8, nh, hd, dtype=bf16), torch.empty(8, kvh, hd, dtype=bf16)
+        k_cache = torch.empty(4, 16, kvh, hd, dtype=bf16)
+        norms = (None, None) if norm_w is None else (torch.empty(norm_w),) * 2
+        rope_and_cache(positions, q, kv, kv, torch.empty(64, rot), k_cache, k_cache.clone(),
+                       positions, *norms)
+    # Fused sampling over a Qwen3-sized vocabulary in bf16 and fp32.
+    for dtype in (bf16, torch.float32):
+        sampling.gumbel_argmax(torch.empty(4, 151936, dtype=dtype), torch.zeros(4),
+                               torch.zeros(4, dtype=torch.int64))
 
 
 # Runs in a fresh interpreter without TRITON_INTERPRET, so `triton.jit` builds real kernels.
@@ -115,28 +141,30 @@ specs, ptxas = json.load(sys.stdin), sys.argv[1]
 targets = {"sm_90": GPUTarget("cuda", 90, 32), "gfx942": GPUTarget("hip", "gfx942", 64)}
 results = []
 for spec in specs:
+    target_name, target = spec["target"], targets[spec["target"]]
     fn = getattr(importlib.import_module(spec["module"]), spec["name"])
     names = fn.arg_names
     src = ASTSource(fn=fn, signature=spec["signature"],
                     constexprs={(names.index(k),): v for k, v in spec["constexprs"].items()},
                     attrs={(i,): [["tt.divisibility", 16]] for i in spec["divisible"]})
-    for target_name, target in targets.items():
-        result = {"kernel": spec["name"], "target": target_name, "constexprs": spec["constexprs"]}
-        try:
-            compiled = triton.compile(src, target=target, options=spec["options"])
-            if target_name == "sm_90":
-                with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
-                    f.write(compiled.asm["ptx"])
-                info = subprocess.run([ptxas, "-v", "--gpu-name=sm_90a", f.name, "-o", os.devnull],
-                                      capture_output=True, text=True).stderr
-                os.unlink(f.name)
-                spills = [int(n) for n in re.findall(r"(\d+) bytes spill stores", info)]
-                regs = [int(n) for n in re.findall(r"Used (\d+) registers", info)]
-                result.update(spill_bytes=sum(spills), registers=max(regs, default=-1))
-            result["ok"] = True
-        except Exception as e:
-            result.update(ok=False, error=f"{type(e).__name__}: {e}"[:2000])
-        results.append(result)
+    result = {"kernel": spec["name"], "target": target_name, "constexprs": spec["constexprs"]}
+    try:
+        compiled = triton.compile(src, target=target, options=spec["options"])
+        if target_name == "sm_90":
+            with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
+                f.write(compiled.asm["ptx"])
+            info = subprocess.run([ptxas, "-v", "--gpu-name=sm_90a", f.name, "-o", os.devnull],
+                                  capture_output=True, text=True).stderr
+            os.unlink(f.name)
+            spills = [int(n) for n in re.findall(r"(\d+) bytes spill stores", info)]
+            regs = [int(n) for n in re.findall(r"Used (\d+) registers", info)]
+            result.update(spill_bytes=sum(spills), registers=max(regs, default=-1),
+                          griddepcontrol="griddepcontrol.wait" in compiled.asm["ptx"],
+                          launch_pdl=compiled.metadata.launch_pdl)
+        result["ok"] = True
+    except Exception as e:
+        result.update(ok=False, error=f"{type(e).__name__}: {e}"[:2000])
+    results.append(result)
 json.dump(results, sys.stdout)
 """
 
@@ -145,8 +173,10 @@ json.dump(results, sys.stdout)
 def compiled() -> list[dict]:
     if not PTXAS.exists():
         pytest.skip(f"this Triton wheel has no bundled ptxas ({PTXAS})")
-    with _record_launches() as launches:
-        specs = [_spec(launch) for launch in launches]
+    specs = []
+    for target, pdl in (("sm_90", True), ("gfx942", False)):
+        with _record_launches(pdl) as launches:
+            specs += [_spec(launch, target) for launch in launches]
     assert {s["name"] for s in specs} == {attr for _, attr in KERNELS}
     # Same kernel, same constants, same signature: compile once.
     unique = list({json.dumps(s, sort_keys=True): s for s in specs}.values())
@@ -169,3 +199,13 @@ def test_no_register_spills_on_sm90(compiled):
                 f"{r['registers']} registers" for r in compiled
                 if r["target"] == "sm_90" and r["ok"] and r["spill_bytes"] > 0]
     assert not spilling, "\n".join(spilling)
+
+
+def test_cuda_builds_wait_for_the_previous_kernel(compiled):
+    """Every sm_90 build is a PDL launch and starts with griddepcontrol.wait: a PDL launch
+    without the wait would read its inputs while the previous kernel still writes them."""
+    cuda = [r for r in compiled if r["target"] == "sm_90" and r["ok"]]
+    assert cuda
+    missing = [f"{r['kernel']} {r['constexprs']}" for r in cuda
+               if not (r["griddepcontrol"] and r["launch_pdl"])]
+    assert not missing, "\n".join(missing)
