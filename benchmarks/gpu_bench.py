@@ -12,8 +12,9 @@ prompts of random token ids):
      per-step roofline (weights + KV read per step / bandwidth).
  (c) Llama-3.1-8B, ShareGPT-like: 500 prompts of 100-300 ids, outputs 100-260, greedy.
  (d) start-up: engine construction to ready, cold.
-A workload named with ":no-pdl" (e.g. `--only a a:no-pdl a a:no-pdl`) runs with programmatic
-dependent launch off, for an A/B in one process; its table rows are marked "[no PDL]".
+A workload named with ":pdl" (e.g. `--only a a:pdl a a:pdl`) runs with programmatic dependent
+launch on (sm_90+; opt-in until measured, kernels/triton/_common.py), for an A/B in one
+process; its table rows are marked "[PDL]".
 --hf adds HF transformers as the in-run peer: for (a) plain generate (dynamic cache); for (b)
 its ContinuousBatchingManager on the first 32 requests, with localserve on the same 32.
 A table is printed last.
@@ -424,14 +425,17 @@ def main() -> None:
     for item in args.only:
         name, _, variant = item.partition(":")
         bench = {"a": bench_a, "b": bench_b, "c": bench_c, "d": bench_d}[name]
-        if variant not in ("", "no-pdl"):
-            raise SystemExit(f"unknown variant {variant!r} in --only {item} (known: no-pdl)")
+        if variant not in ("", "pdl"):
+            raise SystemExit(f"unknown variant {variant!r} in --only {item} (known: pdl)")
+        if variant and not (torch.cuda.is_available()
+                            and torch.cuda.get_device_capability()[0] >= 9):
+            raise SystemExit(f"--only {item}: programmatic dependent launch needs sm_90+")
         rows, run = len(table), {}
-        with pdl_override(False) if variant else contextlib.nullcontext():
+        with pdl_override(True) if variant else contextlib.nullcontext():
             bench(args, run, table)
         results["runs"].append({"workload": item, **run})
         if variant:
-            table[rows:] = [(f"{r[0]} [no PDL]", *r[1:]) for r in table[rows:]]
+            table[rows:] = [(f"{r[0]} [PDL]", *r[1:]) for r in table[rows:]]
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

@@ -127,13 +127,17 @@ def pdl_launch(device: torch.device) -> dict[str, bool]:
     waits in `pdl_wait` before touching memory. At decode most kernels run a few microseconds,
     so the gap between two launches is a large share of each one. NVIDIA Hopper (sm_90) and
     newer only: AMD, older GPUs and the interpreter launch plainly (the HIP backend rejects the
-    `launch_pdl` option, so it is passed only where it applies). LOCALSERVE_TRITON_PDL=0 turns
-    it off; `pdl_override` forces it either way (A/B benchmarks, compile tests).
+    `launch_pdl` option, so it is passed only where it applies).
+
+    Opt-in (LOCALSERVE_TRITON_PDL=1) until it is measured on a GPU: it is tested for
+    correctness (sm_90 builds, the interpreter) but no GPU was available to time it or to run
+    it inside the engine's CUDA graphs. `pdl_override` forces it either way (A/B benchmarks,
+    compile tests).
     """
     if _pdl_override is not None:
         return _PDL_ON if _pdl_override else _PDL_OFF
     if (device.type != "cuda" or interpreting()
-            or os.environ.get("LOCALSERVE_TRITON_PDL", "1") == "0"):
+            or os.environ.get("LOCALSERVE_TRITON_PDL", "0") != "1"):
         return _PDL_OFF
     index = device.index if device.index is not None else torch.cuda.current_device()
     return _PDL_ON if _pdl_capable(index) else _PDL_OFF
@@ -141,8 +145,9 @@ def pdl_launch(device: torch.device) -> dict[str, bool]:
 
 @contextlib.contextmanager
 def pdl_override(enabled: bool) -> Iterator[None]:
-    """While active, every wrapper launches with (or without) PDL whatever the device. Forcing
-    it on is for recording launches to compile for sm_90; running such a launch needs sm_90."""
+    """While active, every wrapper launches with (or without) PDL whatever the device and
+    LOCALSERVE_TRITON_PDL say. Forced on, the launches run only on sm_90+ GPUs (or are only
+    recorded, to compile them for sm_90)."""
     global _pdl_override
     previous, _pdl_override = _pdl_override, enabled
     try:

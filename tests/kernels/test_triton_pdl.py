@@ -36,10 +36,13 @@ def test_override_forces_either_way():
 
 
 @pytest.mark.parametrize("capable", [True, False])
-def test_gpus_use_pdl_when_capable_unless_turned_off(monkeypatch, capable):
+def test_gpus_use_pdl_only_when_asked_and_capable(monkeypatch, capable):
     monkeypatch.setattr(_common, "interpreting", lambda: False)
     monkeypatch.setattr(_common, "_pdl_capable", lambda index: capable)
     cuda = torch.device("cuda", 0)
+    monkeypatch.delenv("LOCALSERVE_TRITON_PDL", raising=False)
+    assert pdl_launch(cuda) == OFF  # opt-in until measured on a GPU
+    monkeypatch.setenv("LOCALSERVE_TRITON_PDL", "1")
     assert pdl_launch(cuda) == (ON if capable else OFF)
     monkeypatch.setenv("LOCALSERVE_TRITON_PDL", "0")
     assert pdl_launch(cuda) == OFF
@@ -67,15 +70,16 @@ def test_chained_pdl_kernels_in_a_cuda_graph_match_plain_launches():
     weight = torch.randn(hidden, inter, device=dev, dtype=torch.bfloat16) / inter ** 0.5
     gate_up = torch.randn(2 * inter, hidden, device=dev, dtype=torch.bfloat16) / hidden ** 0.5
     norm_w = torch.rand(hidden, device=dev, dtype=torch.bfloat16) + 0.5
-    assert pdl_launch(dev) == ON
     with pdl_override(False):
         expected = _chain(x, weight, gate_up, norm_w, 32)
-    eager = _chain(x, weight, gate_up, norm_w, 32)
-    static_x = x.clone()
-    _chain(static_x, weight, gate_up, norm_w, 32)  # compile before capture
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = _chain(static_x, weight, gate_up, norm_w, 32)
+    with pdl_override(True):
+        assert pdl_launch(dev) == ON
+        eager = _chain(x, weight, gate_up, norm_w, 32)
+        static_x = x.clone()
+        _chain(static_x, weight, gate_up, norm_w, 32)  # compile before capture
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = _chain(static_x, weight, gate_up, norm_w, 32)
     for _ in range(3):
         out.fill_(float("nan"))
         graph.replay()
