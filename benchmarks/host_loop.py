@@ -1,11 +1,13 @@
 """Host cost of the engine's step loop, with no model: what a fast GPU leaves to the CPU.
 
-Usage: python benchmarks/host_loop.py [--seqs 256] [--rounds 5]
+Usage: python benchmarks/host_loop.py [--seqs 256] [--rounds 5] [--tokenizer id|default]
 
 A stub runner packs every step exactly as the torch runners do (TorchModelRunner._prepare, on
-the CPU) and "samples" token 5 for every draw, under async scheduling. Everything else is the
-real engine: scheduler, block manager with prefix caching, detokenizer (an id tokenizer, as
-the GPU benchmarks use), output deltas. Prints ms per step (the minimum over rounds: the
+the CPU) and "samples" the same token for every draw, under async scheduling. Everything else
+is the real engine: scheduler, block manager with prefix caching, detokenizer, output deltas.
+The detokenizer runs over an id tokenizer (as the GPU benchmarks use; the default), or with
+`--tokenizer default` over the default model's real one, drawing the tokens of an English
+text in turn (what serving real text costs). Prints ms per step (the minimum over rounds: the
 development VM is noisy) and the share of schedule / prepare / process.
 """
 
@@ -15,6 +17,7 @@ import argparse
 import random
 import time
 from collections import defaultdict
+from typing import Any
 
 import torch
 from gpu_profile import timed  # this folder's host-time wrapper
@@ -27,14 +30,17 @@ from localserve.runner.torch_runner import TorchModelRunner, _Launched
 from localserve.sampling_params import SamplingParams
 
 VOCAB = 1000
+TEXT = ("The engine schedules every sequence, packs the step, runs the model and samples a "
+        "token for each draw; then it detokenizes the new tokens and streams the text out.")
 
 
 class StubRunner(TorchModelRunner):
     capabilities = RunnerCapabilities(mixed_batches=True, overlap=True)
 
-    def __init__(self, config) -> None:
+    def __init__(self, config, vocab: int, tokens: list[int]) -> None:
         super().__init__(config, torch.device("cpu"), ops=None)
-        self.spec = ModelSpec("stub", 1, 1, 1, VOCAB, 4096, "float32")
+        self.spec = ModelSpec("stub", 1, 1, 1, vocab, 4096, "float32")
+        self.tokens, self.steps = tokens, 0
 
     def load_model(self) -> None:
         pass
@@ -47,18 +53,31 @@ class StubRunner(TorchModelRunner):
 
     def launch(self, scheduled: SchedulerOutput) -> _Launched:
         step = self._prepare(scheduled)
-        ids = torch.full((len(step.requests),), 5, dtype=torch.int64)
+        self.steps += 1
+        ids = torch.full((len(step.requests),), self.tokens[self.steps % len(self.tokens)],
+                         dtype=torch.int64)
         self._last_sampled = (ids, step.first_draw)
         assert self.sampler is not None
         return _Launched(ids, None, step.requests, step.owners, self.sampler)
 
 
-def run_once(num_seqs: int, seed: int) -> tuple[float, dict[str, float]]:
+def tokenizer_and_tokens(name: str) -> tuple[Any, int, list[int]]:
+    """(tokenizer, vocab size, the tokens to draw in turn) for --tokenizer."""
+    if name == "id":
+        return IdTokenizer(VOCAB, frozenset()), VOCAB, [5]
+    from localserve.config import default_model_path
+    from localserve.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(default_model_path())
+    return tokenizer, tokenizer.vocab_size, tokenizer.encode(TEXT, add_special_tokens=False)
+
+
+def run_once(num_seqs: int, seed: int, tokenizer: str = "id") -> tuple[float, dict[str, float]]:
     config = engine_config(block_size=16, num_kv_blocks=40_000, max_num_seqs=1024,
                            max_num_batched_tokens=16384, async_scheduling=True)
-    runner = StubRunner(config)
-    engine = LLMEngine(config, runner, IdTokenizer(VOCAB, frozenset()),
-                       EngineInfo("stub", "stub", "cpu"))
+    tok, vocab, tokens = tokenizer_and_tokens(tokenizer)
+    runner = StubRunner(config, vocab, tokens)
+    engine = LLMEngine(config, runner, tok, EngineInfo("stub", "stub", "cpu"))
     rng = random.Random(seed)
     for i in range(num_seqs):
         prompt = [rng.randint(0, VOCAB - 1) for _ in range(rng.randint(100, 1024))]
@@ -80,8 +99,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seqs", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--tokenizer", choices=["id", "default"], default="id")
     args = ap.parse_args()
-    best = min((run_once(args.seqs, seed=0) for _ in range(args.rounds)), key=lambda r: r[0])
+    best = min((run_once(args.seqs, 0, args.tokenizer) for _ in range(args.rounds)),
+               key=lambda r: r[0])
     per_step, phases = best
     print(f"{args.seqs} sequences: {per_step * 1e3:.2f} ms/step (min of {args.rounds}); "
           + ", ".join(f"{k} {v * 1e3:.2f}" for k, v in phases.items()))

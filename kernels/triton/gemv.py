@@ -6,6 +6,8 @@ shapes its choice leaves SMs idle (a 4096 x 4096 projection at M = 1 runs 64 til
 H100's 132 SMs). Here each program owns BLOCK_N output columns for all M rows and streams
 its [BLOCK_N, K] slice of W exactly once: N / BLOCK_N programs, whatever M is. Rows are
 padded to the 16 that `tl.dot` needs; the products are free next to the weight traffic.
+Launched with programmatic dependent launch (opt-in, `_common.pdl_launch`), each program
+loads its first weight tile before it waits for the kernel that writes x.
 """
 
 from __future__ import annotations
@@ -35,6 +37,18 @@ class GemvConfig:
     block_k: int = 256
     num_warps: int = 4
     num_stages: int = 4
+    # Load the first weight tile before waiting for the previous kernel: under programmatic
+    # dependent launch the weight stream then starts while that kernel still runs (weights
+    # are no kernel's output). None: whenever the launch uses PDL.
+    weights_first: bool | None = None
+
+
+@triton.jit
+def _load_tile(rows, k, row_ok, K, EVEN_K: tl.constexpr):
+    """[rows, BLOCK_K] elements at columns k of the row pointers `rows` (0 outside)."""
+    if EVEN_K:
+        return tl.load(rows + k[None, :], mask=row_ok[:, None], other=0.0)
+    return tl.load(rows + k[None, :], mask=row_ok[:, None] & (k < K)[None, :], other=0.0)
 
 
 # M (the decode batch) is not specialised: M == 1 would be its own variant, compiled the first
@@ -51,9 +65,9 @@ def _gemv_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     EVEN_K: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    WEIGHTS_FIRST: tl.constexpr,
     USE_PDL: tl.constexpr,
 ):
-    pdl_wait(USE_PDL)
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
     offs_k = tl.arange(0, BLOCK_K)
@@ -62,15 +76,19 @@ def _gemv_kernel(
     w_rows = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn      # [BLOCK_N, 1]
     x_rows = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm      # [BLOCK_M, 1]
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    k_start = 0
+    if WEIGHTS_FIRST:  # the first tile's weights before the wait, its x after
+        w = _load_tile(w_rows, offs_k, n_ok, K, EVEN_K)
+        pdl_wait(USE_PDL)
+        x = _load_tile(x_rows, offs_k, m_ok, K, EVEN_K)
+        acc = tl.dot(x, tl.trans(w), acc, input_precision=DOT_PRECISION)
+        k_start = BLOCK_K
+    else:
+        pdl_wait(USE_PDL)
+    for k0 in range(k_start, K, BLOCK_K):
         k = k0 + offs_k
-        if EVEN_K:
-            w = tl.load(w_rows + k[None, :], mask=n_ok[:, None], other=0.0)
-            x = tl.load(x_rows + k[None, :], mask=m_ok[:, None], other=0.0)
-        else:
-            k_ok = k < K
-            w = tl.load(w_rows + k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
-            x = tl.load(x_rows + k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        w = _load_tile(w_rows, k, n_ok, K, EVEN_K)
+        x = _load_tile(x_rows, k, m_ok, K, EVEN_K)
         acc = tl.dot(x, tl.trans(w), acc, input_precision=DOT_PRECISION)
     if HAS_BIAS:
         acc += tl.load(b_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
@@ -103,6 +121,8 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
     if m > MAX_ROWS:
         raise ValueError(f"gemv takes at most {MAX_ROWS} rows, got {m}: use a GEMM")
     cfg = config or GemvConfig()
+    pdl = pdl_launch(x.device)
+    weights_first = pdl["USE_PDL"] if cfg.weights_first is None else cfg.weights_first
     y = empty((m, n), x.dtype, x.device)
     if m == 0 or n == 0:
         return y
@@ -115,6 +135,7 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
         BLOCK_K=cfg.block_k, EVEN_K=k % cfg.block_k == 0,
         # fp32 inputs: exact products (no TF32), as F.linear computes them.
         DOT_PRECISION="ieee" if x.dtype == torch.float32 else None,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_launch(x.device),
+        WEIGHTS_FIRST=weights_first, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        **pdl,
     )
     return y

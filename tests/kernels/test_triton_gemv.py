@@ -29,7 +29,9 @@ DTYPES = [torch.bfloat16, torch.float16] if FULL else [torch.float32, torch.floa
 SHAPES = ([(4096, 4096), (6144, 4096), (4096, 14336), (1000, 4100)] if FULL
           else [(64, 256), (40, 300), (96, 512)])
 CONFIGS = [GemvConfig(), GemvConfig(block_n=16, block_k=128, num_warps=4, num_stages=2),
-           GemvConfig(block_n=64, block_k=64, num_warps=8, num_stages=3)]
+           GemvConfig(block_n=64, block_k=64, num_warps=8, num_stages=3),
+           # The first weight tile loaded ahead (what PDL launches do), K tiles even or not.
+           GemvConfig(weights_first=True), GemvConfig(block_k=64, weights_first=True)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -48,11 +50,13 @@ def test_matches_reference(m, n, k, dtype, seed):
         assert err <= ELEMENTWISE_TOL[dtype], f"relative error {err:.3g}"
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{c.block_n}x{c.block_k}")
-def test_every_tile_config_is_exact_enough(config, seed):
-    """The tile sizes a tuner may pick all give the same answer (partial tiles included)."""
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{c.block_n}x{c.block_k}"
+                         + ("-weights-first" if c.weights_first else ""))
+@pytest.mark.parametrize("n,k", [SHAPES[-2], SHAPES[-1], (24, 100)])
+def test_every_tile_config_is_exact_enough(config, n, k, seed):
+    """The tile sizes a tuner may pick all give the same answer (partial tiles included:
+    K even and uneven over the tiles, and shorter than one)."""
     dtype = DTYPES[0]
-    n, k = SHAPES[-1]
     x = torch.randn(2, k, device=DEV).to(dtype)
     w = torch.randn(n, k, device=DEV).to(dtype)
     with poisoned_outputs():
