@@ -110,6 +110,80 @@ def num_sms(device: torch.device) -> int:
     return DEFAULT_NUM_SMS
 
 
+_arch_override: str | None = None
+
+
+@functools.cache
+def _gpu_arch(index: int) -> str:
+    if torch.version.hip is not None:  # "gfx942:sramecc+:xnack-" -> "gfx942"
+        return torch.cuda.get_device_properties(index).gcnArchName.split(":")[0]
+    major, minor = torch.cuda.get_device_capability(index)
+    return f"sm_{major}{minor}"
+
+
+def gpu_arch(device: torch.device) -> str | None:
+    """The GPU generation `device` is on: "sm_90", "sm_89", "sm_75" (NVIDIA), "gfx942",
+    "gfx1100" (AMD)..., or None under the interpreter.
+
+    Tile sizes are tuned for Hopper (sm_90, whose wgmma keeps accumulators in another layout);
+    other generations get tiles that fit their registers (`test_triton_compile.py` compiles
+    every launch for sm_90, sm_89, sm_75, gfx942 and gfx1100 and checks for spills)."""
+    if _arch_override is not None:
+        return _arch_override
+    if device.type != "cuda" or interpreting():
+        return None
+    return _gpu_arch(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def nvidia_capability(arch: str | None) -> tuple[int, int] | None:
+    """(major, minor) of an "sm_XY" arch, None for AMD and the interpreter."""
+    if arch is None or not arch.startswith("sm_"):
+        return None
+    return int(arch[3:-1]), int(arch[-1])
+
+
+def rdna(arch: str | None) -> bool:
+    """AMD's consumer GPUs (gfx10xx-gfx12xx, wave32) as opposed to CDNA (gfx9xx, wave64)."""
+    return arch is not None and arch.startswith("gfx1")
+
+
+# Shared memory (bytes) one program may use, for `arch_override` targets (opt-in maximum per
+# block: H100/H200 227 KB, RTX 30xx/40xx 99 KB, Turing 64 KB, AMD LDS 64 KB per workgroup).
+_SHARED_MEMORY = {"sm_90": 232_448, "sm_89": 101_376, "sm_86": 101_376, "sm_80": 166_912,
+                  "sm_75": 65_536}
+
+
+@functools.cache
+def _device_shared_memory(index: int) -> int:
+    from triton.runtime import driver
+
+    return driver.active.utils.get_device_properties(index)["max_shared_mem"]
+
+
+def shared_memory_limit(device: torch.device) -> int:
+    """Bytes of shared memory (LDS on AMD) one program may use on `device`: Triton refuses to
+    launch a kernel that needs more. Queried from the GPU; for an `arch_override` target from
+    the table above (AMD and unknown ones: 64 KB); the interpreter has no limit to speak of."""
+    if _arch_override is not None:
+        return _SHARED_MEMORY.get(_arch_override, 65_536)
+    if device.type != "cuda" or interpreting():
+        return _SHARED_MEMORY["sm_90"]
+    return _device_shared_memory(device.index if device.index is not None
+                                 else torch.cuda.current_device())
+
+
+@contextlib.contextmanager
+def arch_override(arch: str) -> Iterator[None]:
+    """While active, the wrappers choose their launches as for this GPU generation (to record
+    launches and compile them for that target, or to run its tiles on another GPU)."""
+    global _arch_override
+    previous, _arch_override = _arch_override, arch
+    try:
+        yield
+    finally:
+        _arch_override = previous
+
+
 _PDL_ON = {"USE_PDL": True, "launch_pdl": True}
 _PDL_OFF = {"USE_PDL": False}
 _pdl_override: bool | None = None

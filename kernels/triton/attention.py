@@ -20,9 +20,12 @@ from localserve.kernels.triton._common import (
     check_same_device,
     check_tensor,
     empty,
+    gpu_arch,
     next_pow2,
     num_sms,
+    nvidia_capability,
     pdl_launch,
+    rdna,
 )
 from localserve.kernels.triton.attention_kernels import (
     paged_attention_kernel,
@@ -53,28 +56,46 @@ class AttentionLaunchSpec:
 
 def choose_launch(*, num_seqs: int, num_kv_heads: int, group: int, head_dim: int,
                   max_query_len: int, max_seq_len: int, num_sms: int,
-                  num_kv_splits: int | None = None, elem_bytes: int = 2) -> AttentionLaunchSpec:
+                  num_kv_splits: int | None = None, elem_bytes: int = 2,
+                  arch: str | None = None) -> AttentionLaunchSpec:
     """Tile sizes for head_dim/GQA group; split-KV when too few programs would fill the GPU.
 
     elem_bytes: 2 for fp16/bf16, 4 for fp32 (exact FMA dots, no tensor cores: they hold a
     whole [rows, keys] product per thread, so smaller tiles, or the kernel spills on sm_90).
+    arch: the GPU generation (`_common.gpu_arch`). Hopper, AMD CDNA and None (the interpreter)
+    use the tiles tuned on the H100. Turing (sm_75: no asynchronous copies, 16x8x8 MMAs) and
+    RDNA Radeons (gfx11xx: 256 VGPRs per wave32 lane) spilled with those, up to 32 KB a thread
+    at 128 rows on sm_75, so they get at most 32 rows x 16 keys: the largest tiles their
+    compilers build without spills (test_triton_compile.py; at head_dim 256 gfx1100 spills
+    whatever the tiles, least with these).
     """
     group_pad = next_pow2(group)
     head_dim_pad = next_pow2(head_dim)
     decode_like = max_query_len <= MAX_DECODE_QUERY_LEN
+    nvidia = nvidia_capability(arch)
+    small_tiles = (nvidia is not None and nvidia < (8, 0)) or rdna(arch)
     max_rows = 64 if (decode_like or head_dim_pad > 128) else 128
     if elem_bytes > 2:
+        max_rows = 16 if head_dim_pad > 128 or rdna(arch) else 32
+    elif small_tiles:
         max_rows = 32 if head_dim_pad <= 128 else 16
     # tl.dot needs at least 16 rows; a group wider than max_rows still gets one token per program.
     block_m = max(16, group_pad, min(max_rows, group_pad * next_pow2(max_query_len)))
     block_q = block_m // group_pad
     block_n = (64 if head_dim_pad <= 128 else 32) if elem_bytes <= 2 else 16
+    if small_tiles and (not rdna(arch) or block_m >= 32 or head_dim_pad > 128):
+        block_n = 16  # (RDNA builds 16-row x 64-key decode tiles of head_dim 128 spill-free)
     # 128 rows, or 64 rows of head_dim 256: 8 warps' registers for the accumulator (sm_90).
-    num_warps = 8 if block_m >= 128 or block_m * head_dim_pad >= 128 * 128 else 4
+    # Ampere/Ada (16x8x16 MMAs, accumulators per warp) need them from 64 rows of head_dim 128
+    # (4 warps spill at head_dim 80 on sm_89), the small-tile GPUs from 32 rows (16 of 256).
+    wide = 16 * 256 if small_tiles else 64 * 128 if nvidia and nvidia < (9, 0) else 128 * 128
+    num_warps = 8 if block_m >= 128 or block_m * head_dim_pad >= wide else 4
     # Decode streams K/V once: two stages measured 0-8% faster than three on the H100
     # (benchmarks/triton_kernels.py --sweep: 375 vs 406 us for 256 x 1024-token Qwen3 rows).
     num_stages = 2 if (decode_like or head_dim_pad > 128 or block_m >= 128
                        or elem_bytes > 2) else 3
+    if head_dim_pad > 128 and arch is not None and arch.startswith("gfx9"):
+        num_stages = 1  # CDNA keeps the prefetched tile in VGPRs: 2 stages spill at 256
 
     if num_kv_splits is not None:
         num_splits = num_kv_splits
@@ -173,7 +194,8 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     spec = choose_launch(num_seqs=num_seqs, num_kv_heads=num_kv_heads, group=group,
                          head_dim=head_dim, max_query_len=max_query_len,
                          max_seq_len=max(1, max_seq_len), num_sms=num_sms(q.device),
-                         num_kv_splits=num_kv_splits, elem_bytes=q.element_size())
+                         num_kv_splits=num_kv_splits, elem_bytes=q.element_size(),
+                         arch=gpu_arch(q.device))
     split_kv = spec.num_splits > 1
     # Scores are computed in log2 units (exp2 is the native instruction).
     qk_scale = float(scale) / float(soft_cap) if soft_cap is not None else float(scale) * LOG2E

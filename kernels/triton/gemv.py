@@ -12,7 +12,7 @@ loads its first weight tile before it waits for the kernel that writes x.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import triton
@@ -24,8 +24,12 @@ from localserve.kernels.triton._common import (
     check_same_device,
     check_tensor,
     empty,
+    gpu_arch,
+    nvidia_capability,
     pdl_launch,
     pdl_wait,
+    rdna,
+    shared_memory_limit,
 )
 
 MAX_ROWS = 16  # one tl.dot tile of rows; larger M is a GEMM, not a GEMV
@@ -41,6 +45,28 @@ class GemvConfig:
     # dependent launch the weight stream then starts while that kernel still runs (weights
     # are no kernel's output). None: whenever the launch uses PDL.
     weights_first: bool | None = None
+
+
+# 256-wide K tiles spill on Turing (sm_75: no asynchronous copies, 16x8x8 MMAs; 2 KB a thread in
+# half precision) and on RDNA Radeons (gfx11xx: up to 1,700 VGPRs); 64 fits both
+# (test_triton_compile.py compiles every launch for those targets).
+SMALL_K_CONFIG = GemvConfig(block_k=64)
+
+
+def default_config(x: torch.Tensor) -> GemvConfig:
+    """The tiles for this GPU generation, with as many pipeline stages as its shared memory
+    holds: each stage past the first buffers a [BLOCK_N + 16, BLOCK_K] tile of W and x (24 KB
+    in bf16, 48 KB in fp32), and AMD's 64 KB LDS (or an RTX 40xx's 99 KB in fp32) cannot hold
+    the 3 buffers of 4 stages that an H100's 227 KB can."""
+    arch = gpu_arch(x.device)
+    capability = nvidia_capability(arch)
+    cfg = GemvConfig()
+    if rdna(arch) or (capability is not None and capability < (8, 0)
+                      and x.dtype != torch.float32):
+        cfg = SMALL_K_CONFIG
+    stage_bytes = (cfg.block_n + MAX_ROWS) * cfg.block_k * x.element_size()
+    stages = min(cfg.num_stages, 1 + shared_memory_limit(x.device) // stage_bytes)
+    return cfg if stages == cfg.num_stages else replace(cfg, num_stages=max(1, stages))
 
 
 @triton.jit
@@ -120,7 +146,7 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
                          f"{weight.shape[1]}")
     if m > MAX_ROWS:
         raise ValueError(f"gemv takes at most {MAX_ROWS} rows, got {m}: use a GEMM")
-    cfg = config or GemvConfig()
+    cfg = config or default_config(x)
     pdl = pdl_launch(x.device)
     weights_first = pdl["USE_PDL"] if cfg.weights_first is None else cfg.weights_first
     y = empty((m, n), x.dtype, x.device)

@@ -14,7 +14,7 @@ pytest.importorskip("triton")
 
 from localserve.kernels import reference
 from localserve.kernels.triton import paged_attention
-from localserve.kernels.triton._common import poisoned_outputs
+from localserve.kernels.triton._common import arch_override, poisoned_outputs
 from localserve.kernels.triton.attention import choose_launch
 from localserve.kernels.triton.testing import (
     ATTENTION_TOL,
@@ -164,6 +164,42 @@ def test_split_heuristic():
     mqa = choose_launch(num_seqs=4, max_query_len=1, max_seq_len=64, num_kv_heads=1,
                         group=32, head_dim=128, num_sms=132)
     assert mqa.block_q == 1 and mqa.block_m == 32
+
+
+def test_tiles_per_gpu_generation():
+    """Hopper, AMD CDNA and the interpreter (None) share the H100-tuned tiles; Turing and RDNA
+    get tiles their registers hold (at most 32 rows x 16 keys); Ampere/Ada take 8
+    warps from 64 rows of head_dim 128 (test_triton_compile.py checks the builds for spills)."""
+    common = dict(num_seqs=4, num_kv_heads=8, group=4, num_sms=132)
+    for head_dim, query_len in ((128, 1), (128, 4096), (256, 300), (80, 64)):
+        shape = dict(head_dim=head_dim, max_query_len=query_len, max_seq_len=4096, **common)
+        assert choose_launch(arch="sm_90", **shape) == choose_launch(arch=None, **shape)
+        for small in ("sm_75", "gfx1100"):
+            spec = choose_launch(arch=small, **shape)
+            pad = 256 if head_dim > 128 else 128
+            assert spec.block_m <= 32
+            assert spec.block_n == (64 if small == "gfx1100" and (spec.block_m, pad) == (16, 128)
+                                    else 16)
+            assert spec.num_warps == (8 if spec.block_m * pad >= 16 * 256 else 4)
+    shape = dict(head_dim=128, max_query_len=16, max_seq_len=64, **common)
+    ada, hopper = choose_launch(arch="sm_89", **shape), choose_launch(arch="sm_90", **shape)
+    assert ada.block_m == hopper.block_m == 64 and (ada.num_warps, hopper.num_warps) == (8, 4)
+    mqa = choose_launch(arch="sm_75", num_seqs=4, max_query_len=1, max_seq_len=64,
+                        num_kv_heads=1, group=32, head_dim=128, num_sms=40)
+    assert mqa.block_q == 1 and mqa.block_m == 32
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("arch", ["sm_75", "sm_89", "gfx942", "gfx1100"])
+def test_tiles_of_other_gpu_generations_match_reference(case, arch, seed):
+    """The tiles chosen for other generations compute the same attention (run here, or on
+    whatever GPU the tests have, with that generation's launch choices)."""
+    q_lens, seq_lens = CASES[case]
+    head_dim = 128 if FULL else 64
+    batch = make_paged_batch(q_lens, seq_lens, 8, 2, head_dim, 16, DTYPES[0], DEV)
+    with arch_override(arch):
+        _check(batch, head_dim ** -0.5)
+        _check(batch, head_dim ** -0.5, window=7, soft_cap=20.0)
 
 
 def test_input_errors():

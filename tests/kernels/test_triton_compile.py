@@ -4,9 +4,12 @@ The interpreter runs kernels as NumPy code, so it cannot catch what only the GPU
 (layouts, dot shapes, a type that does not lower, register spills). Here each public wrapper is
 called in interpreter mode with model-sized shapes, but its launches are recorded instead of
 run; a subprocess without TRITON_INTERPRET then compiles each recorded launch, specialised as
-the JIT would (Triton's own argument specialisation), for NVIDIA sm_90 (through
-the ptxas bundled with Triton; with programmatic dependent launch, as the wrappers launch there)
-and AMD gfx942 (without), and asserts the CUDA build spills no registers.
+the JIT would (Triton's own argument specialisation), for each target of TARGETS: the H100/H200
+(sm_90, with programmatic dependent launch, as the wrappers launch there when asked), an RTX
+40xx (sm_89), a Turing card (sm_75, whose models run in fp16: no bf16 there), AMD MI300
+(gfx942) and RDNA3 Radeons (gfx1100); CUDA builds go through the ptxas bundled with Triton.
+No build may spill registers to memory, except head_dim-256 attention on gfx1100, which spills
+whatever the tiles (a known limit, bounded below).
 With a GPU present the other test files compile for the real device and this one is skipped.
 """
 
@@ -44,7 +47,7 @@ from localserve.kernels.triton import (  # noqa: E402
     sampling,
     write_kv,
 )
-from localserve.kernels.triton._common import pdl_override  # noqa: E402
+from localserve.kernels.triton._common import arch_override, pdl_override  # noqa: E402
 from localserve.kernels.triton.testing import (  # noqa: E402
     Launch,
     make_paged_batch,
@@ -58,6 +61,19 @@ KERNELS = [(attention, "paged_attention_kernel"), (attention, "reduce_splits_ker
            (rotary, "_rotary_kernel"), (activation, "_act_and_mul_kernel"),
            (gemv, "_gemv_kernel"), (rope_cache, "_rope_cache_kernel"),
            (sampling, "_gumbel_argmax_kernel")]
+
+
+# Shared memory a program may use on each target (the GPUs refuse to launch a kernel needing more):
+# H100 227 KB, RTX 40xx 99 KB, Turing 64 KB, AMD LDS 64 KB per workgroup.
+SHARED_LIMIT = {"sm_90": 232_448, "sm_89": 101_376, "sm_75": 65_536, "gfx942": 65_536,
+                "gfx1100": 65_536}
+# name -> (backend, arch, warp size, launch with PDL, the half-precision dtype its models use);
+# the wrappers choose their launches as for the target (`_common.gpu_arch`).
+TARGETS = {"sm_90": ("cuda", 90, 32, True, torch.bfloat16),
+           "sm_89": ("cuda", 89, 32, False, torch.bfloat16),
+           "sm_75": ("cuda", 75, 32, False, torch.float16),
+           "gfx942": ("hip", "gfx942", 64, False, torch.bfloat16),
+           "gfx1100": ("hip", "gfx1100", 32, False, torch.bfloat16)}
 
 
 def _spec(launch: Launch, target: str) -> dict:
@@ -77,14 +93,16 @@ def _spec(launch: Launch, target: str) -> dict:
 
 
 @contextlib.contextmanager
-def _record_launches(pdl: bool) -> Iterator[list[Launch]]:
-    with pdl_override(pdl), recorded_launches(*KERNELS) as launches:
-        _launch_every_kernel()
+def _record_launches(target: str) -> Iterator[list[Launch]]:
+    _, _, _, pdl, half = TARGETS[target]
+    with pdl_override(pdl), arch_override(target), recorded_launches(*KERNELS) as launches:
+        _launch_every_kernel(half)
         yield launches
 
 
-def _launch_every_kernel() -> None:
-    bf16, cpu = torch.bfloat16, torch.device("cpu")
+def _launch_every_kernel(half: torch.dtype) -> None:
+    """The model-sized launches, in `half` (bf16, or fp16 for GPUs without bf16) and fp32."""
+    bf16, cpu = half, torch.device("cpu")
     # Attention: Llama-3-8B decode (split-KV), prefill, head_dim 256 with window + soft cap,
     # fp16 head_dim 80, fp32 (exact FMA dots) at head_dim 64 and 256, MQA.
     cases = [([1] * 8, [4096] * 8, 32, 8, 128, bf16, None, None),
@@ -110,7 +128,7 @@ def _launch_every_kernel() -> None:
     rotary_embedding(torch.arange(8), q, k, torch.empty(64, 128), inplace=True)
     for act in ("silu", "gelu_tanh"):
         act_and_mul(torch.empty(8, 2 * 14336, dtype=bf16), act)
-    # Decode gemv: Llama-3-8B's qkv in bf16, an uneven K with bias, fp32 (exact dots).
+    # Decode gemv: Llama-3-8B's qkv, an uneven K with bias, fp32 (exact dots).
     gemv.gemv(torch.empty(1, 4096, dtype=bf16), torch.empty(6144, 4096, dtype=bf16))
     gemv.gemv(torch.empty(8, 1000, dtype=bf16), torch.empty(64, 1000, dtype=bf16),
               torch.empty(64, dtype=bf16))
@@ -124,7 +142,7 @@ def _launch_every_kernel() -> None:
         norms = (None, None) if norm_w is None else (torch.empty(norm_w),) * 2
         rope_and_cache(positions, q, kv, kv, torch.empty(64, rot), k_cache, k_cache.clone(),
                        positions, *norms)
-    # Fused sampling over a Qwen3-sized vocabulary in bf16 and fp32.
+    # Fused sampling over a Qwen3-sized vocabulary in half precision and fp32.
     for dtype in (bf16, torch.float32):
         sampling.gumbel_argmax(torch.empty(4, 151936, dtype=dtype), torch.zeros(4),
                                torch.zeros(4, dtype=torch.int64))
@@ -138,10 +156,10 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 specs, ptxas = json.load(sys.stdin), sys.argv[1]
-targets = {"sm_90": GPUTarget("cuda", 90, 32), "gfx942": GPUTarget("hip", "gfx942", 64)}
 results = []
 for spec in specs:
-    target_name, target = spec["target"], targets[spec["target"]]
+    target_name, (backend, arch, warp_size) = spec["target"], spec["gpu"]
+    target = GPUTarget(backend, arch, warp_size)
     fn = getattr(importlib.import_module(spec["module"]), spec["name"])
     names = fn.arg_names
     src = ASTSource(fn=fn, signature=spec["signature"],
@@ -150,17 +168,24 @@ for spec in specs:
     result = {"kernel": spec["name"], "target": target_name, "constexprs": spec["constexprs"]}
     try:
         compiled = triton.compile(src, target=target, options=spec["options"])
-        if target_name == "sm_90":
+        result["shared"] = compiled.metadata.shared
+        if backend == "cuda":
             with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
                 f.write(compiled.asm["ptx"])
-            info = subprocess.run([ptxas, "-v", "--gpu-name=sm_90a", f.name, "-o", os.devnull],
-                                  capture_output=True, text=True).stderr
+            gpu_name = f"sm_{arch}" + ("a" if arch == 90 else "")
+            info = subprocess.run([ptxas, "-v", f"--gpu-name={gpu_name}", f.name, "-o",
+                                   os.devnull], capture_output=True, text=True).stderr
             os.unlink(f.name)
             spills = [int(n) for n in re.findall(r"(\d+) bytes spill stores", info)]
             regs = [int(n) for n in re.findall(r"Used (\d+) registers", info)]
             result.update(spill_bytes=sum(spills), registers=max(regs, default=-1),
                           griddepcontrol="griddepcontrol.wait" in compiled.asm["ptx"],
                           launch_pdl=compiled.metadata.launch_pdl)
+        else:  # AMD: registers spilled to scratch memory (SGPRs spill to VGPR lanes: cheap)
+            spills = re.findall(r"\.vgpr_spill_count:\s*(\d+)", compiled.asm["amdgcn"])
+            regs = re.findall(r"\.vgpr_count:\s*(\d+)", compiled.asm["amdgcn"])
+            result.update(spill_bytes=sum(map(int, spills)),
+                          registers=max(map(int, regs), default=-1))
         result["ok"] = True
     except Exception as e:
         result.update(ok=False, error=f"{type(e).__name__}: {e}"[:2000])
@@ -174,9 +199,10 @@ def compiled() -> list[dict]:
     if not PTXAS.exists():
         pytest.skip(f"this Triton wheel has no bundled ptxas ({PTXAS})")
     specs = []
-    for target, pdl in (("sm_90", True), ("gfx942", False)):
-        with _record_launches(pdl) as launches:
-            specs += [_spec(launch, target) for launch in launches]
+    for target, (backend, arch, warp_size, _, _) in TARGETS.items():
+        with _record_launches(target) as launches:
+            specs += [{**_spec(launch, target), "gpu": [backend, arch, warp_size]}
+                      for launch in launches]
     assert {s["name"] for s in specs} == {attr for _, attr in KERNELS}
     # Same kernel, same constants, same signature: compile once.
     unique = list({json.dumps(s, sort_keys=True): s for s in specs}.values())
@@ -191,13 +217,26 @@ def test_every_launch_compiles_for_nvidia_and_amd(compiled):
     failures = [f"{r['kernel']} {r['target']} {r['constexprs']}: {r['error']}"
                 for r in compiled if not r["ok"]]
     assert not failures, "\n".join(failures)
-    assert {r["target"] for r in compiled} == {"sm_90", "gfx942"}
+    assert {r["target"] for r in compiled} == set(TARGETS)
 
 
-def test_no_register_spills_on_sm90(compiled):
-    spilling = [f"{r['kernel']} {r['constexprs']}: {r['spill_bytes']} B spilled, "
-                f"{r['registers']} registers" for r in compiled
-                if r["target"] == "sm_90" and r["ok"] and r["spill_bytes"] > 0]
+# gfx1100 spills 272-570 VGPRs at head_dim 256 with every tile tried (16-64 rows x 16-32 keys,
+# 4-8 warps; the chosen 16 x 16 spills least): Triton 3.6's RDNA3 code for that width.
+RDNA_HEAD_DIM_256_SPILL_LIMIT = 300
+
+
+def test_no_register_spills(compiled):
+    spilling = []
+    for r in compiled:
+        if not r["ok"] or not r["spill_bytes"]:
+            continue
+        known = (r["target"] == "gfx1100" and r["kernel"] == "paged_attention_kernel"
+                 and r["constexprs"]["HEAD_DIM_PAD"] == 256
+                 and r["spill_bytes"] <= RDNA_HEAD_DIM_256_SPILL_LIMIT)
+        if not known:
+            unit = "B" if TARGETS[r["target"]][0] == "cuda" else "VGPRs"
+            spilling.append(f"{r['kernel']} {r['target']} {r['constexprs']}: "
+                            f"{r['spill_bytes']} {unit} spilled, {r['registers']} registers")
     assert not spilling, "\n".join(spilling)
 
 
@@ -209,3 +248,13 @@ def test_cuda_builds_wait_for_the_previous_kernel(compiled):
     missing = [f"{r['kernel']} {r['constexprs']}" for r in cuda
                if not (r["griddepcontrol"] and r["launch_pdl"])]
     assert not missing, "\n".join(missing)
+
+
+def test_shared_memory_fits_every_target(compiled):
+    """A kernel needing more shared memory than the GPU has fails at launch (OutOfResources):
+    the gemv's 4 stages took 72 KB in bf16, more than an MI300's 64 KB of LDS, and 144 KB in
+    fp32, more than an RTX 40xx's 99 KB, before it sized its stages to the target."""
+    over = [f"{r['kernel']} {r['target']} {r['constexprs']}: {r['shared']} B > "
+            f"{SHARED_LIMIT[r['target']]}" for r in compiled
+            if r["ok"] and r["shared"] > SHARED_LIMIT[r["target"]]]
+    assert not over, "\n".join(over)

@@ -14,7 +14,7 @@ pytest.importorskip("triton")
 
 from localserve.kernels import reference
 from localserve.kernels.triton._common import poisoned_outputs
-from localserve.kernels.triton.gemv import GemvConfig, gemv
+from localserve.kernels.triton.gemv import SMALL_K_CONFIG, GemvConfig, gemv
 from localserve.kernels.triton.testing import (
     ELEMENTWISE_TOL,
     device,
@@ -31,7 +31,8 @@ SHAPES = ([(4096, 4096), (6144, 4096), (4096, 14336), (1000, 4100)] if FULL
 CONFIGS = [GemvConfig(), GemvConfig(block_n=16, block_k=128, num_warps=4, num_stages=2),
            GemvConfig(block_n=64, block_k=64, num_warps=8, num_stages=3),
            # The first weight tile loaded ahead (what PDL launches do), K tiles even or not.
-           GemvConfig(weights_first=True), GemvConfig(block_k=64, weights_first=True)]
+           GemvConfig(weights_first=True), GemvConfig(block_k=64, weights_first=True),
+           SMALL_K_CONFIG]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
