@@ -127,7 +127,8 @@ def gpu_arch(device: torch.device) -> str | None:
 
     Tile sizes are tuned for Hopper (sm_90, whose wgmma keeps accumulators in another layout);
     other generations get tiles that fit their registers (`test_triton_compile.py` compiles
-    every launch for sm_90, sm_89, sm_75, gfx942 and gfx1100 and checks for spills)."""
+    every launch for sm_90, sm_120, sm_89, sm_86, sm_75, gfx942 and gfx1100 and checks for
+    spills and shared memory)."""
     if _arch_override is not None:
         return _arch_override
     if device.type != "cuda" or interpreting():
@@ -148,9 +149,9 @@ def rdna(arch: str | None) -> bool:
 
 
 # Shared memory (bytes) one program may use, for `arch_override` targets (opt-in maximum per
-# block: H100/H200 227 KB, RTX 30xx/40xx 99 KB, Turing 64 KB, AMD LDS 64 KB per workgroup).
-_SHARED_MEMORY = {"sm_90": 232_448, "sm_89": 101_376, "sm_86": 101_376, "sm_80": 166_912,
-                  "sm_75": 65_536}
+# block: H100/H200 227 KB, RTX 30xx/40xx/50xx 99 KB, Turing 64 KB, AMD LDS 64 KB per workgroup).
+_SHARED_MEMORY = {"sm_90": 232_448, "sm_120": 101_376, "sm_89": 101_376, "sm_86": 101_376,
+                  "sm_80": 166_912, "sm_75": 65_536}
 
 
 @functools.cache

@@ -5,9 +5,10 @@ The interpreter runs kernels as NumPy code, so it cannot catch what only the GPU
 called in interpreter mode with model-sized shapes, but its launches are recorded instead of
 run; a subprocess without TRITON_INTERPRET then compiles each recorded launch, specialised as
 the JIT would (Triton's own argument specialisation), for each target of TARGETS: the H100/H200
-(sm_90, with programmatic dependent launch, as the wrappers launch there when asked), an RTX
-40xx (sm_89), a Turing card (sm_75, whose models run in fp16: no bf16 there), AMD MI300
-(gfx942) and RDNA3 Radeons (gfx1100); CUDA builds go through the ptxas bundled with Triton.
+(sm_90) and RTX 50xx (sm_120), both with programmatic dependent launch as the wrappers launch
+there when asked, RTX 40xx and 30xx (sm_89, sm_86), a Turing card (sm_75, whose models run in
+fp16: no bf16 there), AMD MI300 (gfx942) and RDNA3 Radeons (gfx1100); CUDA builds go through
+the ptxas bundled with Triton.
 No build may spill registers to memory, except head_dim-256 attention on gfx1100, which spills
 whatever the tiles (a known limit, bounded below).
 With a GPU present the other test files compile for the real device and this one is skipped.
@@ -64,13 +65,15 @@ KERNELS = [(attention, "paged_attention_kernel"), (attention, "reduce_splits_ker
 
 
 # Shared memory a program may use on each target (the GPUs refuse to launch a kernel needing more):
-# H100 227 KB, RTX 40xx 99 KB, Turing 64 KB, AMD LDS 64 KB per workgroup.
-SHARED_LIMIT = {"sm_90": 232_448, "sm_89": 101_376, "sm_75": 65_536, "gfx942": 65_536,
-                "gfx1100": 65_536}
+# H100 227 KB, RTX 30xx/40xx/50xx 99 KB, Turing 64 KB, AMD LDS 64 KB per workgroup.
+SHARED_LIMIT = {"sm_90": 232_448, "sm_120": 101_376, "sm_89": 101_376, "sm_86": 101_376,
+                "sm_75": 65_536, "gfx942": 65_536, "gfx1100": 65_536}
 # name -> (backend, arch, warp size, launch with PDL, the half-precision dtype its models use);
 # the wrappers choose their launches as for the target (`_common.gpu_arch`).
 TARGETS = {"sm_90": ("cuda", 90, 32, True, torch.bfloat16),
+           "sm_120": ("cuda", 120, 32, True, torch.bfloat16),
            "sm_89": ("cuda", 89, 32, False, torch.bfloat16),
+           "sm_86": ("cuda", 86, 32, False, torch.bfloat16),
            "sm_75": ("cuda", 75, 32, False, torch.float16),
            "gfx942": ("hip", "gfx942", 64, False, torch.bfloat16),
            "gfx1100": ("hip", "gfx1100", 32, False, torch.bfloat16)}
@@ -241,9 +244,9 @@ def test_no_register_spills(compiled):
 
 
 def test_cuda_builds_wait_for_the_previous_kernel(compiled):
-    """Every sm_90 build is a PDL launch and starts with griddepcontrol.wait: a PDL launch
+    """Every sm_90/sm_120 build is a PDL launch and starts with griddepcontrol.wait: a PDL launch
     without the wait would read its inputs while the previous kernel still writes them."""
-    cuda = [r for r in compiled if r["target"] == "sm_90" and r["ok"]]
+    cuda = [r for r in compiled if TARGETS[r["target"]][3] and r["ok"]]
     assert cuda
     missing = [f"{r['kernel']} {r['constexprs']}" for r in cuda
                if not (r["griddepcontrol"] and r["launch_pdl"])]
