@@ -12,6 +12,7 @@ loads its first weight tile before it waits for the kernel that writes x.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 
 import torch
@@ -54,18 +55,22 @@ SMALL_K_CONFIG = GemvConfig(block_k=64)
 
 
 def default_config(x: torch.Tensor) -> GemvConfig:
-    """The tiles for this GPU generation, with as many pipeline stages as its shared memory
+    """The tiles for x's GPU generation, with as many pipeline stages as its shared memory
     holds: each stage past the first buffers a [BLOCK_N + 16, BLOCK_K] tile of W and x (24 KB
     in bf16, 48 KB in fp32), and AMD's 64 KB LDS (or an RTX 40xx's 99 KB in fp32) cannot hold
     the 3 buffers of 4 stages that an H100's 227 KB can."""
-    arch = gpu_arch(x.device)
+    return _config_for(gpu_arch(x.device), x.dtype, shared_memory_limit(x.device))
+
+
+@functools.cache  # eager decode calls the gemv per layer per step
+def _config_for(arch: str | None, dtype: torch.dtype, shared_bytes: int) -> GemvConfig:
     capability = nvidia_capability(arch)
     cfg = GemvConfig()
     if rdna(arch) or (capability is not None and capability < (8, 0)
-                      and x.dtype != torch.float32):
+                      and dtype != torch.float32):
         cfg = SMALL_K_CONFIG
-    stage_bytes = (cfg.block_n + MAX_ROWS) * cfg.block_k * x.element_size()
-    stages = min(cfg.num_stages, 1 + shared_memory_limit(x.device) // stage_bytes)
+    stage_bytes = (cfg.block_n + MAX_ROWS) * cfg.block_k * dtype.itemsize
+    stages = min(cfg.num_stages, 1 + shared_bytes // stage_bytes)
     return cfg if stages == cfg.num_stages else replace(cfg, num_stages=max(1, stages))
 
 
