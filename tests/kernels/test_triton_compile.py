@@ -92,7 +92,7 @@ def _spec(launch: Launch, target: str) -> dict:
             divisible.append(i)
     return {"module": launch.kernel.fn.__module__, "name": launch.name,
             "signature": signature, "constexprs": constexprs, "divisible": divisible,
-            "options": launch.options, "target": target}
+            "options": launch.options, "target": target, "gpu": list(TARGETS[target][:3])}
 
 
 @contextlib.contextmanager
@@ -105,48 +105,48 @@ def _record_launches(target: str) -> Iterator[list[Launch]]:
 
 def _launch_every_kernel(half: torch.dtype) -> None:
     """The model-sized launches, in `half` (bf16, or fp16 for GPUs without bf16) and fp32."""
-    bf16, cpu = half, torch.device("cpu")
+    cpu = torch.device("cpu")
     # Attention: Llama-3-8B decode (split-KV), prefill, head_dim 256 with window + soft cap,
     # fp16 head_dim 80, fp32 (exact FMA dots) at head_dim 64 and 256, MQA.
-    cases = [([1] * 8, [4096] * 8, 32, 8, 128, bf16, None, None),
-             ([2048], [2048], 32, 8, 128, bf16, None, None),
-             ([300, 1], [800, 900], 16, 8, 256, bf16, 4096, 50.0),
+    cases = [([1] * 8, [4096] * 8, 32, 8, 128, half, None, None),
+             ([2048], [2048], 32, 8, 128, half, None, None),
+             ([300, 1], [800, 900], 16, 8, 256, half, 4096, 50.0),
              ([64, 1], [64, 300], 32, 32, 80, torch.float16, None, None),
              ([5, 1], [9, 70], 8, 2, 64, torch.float32, 16, None),
              ([3, 1], [20, 40], 8, 2, 256, torch.float32, None, 30.0),
-             ([1] * 4, [2048] * 4, 32, 1, 128, bf16, None, None)]
+             ([1] * 4, [2048] * 4, 32, 1, 128, half, None, None)]
     for q_lens, seq_lens, nh, kvh, hd, dtype, window, cap in cases:
         b = make_paged_batch(q_lens, seq_lens, nh, kvh, hd, 16, dtype, cpu, poison_unused=False)
         paged_attention(*b.args(), hd ** -0.5, window, cap, max_query_len=b.max_query_len,
                         max_seq_len=b.max_seq_len)
-    kv = torch.empty(64, 8, 128, dtype=bf16)
-    k_cache = torch.empty(8, 16, 8, 128, dtype=bf16)
+    kv = torch.empty(64, 8, 128, dtype=half)
+    k_cache = torch.empty(8, 16, 8, 128, dtype=half)
     write_kv(kv, kv, k_cache, k_cache.clone(), torch.arange(64))
     for hidden in (4096, 20000):
-        x = torch.empty(8, hidden, dtype=bf16)
-        rms_norm(x, torch.empty(hidden, dtype=bf16), 1e-6, x.clone())
-    rms_norm(torch.empty(8, 24, 128, dtype=bf16)[:, :16], torch.empty(128, dtype=bf16), 1e-6)
-    q, k = torch.empty(8, 32, 128, dtype=bf16), torch.empty(8, 8, 128, dtype=bf16)
+        x = torch.empty(8, hidden, dtype=half)
+        rms_norm(x, torch.empty(hidden, dtype=half), 1e-6, x.clone())
+    rms_norm(torch.empty(8, 24, 128, dtype=half)[:, :16], torch.empty(128, dtype=half), 1e-6)
+    q, k = torch.empty(8, 32, 128, dtype=half), torch.empty(8, 8, 128, dtype=half)
     rotary_embedding(torch.arange(8), q, k, torch.empty(64, 64))  # partial: tail copied
     rotary_embedding(torch.arange(8), q, k, torch.empty(64, 128), inplace=True)
     for act in ("silu", "gelu_tanh"):
-        act_and_mul(torch.empty(8, 2 * 14336, dtype=bf16), act)
+        act_and_mul(torch.empty(8, 2 * 14336, dtype=half), act)
     # Decode gemv: Llama-3-8B's qkv, an uneven K with bias, fp32 (exact dots).
-    gemv.gemv(torch.empty(1, 4096, dtype=bf16), torch.empty(6144, 4096, dtype=bf16))
-    gemv.gemv(torch.empty(8, 1000, dtype=bf16), torch.empty(64, 1000, dtype=bf16),
-              torch.empty(64, dtype=bf16))
+    gemv.gemv(torch.empty(1, 4096, dtype=half), torch.empty(6144, 4096, dtype=half))
+    gemv.gemv(torch.empty(8, 1000, dtype=half), torch.empty(64, 1000, dtype=half),
+              torch.empty(64, dtype=half))
     gemv.gemv(torch.empty(2, 512), torch.empty(64, 512))
     # q/k norm + rotary + KV write: Llama-3-8B (no norm), Gemma-3 head_dim 256 with norm and
     # partial rotary.
     positions = torch.arange(8)
     for nh, kvh, hd, rot, norm_w in ((32, 8, 128, 128, None), (8, 4, 256, 128, 256)):
-        q, kv = torch.empty(8, nh, hd, dtype=bf16), torch.empty(8, kvh, hd, dtype=bf16)
-        k_cache = torch.empty(4, 16, kvh, hd, dtype=bf16)
+        q, kv = torch.empty(8, nh, hd, dtype=half), torch.empty(8, kvh, hd, dtype=half)
+        k_cache = torch.empty(4, 16, kvh, hd, dtype=half)
         norms = (None, None) if norm_w is None else (torch.empty(norm_w),) * 2
         rope_and_cache(positions, q, kv, kv, torch.empty(64, rot), k_cache, k_cache.clone(),
                        positions, *norms)
     # Fused sampling over a Qwen3-sized vocabulary in half precision and fp32.
-    for dtype in (bf16, torch.float32):
+    for dtype in (half, torch.float32):
         sampling.gumbel_argmax(torch.empty(4, 151936, dtype=dtype), torch.zeros(4),
                                torch.zeros(4, dtype=torch.int64))
 
@@ -202,10 +202,9 @@ def compiled() -> list[dict]:
     if not PTXAS.exists():
         pytest.skip(f"this Triton wheel has no bundled ptxas ({PTXAS})")
     specs = []
-    for target, (backend, arch, warp_size, _, _) in TARGETS.items():
+    for target in TARGETS:
         with _record_launches(target) as launches:
-            specs += [{**_spec(launch, target), "gpu": [backend, arch, warp_size]}
-                      for launch in launches]
+            specs += [_spec(launch, target) for launch in launches]
     assert {s["name"] for s in specs} == {attr for _, attr in KERNELS}
     # Same kernel, same constants, same signature: compile once.
     unique = list({json.dumps(s, sort_keys=True): s for s in specs}.values())
@@ -223,7 +222,7 @@ def test_every_launch_compiles_for_nvidia_and_amd(compiled):
     assert {r["target"] for r in compiled} == set(TARGETS)
 
 
-# gfx1100 spills 272-570 VGPRs at head_dim 256 with every tile tried (16-64 rows x 16-32 keys,
+# gfx1100 spills 272-569 VGPRs at head_dim 256 with every tile tried (16-64 rows x 16-32 keys,
 # 4-8 warps; the chosen 16 x 16 spills least): Triton 3.6's RDNA3 code for that width.
 RDNA_HEAD_DIM_256_SPILL_LIMIT = 300
 
