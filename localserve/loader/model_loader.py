@@ -36,14 +36,24 @@ class LoadedModel:
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """"auto": float32 on the CPU (the reference path), bf16 on CUDA (fp16 without bf16)."""
+    """"auto": float32 on the CPU (the reference path), bf16 on GPUs with bf16 hardware, fp16
+    on the others (NVIDIA Turing and older)."""
     if name != "auto":
         if name not in _DTYPES:
             raise ValueError(f"unknown dtype {name!r}; use auto, float32, bfloat16 or float16")
         return _DTYPES[name]
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if _native_bf16(device) else torch.float16
     return torch.float32
+
+
+def _native_bf16(device: torch.device) -> bool:
+    """NVIDIA Ampere (sm_80) and newer, and the AMD GPUs ROCm serves. Not
+    torch.cuda.is_bf16_supported(): it says yes on Turing too, where bf16 is only emulated
+    (slow GEMMs, and no bf16 tensor-core dots for the Triton kernels)."""
+    if torch.version.hip is not None:
+        return True
+    return torch.cuda.get_device_capability(device)[0] >= 8
 
 
 def read_arch(source: CheckpointSource) -> ModelArchConfig:

@@ -163,6 +163,20 @@ def test_resolve_dtype():
         resolve_dtype("float8", CPU)
 
 
+@pytest.mark.parametrize(("capability", "hip", "expected"), [
+    ((7, 5), None, torch.float16),      # Turing (T4, RTX 20xx): bf16 only emulated
+    ((8, 6), None, torch.bfloat16),     # Ampere and newer
+    ((9, 0), None, torch.bfloat16),
+    ((9, 4), "6.4", torch.bfloat16),    # ROCm (MI300 reports 9.4)
+])
+def test_auto_dtype_on_gpus(monkeypatch, capability, hip, expected):
+    # torch.cuda.is_bf16_supported() answers True on Turing (emulation): not what decides.
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.version, "hip", hip)
+    assert resolve_dtype("auto", torch.device("cuda", 0)) is expected
+
+
 def test_gguf_tensor_types_reads_the_header_only(tmp_path):
     from localserve.quant.gguf import gguf_tensor_types, type_name
 
