@@ -204,10 +204,10 @@ def pdl_launch(device: torch.device) -> dict[str, bool]:
     newer only: AMD, older GPUs and the interpreter launch plainly (the HIP backend rejects the
     `launch_pdl` option, so it is passed only where it applies).
 
-    Opt-in (LOCALSERVE_TRITON_PDL=1) until it is measured on a GPU: it is tested for
-    correctness (sm_90 builds, the interpreter) but no GPU was available to time it or to run
-    it inside the engine's CUDA graphs. `pdl_override` forces it either way (A/B benchmarks,
-    compile tests).
+    Opt-in (LOCALSERVE_TRITON_PDL=1) until it is timed on a GPU: its sm_90/sm_120 builds are
+    checked to start with the wait (test_triton_compile.py), but no GPU has run it yet, alone
+    or in the engine's CUDA graphs (test_triton_pdl.py does, on the device machine).
+    `pdl_override` forces it either way (A/B benchmarks, compile tests).
     """
     if _pdl_override is not None:
         return _PDL_ON if _pdl_override else _PDL_OFF
