@@ -17,6 +17,7 @@ pytest.importorskip("triton")
 from localserve.kernels.triton import _common, act_and_mul, rms_norm
 from localserve.kernels.triton._common import pdl_launch, pdl_override
 from localserve.kernels.triton.gemv import gemv
+from localserve.kernels.triton.testing import ELEMENTWISE_TOL, rel_error
 
 ON = {"USE_PDL": True, "launch_pdl": True}
 OFF = {"USE_PDL": False}
@@ -84,7 +85,14 @@ def test_chained_pdl_kernels_in_a_cuda_graph_match_plain_launches():
         out.fill_(float("nan"))
         graph.replay()
         torch.cuda.synchronize()
-        # Same kernels, same inputs: anything but bit-identical output means a kernel read
-        # its input before the previous one had written it.
-        assert torch.equal(out, expected)
-    assert torch.equal(eager, expected)
+        # The same PDL kernels on the same inputs: anything but bit-identical output means a
+        # kernel read its input before the previous one had written it.
+        assert torch.equal(out, eager)
+    # Against the plain builds (the gemv peels its first K tile under PDL): one layer equal up to
+    # bf16 rounding; 32 layers within a loose bound (rounding compounds; a race reads garbage).
+    with pdl_override(True):
+        one = _chain(x, weight, gate_up, norm_w, 1)
+    with pdl_override(False):
+        one_plain = _chain(x, weight, gate_up, norm_w, 1)
+    assert rel_error(one, one_plain) <= ELEMENTWISE_TOL[torch.bfloat16]
+    assert rel_error(eager, expected) <= 0.1
