@@ -33,17 +33,25 @@ class LoadedModel:
     spec: ModelSpec
     tokenizer_source: str  # the .gguf file or HF folder to give load_tokenizer
     source: CheckpointSource
+    dtype: torch.dtype  # of the weights and activations
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+def resolve_dtype(name: str, device: torch.device,
+                  arch: ModelArchConfig | None = None) -> torch.dtype:
     """"auto": float32 on the CPU (the reference path), bf16 on GPUs with bf16 hardware, fp16
-    on the others (NVIDIA Turing and older)."""
+    on the others (NVIDIA Turing and older) unless the model overflows fp16 (Gemma 3): fp32.
+    An explicit float16 for such a model is refused (it would decode garbage)."""
     if name != "auto":
         if name not in _DTYPES:
             raise ValueError(f"unknown dtype {name!r}; use auto, float32, bfloat16 or float16")
+        if _DTYPES[name] is torch.float16 and arch is not None and arch.overflows_fp16:
+            raise ValueError(f"{arch.model_type} overflows float16 (its activations exceed "
+                             "65,504 and decode as NaN): use --dtype bfloat16 or float32")
         return _DTYPES[name]
     if device.type == "cuda":
-        return torch.bfloat16 if _native_bf16(device) else torch.float16
+        if _native_bf16(device):
+            return torch.bfloat16
+        return torch.float32 if arch is not None and arch.overflows_fp16 else torch.float16
     return torch.float32
 
 
@@ -75,8 +83,8 @@ def load_model(model_config: ModelConfig, device: torch.device,
             `load_format` auto | gguf | safetensors | dummy; `dtype` is used when `dtype`
             is None.
         device: where the weights go.
-        dtype: activation/weight dtype; None resolves `model_config.dtype` ("auto": fp32 on
-            CPU, bf16 on CUDA).
+        dtype: activation/weight dtype; None resolves `model_config.dtype` for the device and
+            the model (`resolve_dtype`).
         keep_quantized: GGUF block tensors stay raw in `layer.qweight`/`layer.qtype` (with a
             reference GGUF method that a backend may replace) instead of being dequantized.
     Returns:
@@ -84,7 +92,6 @@ def load_model(model_config: ModelConfig, device: torch.device,
     """
     path = model_config.model or default_model_path()
     source = resolve_source(path, model_config.load_format)
-    dtype = dtype or resolve_dtype(model_config.dtype, device)
     start = time.perf_counter()
     quantization: str | None = None
     if source.kind == "gguf":
@@ -111,6 +118,7 @@ def load_model(model_config: ModelConfig, device: torch.device,
 
             weights = iter_safetensors_weights(source.weight_files)
 
+    dtype = dtype or resolve_dtype(model_config.dtype, device, arch)
     from localserve.loader.weights import (
         assign_weights,
         count_params,
@@ -133,7 +141,7 @@ def load_model(model_config: ModelConfig, device: torch.device,
         sliding_window=arch.effective_sliding_window, num_params=count_params(model))
     log.info("loaded %s (%s, %s, %.0fM params) from %s in %.1fs", arch.model_type, source.kind,
              spec.dtype, spec.num_params / 1e6, source.path, time.perf_counter() - start)
-    return LoadedModel(model, arch, spec, source.path, source)
+    return LoadedModel(model, arch, spec, source.path, source, dtype)
 
 
 def _build(arch: ModelArchConfig) -> nn.Module:

@@ -64,6 +64,13 @@ class ModelArchConfig:
                 raise ValueError(f"unsupported rope scaling {scaling.get('rope_type')!r}; "
                                  f"supported: default, {', '.join(_ROPE_TYPES)}")
 
+    @property
+    def overflows_fp16(self) -> bool:
+        """Gemma 3's activations exceed float16's range (65,504): the default Gemma 3 270M
+        decodes NaN logits in fp16 (every greedy token 0) and the same tokens as fp32 in bf16
+        (tests/unit/test_loader.py)."""
+        return self.model_type == "gemma3_text"
+
     def layer_sliding_window(self, layer_idx: int) -> int | None:
         """The attention window of layer `layer_idx` (None = full attention)."""
         if self.layer_types[layer_idx] == SLIDING_ATTENTION:

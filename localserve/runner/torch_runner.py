@@ -96,10 +96,10 @@ class TorchModelRunner:
         self._last_sampled: tuple[torch.Tensor, dict[int, int]] | None = None
 
     # -- set-up ----------------------------------------------------------------------------
-    def model_dtype(self) -> torch.dtype:
-        from localserve.loader import resolve_dtype
-
-        return resolve_dtype(self.config.model.dtype, self.device)
+    def model_dtype(self) -> torch.dtype | None:
+        """The dtype a backend imposes; None: `config.model.dtype` as resolved for this device
+        and model by the loader (`loader.resolve_dtype`)."""
+        return None
 
     def load_model(self) -> None:
         from localserve.loader import load_model
@@ -109,7 +109,7 @@ class TorchModelRunner:
         self.model = loaded.model
         self.arch = loaded.arch
         self.spec = loaded.spec
-        self.kv_dtype = self.model_dtype()
+        self.kv_dtype = loaded.dtype
         # Bytes a forward pass must read: parameters and raw quantized blocks (not RoPE tables).
         weights = [*self.model.parameters(),
                    *(b for n, b in self.model.named_buffers() if n.endswith("qweight"))]

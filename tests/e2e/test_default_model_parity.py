@@ -104,3 +104,27 @@ def test_regenerated_goldens_match_stored(tmp_path, golden):
     for key, ref in golden["prompts"].items():
         assert fresh["prompts"][key]["prompt_ids"] == ref["prompt_ids"]
         assert fresh["prompts"][key]["greedy_ids"] == ref["greedy_ids"]
+
+
+def test_default_model_overflows_float16():
+    """Why resolve_dtype never gives Gemma 3 float16 (`ModelArchConfig.overflows_fp16`): the
+    default model's activations leave fp16's range, its logits turn NaN; bf16 keeps fp32's
+    greedy tokens. Should a model file stop overflowing, this fails and the rule is stale."""
+    import torch
+
+    from localserve.config import ModelConfig, default_model_path
+    from localserve.loader import load_model
+    from localserve.tokenizer import load_tokenizer
+    from tests.helpers.paged import PagedDriver
+
+    prompt = load_tokenizer(default_model_path()).encode(
+        "The capital of France is Paris. The capital of Germany is")
+    tokens = {}
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        loaded = load_model(ModelConfig(), torch.device("cpu"), dtype)
+        assert loaded.arch.overflows_fp16 and loaded.dtype is dtype
+        driver = PagedDriver(loaded.model, loaded.arch, num_blocks=8, block_size=16, dtype=dtype)
+        tokens[dtype], logits = driver.greedy(prompt, 4)
+        if dtype is torch.float16:
+            assert not torch.isfinite(logits).all()
+    assert tokens[torch.bfloat16] == tokens[torch.float32]

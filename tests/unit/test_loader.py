@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import gguf
@@ -11,6 +12,7 @@ import torch
 
 from localserve.config import ModelConfig
 from localserve.loader import load_model, resolve_dtype
+from localserve.models.arch import ModelArchConfig
 from localserve.models.registry import SUPPORTED_ARCHITECTURES
 from tests.helpers.paged import Chunk, PagedDriver
 from tests.helpers.tiny_models import build_tiny_hf_model, make_tiny_checkpoint
@@ -163,18 +165,31 @@ def test_resolve_dtype():
         resolve_dtype("float8", CPU)
 
 
-@pytest.mark.parametrize(("capability", "hip", "expected"), [
-    ((7, 5), None, torch.float16),      # Turing (T4, RTX 20xx): bf16 only emulated
-    ((8, 6), None, torch.bfloat16),     # Ampere and newer
-    ((9, 0), None, torch.bfloat16),
-    ((9, 4), "6.4", torch.bfloat16),    # ROCm (MI300 reports 9.4)
+LLAMA_ARCH = ModelArchConfig("llama", 64, 2, 4, 2, 16, 128, 100, 1e-5, 512, 10000.0)
+GEMMA_ARCH = dataclasses.replace(LLAMA_ARCH, model_type="gemma3_text")
+
+
+@pytest.mark.parametrize(("capability", "hip", "arch", "expected"), [
+    ((7, 5), None, LLAMA_ARCH, torch.float16),   # Turing (T4, RTX 20xx): bf16 only emulated
+    ((7, 5), None, GEMMA_ARCH, torch.float32),   # ...and Gemma 3 overflows fp16
+    ((8, 6), None, LLAMA_ARCH, torch.bfloat16),  # Ampere and newer
+    ((8, 6), None, GEMMA_ARCH, torch.bfloat16),
+    ((9, 0), None, None, torch.bfloat16),
+    ((9, 4), "6.4", GEMMA_ARCH, torch.bfloat16),  # ROCm (MI300 reports 9.4)
 ])
-def test_auto_dtype_on_gpus(monkeypatch, capability, hip, expected):
+def test_auto_dtype_on_gpus(monkeypatch, capability, hip, arch, expected):
     # torch.cuda.is_bf16_supported() answers True on Turing (emulation): not what decides.
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     monkeypatch.setattr(torch.version, "hip", hip)
-    assert resolve_dtype("auto", torch.device("cuda", 0)) is expected
+    assert resolve_dtype("auto", torch.device("cuda", 0), arch) is expected
+
+
+def test_float16_is_refused_for_models_that_overflow_it():
+    with pytest.raises(ValueError, match=r"overflows float16.*--dtype bfloat16 or float32"):
+        resolve_dtype("float16", CPU, GEMMA_ARCH)
+    assert resolve_dtype("float16", CPU, LLAMA_ARCH) is torch.float16
+    assert resolve_dtype("bfloat16", CPU, GEMMA_ARCH) is torch.bfloat16
 
 
 def test_gguf_tensor_types_reads_the_header_only(tmp_path):
