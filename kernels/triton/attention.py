@@ -65,9 +65,9 @@ def choose_launch(*, num_seqs: int, num_kv_heads: int, group: int, head_dim: int
     arch: the GPU generation (`_common.gpu_arch`). Hopper, AMD CDNA and None (the interpreter)
     use the tiles tuned on the H100. Turing (sm_75: no asynchronous copies, 16x8x8 MMAs) and
     RDNA Radeons (gfx11xx: 256 VGPRs per wave32 lane) spilled with those, up to 32 KB a thread
-    at 128 rows on sm_75, so they get at most 32 rows x 16 keys: the largest tiles their
-    compilers build without spills (test_triton_compile.py; at head_dim 256 gfx1100 spills
-    whatever the tiles, least with these).
+    at 128 rows on sm_75, so they get at most 32 rows of 16-key tiles (RDNA keeps 64 keys for
+    16-row decode tiles): the largest their compilers build without spills
+    (test_triton_compile.py; at head_dim 256 gfx1100 spills whatever the tiles, least here).
     """
     group_pad = next_pow2(group)
     head_dim_pad = next_pow2(head_dim)
