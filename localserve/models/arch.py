@@ -68,7 +68,7 @@ class ModelArchConfig:
     def overflows_fp16(self) -> bool:
         """Gemma 3's activations exceed float16's range (65,504): the default Gemma 3 270M
         decodes NaN logits in fp16 (every greedy token 0) and the same tokens as fp32 in bf16
-        (tests/unit/test_loader.py)."""
+        (tests/e2e/test_default_model_parity.py)."""
         return self.model_type == "gemma3_text"
 
     def layer_sliding_window(self, layer_idx: int) -> int | None:
