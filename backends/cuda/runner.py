@@ -26,6 +26,19 @@ class GpuMemoryError(ValueError):
     """The model or one max-length sequence does not fit: the message says what to change."""
 
 
+def weights_do_not_fit(free: int, total: int, dtype: torch.dtype, gguf: bool) -> GpuMemoryError:
+    """The refusal when loading the weights ran out of GPU memory. It names fixes that work
+    here: this backend dequantizes GGUF blocks (no quantized GPU kernels yet), so a smaller
+    quantization does not help on the GPU, while the CPU backend runs GGUF blocks as they are."""
+    held = str(dtype).removeprefix("torch.")
+    why = (f"this backend dequantizes GGUF weights to {held}" if gguf
+           else f"this backend holds the weights in {held}")
+    return GpuMemoryError(
+        f"the weights do not fit: {free / GiB:.1f} GiB of {total / GiB:.1f} GiB were free on the "
+        f"GPU, and {why}. Use a smaller model, or --backend cpu (it runs GGUF Q4_K/Q6_K/Q8_0 "
+        "blocks without dequantizing them).")
+
+
 class CudaModelRunner(TorchModelRunner):
     # Kernels are queued, so the engine prepares the next step while this one runs.
     capabilities = RunnerCapabilities(mixed_batches=True, overlap=True)
@@ -43,10 +56,14 @@ class CudaModelRunner(TorchModelRunner):
         try:
             super().load_model()
         except torch.cuda.OutOfMemoryError as e:
-            raise GpuMemoryError(
-                f"the weights do not fit: {free / GiB:.1f} GiB of {total / GiB:.1f} GiB were "
-                "free on the GPU. Use a quantized checkpoint (GGUF Q4_K_M, AWQ, GPTQ) or a "
-                "smaller model.") from e
+            from localserve.config import default_model_path
+            from localserve.loader import read_arch, resolve_dtype
+            from localserve.loader.source import resolve_source
+
+            model = self.config.model
+            source = resolve_source(model.model or default_model_path(), model.load_format)
+            dtype = resolve_dtype(model.dtype, self.device, read_arch(source))
+            raise weights_do_not_fit(free, total, dtype, source.kind == "gguf") from e
         install_layer_ops(self.model, triton_layer_ops())
         fuse_projections(self.model)
         gemv = install_decode_gemv(self.model)
@@ -77,13 +94,13 @@ class CudaModelRunner(TorchModelRunner):
             raise GpuMemoryError(
                 f"the KV cache fits {max(tokens, 0)} tokens, fewer than --max-model-len "
                 f"{model_len}: lower --max-model-len, raise --gpu-memory-utilization (now "
-                f"{self.config.cache.gpu_memory_utilization}), or use a smaller/quantized model")
+                f"{self.config.cache.gpu_memory_utilization}), or use a smaller model")
         if num_blocks < 1:
             raise GpuMemoryError(
                 f"no memory is left for the KV cache: weights {self.weight_bytes / GiB:.2f} GiB"
                 f" + activations {(peak - self.weight_bytes) / GiB:.2f} GiB exceed "
                 f"{self.config.cache.gpu_memory_utilization:.0%} of {total / GiB:.1f} GiB. "
-                "Lower --max-num-batched-tokens or use a quantized checkpoint.")
+                "Lower --max-num-batched-tokens or use a smaller model.")
         return num_blocks
 
     @torch.inference_mode()
