@@ -37,9 +37,9 @@ TEXT = ("The engine schedules every sequence, packs the step, runs the model and
 class StubRunner(TorchModelRunner):
     capabilities = RunnerCapabilities(mixed_batches=True, overlap=True)
 
-    def __init__(self, config, vocab: int, tokens: list[int]) -> None:
+    def __init__(self, config, vocab_size: int, tokens: list[int]) -> None:
         super().__init__(config, torch.device("cpu"), ops=None)
-        self.spec = ModelSpec("stub", 1, 1, 1, vocab, 4096, "float32")
+        self.spec = ModelSpec("stub", 1, 1, 1, vocab_size, 4096, "float32")
         self.tokens, self.steps = tokens, 0
 
     def load_model(self) -> None:
@@ -61,22 +61,22 @@ class StubRunner(TorchModelRunner):
         return _Launched(ids, None, step.requests, step.owners, self.sampler)
 
 
-def tokenizer_and_tokens(name: str) -> tuple[Any, int, list[int]]:
-    """(tokenizer, vocab size, the tokens to draw in turn) for --tokenizer."""
+def tokenizer_and_tokens(name: str) -> tuple[Any, list[int]]:
+    """(tokenizer, the tokens to draw in turn) for --tokenizer."""
     if name == "id":
-        return IdTokenizer(VOCAB, frozenset()), VOCAB, [5]
+        return IdTokenizer(VOCAB, frozenset()), [5]
     from localserve.config import default_model_path
     from localserve.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(default_model_path())
-    return tokenizer, tokenizer.vocab_size, tokenizer.encode(TEXT, add_special_tokens=False)
+    return tokenizer, tokenizer.encode(TEXT, add_special_tokens=False)
 
 
 def run_once(num_seqs: int, seed: int, tokenizer: str = "id") -> tuple[float, dict[str, float]]:
     config = engine_config(block_size=16, num_kv_blocks=40_000, max_num_seqs=1024,
                            max_num_batched_tokens=16384, async_scheduling=True)
-    tok, vocab, tokens = tokenizer_and_tokens(tokenizer)
-    runner = StubRunner(config, vocab, tokens)
+    tok, tokens = tokenizer_and_tokens(tokenizer)
+    runner = StubRunner(config, tok.vocab_size, tokens)
     engine = LLMEngine(config, runner, tok, EngineInfo("stub", "stub", "cpu"))
     rng = random.Random(seed)
     for i in range(num_seqs):

@@ -97,6 +97,31 @@ def check_last_dim_contiguous(name: str, t: torch.Tensor) -> None:
                          f"(stride {t.stride(-1)} given)")
 
 
+class _Override:
+    """A module-wide setting that a context manager changes for its duration (tests, A/B
+    benchmarks and cross-compilation set launch choices this way)."""
+
+    def __init__(self, default: object = None) -> None:
+        self.value = default
+
+    @contextlib.contextmanager
+    def set(self, value: object) -> Iterator[None]:
+        previous, self.value = self.value, value
+        try:
+            yield
+        finally:
+            self.value = previous
+
+
+_ARCH = _Override()        # a GPU generation to choose launches for, or None: the real one
+_PDL = _Override()         # True/False: force PDL on/off, None: LOCALSERVE_TRITON_PDL decides
+_POISON = _Override(False)  # NaN-filled kernel outputs
+
+
+def _device_index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
 @functools.cache
 def _cuda_num_sms(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
@@ -105,12 +130,8 @@ def _cuda_num_sms(index: int) -> int:
 def num_sms(device: torch.device) -> int:
     """Streaming multiprocessors (NVIDIA) or compute units (AMD) of `device`."""
     if device.type == "cuda":
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        return _cuda_num_sms(index)
+        return _cuda_num_sms(_device_index(device))
     return DEFAULT_NUM_SMS
-
-
-_arch_override: str | None = None
 
 
 @functools.cache
@@ -129,11 +150,11 @@ def gpu_arch(device: torch.device) -> str | None:
     other generations get tiles that fit their registers (`test_triton_compile.py` compiles
     every launch for sm_90, sm_120, sm_89, sm_86, sm_75, gfx942 and gfx1100 and checks for
     spills and shared memory)."""
-    if _arch_override is not None:
-        return _arch_override
+    if _ARCH.value is not None:
+        return _ARCH.value
     if device.type != "cuda" or interpreting():
         return None
-    return _gpu_arch(device.index if device.index is not None else torch.cuda.current_device())
+    return _gpu_arch(_device_index(device))
 
 
 def nvidia_capability(arch: str | None) -> tuple[int, int] | None:
@@ -165,34 +186,21 @@ def shared_memory_limit(device: torch.device) -> int:
     """Bytes of shared memory (LDS on AMD) one program may use on `device`: Triton refuses to
     launch a kernel that needs more. Queried from the GPU; for an `arch_override` target from
     the table above (AMD and unknown ones: 64 KB); the interpreter has no limit to speak of."""
-    if _arch_override is not None:
-        return _SHARED_MEMORY.get(_arch_override, 65_536)
+    if _ARCH.value is not None:
+        return _SHARED_MEMORY.get(_ARCH.value, 65_536)
     if device.type != "cuda" or interpreting():
         return _SHARED_MEMORY["sm_90"]
-    return _device_shared_memory(device.index if device.index is not None
-                                 else torch.cuda.current_device())
+    return _device_shared_memory(_device_index(device))
 
 
-@contextlib.contextmanager
-def arch_override(arch: str) -> Iterator[None]:
+def arch_override(arch: str) -> contextlib.AbstractContextManager[None]:
     """While active, the wrappers choose their launches as for this GPU generation (to record
     launches and compile them for that target, or to run its tiles on another GPU)."""
-    global _arch_override
-    previous, _arch_override = _arch_override, arch
-    try:
-        yield
-    finally:
-        _arch_override = previous
+    return _ARCH.set(arch)
 
 
 _PDL_ON = {"USE_PDL": True, "launch_pdl": True}
 _PDL_OFF = {"USE_PDL": False}
-_pdl_override: bool | None = None
-
-
-@functools.cache
-def _pdl_capable(index: int) -> bool:
-    return torch.version.hip is None and torch.cuda.get_device_capability(index)[0] >= 9
 
 
 def pdl_launch(device: torch.device) -> dict[str, bool]:
@@ -209,26 +217,19 @@ def pdl_launch(device: torch.device) -> dict[str, bool]:
     or in the engine's CUDA graphs (test_triton_pdl.py does, on the device machine).
     `pdl_override` forces it either way (A/B benchmarks, compile tests).
     """
-    if _pdl_override is not None:
-        return _PDL_ON if _pdl_override else _PDL_OFF
-    if (device.type != "cuda" or interpreting()
-            or os.environ.get("LOCALSERVE_TRITON_PDL", "0") != "1"):
+    if _PDL.value is not None:
+        return _PDL_ON if _PDL.value else _PDL_OFF
+    if os.environ.get("LOCALSERVE_TRITON_PDL", "0") != "1":
         return _PDL_OFF
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    return _PDL_ON if _pdl_capable(index) else _PDL_OFF
+    capability = nvidia_capability(gpu_arch(device))  # None: AMD, the interpreter, a CPU
+    return _PDL_ON if capability is not None and capability >= (9, 0) else _PDL_OFF
 
 
-@contextlib.contextmanager
-def pdl_override(enabled: bool) -> Iterator[None]:
+def pdl_override(enabled: bool) -> contextlib.AbstractContextManager[None]:
     """While active, every wrapper launches with (or without) PDL whatever the device and
     LOCALSERVE_TRITON_PDL say. Forced on, the launches run only on sm_90+ GPUs (or are only
     recorded, to compile them for sm_90)."""
-    global _pdl_override
-    previous, _pdl_override = _pdl_override, enabled
-    try:
-        yield
-    finally:
-        _pdl_override = previous
+    return _PDL.set(enabled)
 
 
 @triton.jit
@@ -242,28 +243,19 @@ def pdl_wait(USE_PDL: tl.constexpr):
         tl.extra.cuda.gdc_launch_dependents()
 
 
-_poison_outputs = False
-
-
-@contextlib.contextmanager
-def poisoned_outputs() -> Iterator[None]:
+def poisoned_outputs() -> contextlib.AbstractContextManager[None]:
     """While active, every buffer the wrappers allocate starts filled with NaN (tests only).
 
     An element a kernel forgets to write then shows up as NaN in the result, including the
     split-KV partial buffers the reduction reads.
     """
-    global _poison_outputs
-    previous, _poison_outputs = _poison_outputs, True
-    try:
-        yield
-    finally:
-        _poison_outputs = previous
+    return _POISON.set(True)
 
 
 def empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """torch.empty for kernel outputs; inside `poisoned_outputs()` NaN-filled (integers: -1,
     never a valid index)."""
     t = torch.empty(shape, dtype=dtype, device=device)
-    if _poison_outputs:
+    if _POISON.value:
         t.fill_(float("nan") if dtype.is_floating_point else -1)
     return t

@@ -168,7 +168,8 @@ def test_split_heuristic():
 
 def test_tiles_per_gpu_generation():
     """Hopper, AMD CDNA and the interpreter (None) share the H100-tuned tiles; Turing and RDNA
-    get tiles their registers hold (at most 32 rows x 16 keys); Ampere/Ada take 8
+    get tiles their registers hold (at most 32 rows, 16 keys a tile but for RDNA's 16-row
+    decode tiles); Ampere/Ada take 8
     warps from 64 rows of head_dim 128 (test_triton_compile.py checks the builds for spills)."""
     common = dict(num_seqs=4, num_kv_heads=8, group=4, num_sms=132)
     for head_dim, query_len in ((128, 1), (128, 4096), (256, 300), (80, 64)):

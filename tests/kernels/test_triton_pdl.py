@@ -39,7 +39,7 @@ def test_override_forces_either_way():
 @pytest.mark.parametrize("capable", [True, False])
 def test_gpus_use_pdl_only_when_asked_and_capable(monkeypatch, capable):
     monkeypatch.setattr(_common, "interpreting", lambda: False)
-    monkeypatch.setattr(_common, "_pdl_capable", lambda index: capable)
+    monkeypatch.setattr(_common, "_gpu_arch", lambda index: "sm_90" if capable else "sm_89")
     cuda = torch.device("cuda", 0)
     monkeypatch.delenv("LOCALSERVE_TRITON_PDL", raising=False)
     assert pdl_launch(cuda) == OFF  # opt-in until measured on a GPU
