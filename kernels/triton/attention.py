@@ -52,6 +52,7 @@ class AttentionLaunchSpec:
     num_splits: int     # programs per query block along the keys (1 = no split-KV)
     num_warps: int
     num_stages: int
+    decode: bool = False  # at most one query token per sequence: one program per sequence
 
 
 def choose_launch(*, num_seqs: int, num_kv_heads: int, group: int, head_dim: int,
@@ -65,8 +66,8 @@ def choose_launch(*, num_seqs: int, num_kv_heads: int, group: int, head_dim: int
     arch: the GPU generation (`_common.gpu_arch`). Hopper, AMD CDNA and None (the interpreter)
     use the tiles tuned on the H100. Turing (sm_75: no asynchronous copies, 16x8x8 MMAs) and
     RDNA Radeons (gfx11xx: 256 VGPRs per wave32 lane) spilled with those, up to 32 KB a thread
-    at 128 rows on sm_75, so they get at most 32 rows of 16-key tiles (RDNA keeps 64 keys for
-    16-row decode tiles): the largest their compilers build without spills
+    at 128 rows on sm_75, so they get at most 32 rows of 16-key tiles (RDNA keeps 32-64 keys
+    for 16-row decode tiles): the largest their compilers build without spills
     (test_triton_compile.py; at head_dim 256 gfx1100 spills whatever the tiles, least here).
     """
     group_pad = next_pow2(group)
@@ -105,9 +106,19 @@ def choose_launch(*, num_seqs: int, num_kv_heads: int, group: int, head_dim: int
         programs = num_seqs * cdiv(max_query_len, block_q) * num_kv_heads
         wanted = cdiv(4 * num_sms, max(programs, 1))  # ~4 resident programs per SM
         num_splits = max(1, min(wanted, cdiv(max_seq_len, MIN_KEYS_PER_SPLIT), MAX_SPLITS))
+    if (max_query_len == 1 and num_splits == 1 and block_m <= 16 and head_dim_pad <= 128
+            and elem_bytes <= 2):
+        # Decode with enough sequences to fill the GPU unsplit. On Hopper 128-key tiles halve
+        # the loop trips (H100, 256 ragged Qwen3 sequences: 408 vs 418 us; 500 Llama ones:
+        # 262 vs 264 us); their 128 KB of staged K/V fit its shared memory, not the 99 KB of
+        # others. gfx1100 spills 57 VGPRs at 64 keys unsplit (none at 32; split, the reverse).
+        if arch is None or nvidia == (9, 0):  # None: the interpreter
+            block_n = 128
+        elif rdna(arch):
+            block_n = 32
     return AttentionLaunchSpec(block_q=block_q, block_m=block_m, block_n=block_n,
                                num_splits=num_splits, num_warps=num_warps,
-                               num_stages=num_stages)
+                               num_stages=num_stages, decode=max_query_len == 1)
 
 
 def _check_inputs(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -157,9 +168,11 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         query_start_loc: [num_seqs + 1]; seq_lens: [num_seqs] (cached + new tokens).
         scale: softmax scale; sliding_window: a query at p sees keys k with p - k < window;
         soft_cap: scores become soft_cap * tanh(scores / soft_cap).
-        max_query_len, max_seq_len: host-side bounds; pass them to avoid a device sync. They
-            only steer tile sizes and split-KV: any value gives the right result (a CUDA
-            graph captured for one batch stays correct when its sequences grow).
+        max_query_len, max_seq_len: host-side upper bounds; pass them to avoid a device
+            sync. max_seq_len only steers tile sizes and split-KV, so any value gives the
+            right result (a CUDA graph captured for one batch stays correct when its
+            sequences grow); max_query_len == 1 promises at most one new token per sequence
+            (a decode step) and takes the kernel's search-free path.
         num_kv_splits: force the split-KV factor (tests, tuning); None = heuristic.
     Returns:
         [num_tokens, num_heads, head_dim] in q's dtype (fp32 accumulation).
@@ -208,7 +221,8 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         part_acc = part_max = part_sum = out.new_empty((1,), dtype=torch.float32)
 
     # Upper bound on query blocks; programs past the end of their sequence exit at once.
-    grid = (num_tokens // spec.block_q + num_seqs, num_kv_heads, spec.num_splits)
+    blocks = num_seqs if spec.decode else num_tokens // spec.block_q + num_seqs
+    grid = (blocks, num_kv_heads, spec.num_splits)
     paged_attention_kernel[grid](
         out, part_acc, part_max, part_sum,
         q, k_cache, v_cache, block_tables, query_start_loc, seq_lens,
@@ -220,7 +234,7 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         block_tables.stride(0),
         GROUP=group, GROUP_PAD=next_pow2(group), BLOCK_Q=spec.block_q, BLOCK_M=spec.block_m,
         BLOCK_N=spec.block_n, HEAD_DIM=head_dim, HEAD_DIM_PAD=next_pow2(head_dim),
-        PAGE_SIZE=k_cache.shape[1], SPLIT_KV=split_kv,
+        PAGE_SIZE=k_cache.shape[1], SPLIT_KV=split_kv, DECODE=spec.decode,
         USE_WINDOW=sliding_window is not None, USE_SOFT_CAP=soft_cap is not None,
         # fp32 inputs: exact products (no TF32); fp16/bf16: the target's default.
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else None,

@@ -9,7 +9,8 @@ row m -> token m // GROUP_PAD, head kv_head * GROUP + m % GROUP_PAD.
 Programs are numbered over "query blocks" of the packed batch without a host-side index:
 sequence s owns blocks [qsl[s] // BLOCK_Q + s, ...); a binary search over query_start_loc finds
 the sequence of a program (the `+ s` keeps that index strictly increasing, even for sequences
-with no new tokens). Programs past the end of their sequence return at once.
+with no new tokens). Programs past the end of their sequence return at once. Decode steps (at
+most one new token per sequence, DECODE) skip the search: program i is sequence i.
 
 With SPLIT_KV (flash-decoding), the key tiles a block needs are cut into `num_splits`
 chunks, one program each; every program then writes its unnormalised accumulator and its
@@ -136,22 +137,29 @@ def paged_attention_kernel(
     HEAD_DIM_PAD: tl.constexpr,
     PAGE_SIZE: tl.constexpr,    # tokens per cache block
     SPLIT_KV: tl.constexpr,
+    DECODE: tl.constexpr,       # every sequence has at most one query token (grid: sequences)
     USE_WINDOW: tl.constexpr,
     USE_SOFT_CAP: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     USE_PDL: tl.constexpr,
 ):
     pdl_wait(USE_PDL)
-    # Last query blocks first: under the causal mask they see the most keys, so the longest
-    # programs start in the first wave and the short ones fill the tail.
-    q_block = tl.num_programs(0) - 1 - tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
-
-    seq = _find_sequence(query_start_loc_ptr, q_block, num_seqs, BLOCK_Q)
+    if DECODE:
+        # At most one new token per sequence: program i is sequence i. The binary search
+        # would put ~log2(num_seqs) dependent loads before the first K/V load.
+        seq = tl.program_id(0)
+        local_block = 0
+    else:
+        # Last query blocks first: under the causal mask they see the most keys, so the
+        # longest programs start in the first wave and the short ones fill the tail.
+        q_block = tl.num_programs(0) - 1 - tl.program_id(0)
+        seq = _find_sequence(query_start_loc_ptr, q_block, num_seqs, BLOCK_Q)
     q_start = tl.load(query_start_loc_ptr + seq)
     q_len = tl.load(query_start_loc_ptr + seq + 1) - q_start
-    local_block = q_block - (q_start // BLOCK_Q + seq)
+    if not DECODE:
+        local_block = q_block - (q_start // BLOCK_Q + seq)
     if local_block * BLOCK_Q >= q_len:
         return
     seq_len = tl.load(seq_lens_ptr + seq)

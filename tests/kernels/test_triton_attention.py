@@ -126,12 +126,28 @@ def test_bounds_computed_when_not_given(seed):
     _check(batch, 0.125, pass_bounds=False)
 
 
-@pytest.mark.parametrize(("max_query_len", "max_seq_len"), [(1, 1), (10**6, 10**6)])
-def test_wrong_bounds_change_speed_not_results(max_query_len, max_seq_len, seed):
-    q_lens, seq_lens = CASES["mixed"]
+@pytest.mark.parametrize("case", ["mixed", "decode"])
+@pytest.mark.parametrize(("query_len_slack", "max_seq_len"), [(0, 1), (10**6, 10**6)])
+def test_loose_bounds_change_speed_not_results(case, query_len_slack, max_seq_len, seed):
+    """max_seq_len may be anything (a graph captured for 4096 keys serves shorter sequences);
+    max_query_len may be too large (a decode step then takes the general path)."""
+    q_lens, seq_lens = CASES[case]
     batch = make_paged_batch(q_lens, seq_lens, 8, 2, 64, 16, DTYPES[0], DEV)
-    batch.max_query_len, batch.max_seq_len = max_query_len, max_seq_len
+    batch.max_query_len += query_len_slack
+    batch.max_seq_len = max_seq_len
     _check(batch, 0.125)
+
+
+@pytest.mark.parametrize("num_kv_splits", [None, 3])
+def test_decode_step_with_idle_sequences(num_kv_splits, seed):
+    """The decode path (one program per sequence, no search) with sequences that have no
+    new token this step: their programs must write nothing, the others the right rows."""
+    q_lens, seq_lens = [1, 0, 1, 0, 1], [37, 5, 1, 80, 90]
+    if FULL:
+        q_lens, seq_lens = [1, 0] * 24, [int(x) for x in torch.randint(1, 4096, (48,))]
+    batch = make_paged_batch(q_lens, seq_lens, 8, 2, 64, 16, DTYPES[0], DEV)
+    assert batch.max_query_len == 1  # the kernel's decode path
+    _check(batch, 0.125, num_kv_splits=num_kv_splits)
 
 
 def test_strided_query_view(seed):
@@ -164,6 +180,22 @@ def test_split_heuristic():
     mqa = choose_launch(num_seqs=4, max_query_len=1, max_seq_len=64, num_kv_heads=1,
                         group=32, head_dim=128, num_sms=132)
     assert mqa.block_q == 1 and mqa.block_m == 32
+
+
+def test_unsplit_decode_tiles_per_gpu_generation():
+    """Decode of many sequences (no split): 128-key tiles where Hopper's shared memory holds
+    their staged K/V (and in the interpreter, so CI runs them); 64 keys on GPUs with ~99 KB
+    or 64 KB; 32 on RDNA, which spills at 64 (test_triton_compile.py)."""
+    shape = dict(num_seqs=256, num_kv_heads=8, group=2, num_sms=132, head_dim=128,
+                 max_query_len=1, max_seq_len=4096)
+    keys = {arch: choose_launch(arch=arch, **shape).block_n
+            for arch in (None, "sm_90", "sm_120", "sm_89", "gfx942", "gfx1100")}
+    assert keys == {None: 128, "sm_90": 128, "sm_120": 64, "sm_89": 64, "gfx942": 64,
+                    "gfx1100": 32}
+    assert choose_launch(**shape).num_splits == 1 and choose_launch(**shape).decode
+    split = choose_launch(**{**shape, "num_seqs": 2})
+    assert split.num_splits > 1 and split.block_n == 64
+    assert not choose_launch(**{**shape, "max_query_len": 2}).decode
 
 
 def test_tiles_per_gpu_generation():

@@ -106,9 +106,11 @@ def _record_launches(target: str) -> Iterator[list[Launch]]:
 def _launch_every_kernel(half: torch.dtype) -> None:
     """The model-sized launches, in `half` (bf16, or fp16 for GPUs without bf16) and fp32."""
     cpu = torch.device("cpu")
-    # Attention: Llama-3-8B decode (split-KV), prefill, head_dim 256 with window + soft cap,
-    # fp16 head_dim 80, fp32 (exact FMA dots) at head_dim 64 and 256, MQA.
+    # Attention: Llama-3-8B decode (split-KV), Qwen3 decode of many sequences (unsplit),
+    # prefill, head_dim 256 with window + soft cap, fp16 head_dim 80, fp32 (exact FMA dots) at
+    # head_dim 64 and 256, MQA.
     cases = [([1] * 8, [4096] * 8, 32, 8, 128, half, None, None),
+             ([1] * 256, [64] * 256, 16, 8, 128, half, None, None),  # unsplit decode
              ([2048], [2048], 32, 8, 128, half, None, None),
              ([300, 1], [800, 900], 16, 8, 256, half, 4096, 50.0),
              ([64, 1], [64, 300], 32, 32, 80, torch.float16, None, None),
