@@ -1,4 +1,4 @@
-"""CUDA graphs for decode steps: one graph per batch-size bucket, captured on first use.
+"""CUDA graphs for decode steps: one graph per batch-size bucket, captured at start-up.
 
 A decode step (every sequence runs one token) has a fixed shape once the batch is padded to a
 bucket, so the whole forward pass replays as one graph with no per-kernel launch cost. Inputs
@@ -25,10 +25,24 @@ from localserve.runner.context import (
 log = logging.getLogger(__name__)
 
 
+# Batches up to this many rows pad to a power of two: their step reads every weight once
+# whatever the batch, so padding them is nearly free.
+MEMORY_BOUND_ROWS = 64
+# Above it, this many buckets per doubling (at most 1/8 of a step padding): the GEMMs of
+# hundreds of rows are compute-bound, and padding 300 sequences to 512 pays for 512.
+BUCKETS_PER_DOUBLING = 8
+
+
 def bucket_sizes(max_num_seqs: int) -> list[int]:
-    """Powers of two: few captures (each costs a forward pass); padding a decode batch costs
-    little, because a decode step reads every weight once whatever the batch size."""
-    sizes = [1 << i for i in range(max_num_seqs.bit_length()) if 1 << i < max_num_seqs]
+    """The decode batch sizes that get a graph; a batch runs in the smallest that holds it."""
+    sizes = []
+    size = 1
+    while size < max_num_seqs:
+        sizes.append(size)
+        if size < MEMORY_BOUND_ROWS:
+            size *= 2
+        else:
+            size += (1 << (size.bit_length() - 1)) // BUCKETS_PER_DOUBLING
     return [*sizes, max_num_seqs]
 
 
@@ -54,6 +68,16 @@ class DecodeGraphs:
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.pool = None
 
+    def capture_all(self) -> None:
+        """Captures every bucket, largest first (the later ones fit in the memory pool it
+        leaves), so no capture stalls a request in the middle of serving."""
+        start = time.perf_counter()
+        for b in reversed(self.buckets):
+            if b not in self.graphs:
+                self.graphs[b] = self._capture(b)
+        log.info("captured %d decode graphs (batches %d..%d) in %.1fs", len(self.graphs),
+                 self.buckets[0], self.buckets[-1], time.perf_counter() - start)
+
     def bucket_for(self, batch: int) -> int | None:
         return next((b for b in self.buckets if b >= batch), None)
 
@@ -76,8 +100,8 @@ class DecodeGraphs:
         with torch.cuda.graph(graph, pool=self.pool), forward_context(ctx):
             run()
         self.pool = graph.pool()
-        log.info("captured a decode graph for batch %d in %.2fs", b,
-                 time.perf_counter() - start)
+        log.debug("captured a decode graph for batch %d in %.2fs", b,
+                  time.perf_counter() - start)
         return graph
 
     def run(self, input_ids: torch.Tensor, positions: torch.Tensor, slot_mapping: torch.Tensor,

@@ -142,6 +142,7 @@ class CudaModelRunner(TorchModelRunner):
                 self.model, self.kv_caches, self.ops, self.config.scheduler.max_num_seqs,
                 -(-model_len // self.block_size), model_len, self.arch.hidden_size,
                 self.kv_dtype, self.device)
+            self.graphs.capture_all()
 
     def _forward(self, scheduled: SchedulerOutput, input_ids: torch.Tensor,
                  positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
