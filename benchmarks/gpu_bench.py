@@ -12,9 +12,10 @@ prompts of random token ids):
      per-step roofline (weights + KV read per step / bandwidth).
  (c) Llama-3.1-8B, ShareGPT-like: 500 prompts of 100-300 ids, outputs 100-260, greedy.
  (d) start-up: engine construction to ready, cold.
-A workload named with ":pdl" (e.g. `--only a a:pdl a a:pdl`) runs with programmatic dependent
-launch on (sm_90+; opt-in until measured, kernels/triton/_common.py), for an A/B in one
-process; its table rows are marked "[PDL]".
+A workload named with a variant runs with one setting changed, for an A/B in one process
+(e.g. `--only c c:pow2 c c:pow2`); its table rows are marked with it: ":pdl" / ":nopdl" force
+programmatic dependent launch on / off (kernels/triton/_common.py), ":pow2" gives decode
+graphs the power-of-two batch buckets of sessions 1-5 (backends/cuda/graphs.py).
 --hf adds HF transformers as the in-run peer: for (a) plain generate (dynamic cache); for (b)
 its ContinuousBatchingManager on the first 32 requests, with localserve on the same 32.
 A table is printed last.
@@ -240,6 +241,8 @@ def bench_b(args, results, table) -> None:
                     "steps": counter.steps, "jit_compiles": len(jit.names)}
     table.append(("(b) Qwen3-0.6B nano-vllm", f"{total / wall:,.0f} tok/s ({n} reqs)",
                   f"{frac:.0%} of per-step roofline; {jit.report('(b)')}", VLLM["b"]))
+    if args.kernel_table:
+        kernel_table(llm, "(b)", prompts, params)
     if args.hf:  # HF's continuous batching needs minutes for all 256: both on a subset
         k = HF_B_SUBSET
         llm.engine.block_manager.reset_prefix_cache()  # these prompts ran just now
@@ -363,13 +366,6 @@ def bench_c(args, results, table) -> None:
           f"{sched.max_num_batched_tokens}", flush=True)
     warm_up(llm, 100, 300)
     phases = Phases(llm) if args.phases else None
-    if args.kernel_table:
-        from torch.profiler import ProfilerActivity, profile
-
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            llm.generate(prompts[:100], params[:100])
-        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=14,
-                                        max_name_column_width=50), flush=True)
     with JitCompiles() as jit:
         t = time.perf_counter()
         llm.generate(prompts, params)
@@ -380,7 +376,30 @@ def bench_c(args, results, table) -> None:
                     "jit_compiles": len(jit.names)}
     table.append(("(c) 8B ShareGPT-like", f"{n / wall:.1f} req/s, {sum(outs) / wall:,.0f} tok/s",
                   jit.report("(c)"), VLLM["c"]))
+    if args.kernel_table:
+        kernel_table(llm, "(c)", prompts, params)
     release(llm)
+
+
+def kernel_table(llm, label: str, prompts, params) -> None:
+    """The workload once more under the torch profiler (after its timed run, which it does
+    not touch): GPU time per kernel, largest first."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    llm.engine.block_manager.reset_prefix_cache()  # these prompts ran just now
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        llm.generate(prompts, params)
+    wall = time.perf_counter() - t
+    events = [e for e in prof.key_averages() if e.device_time_total > 0]
+    gpu = sum(e.self_device_time_total for e in events) / 1e6
+    print(f"{label} under the profiler: {wall:.2f} s wall, {gpu:.2f} s of GPU kernel time",
+          flush=True)
+    for e in sorted(events, key=lambda e: -e.self_device_time_total)[:18]:
+        print(f"  {e.self_device_time_total / 1e6:7.3f} s {e.count:8d} calls "
+              f"{e.self_device_time_total / max(e.count, 1):9.1f} us  {e.key[:90]}", flush=True)
 
 
 def bench_d(args, results, table) -> None:
@@ -392,13 +411,41 @@ def bench_d(args, results, table) -> None:
     release(llm)
 
 
+@contextlib.contextmanager
+def variant_setting(variant: str):
+    """The setting a workload variant changes while it runs (see the module docstring)."""
+    import torch
+
+    from localserve.backends.cuda import graphs
+    from localserve.kernels.triton._common import pdl_override
+
+    if variant in ("pdl", "nopdl"):
+        if variant == "pdl" and not (torch.cuda.is_available()
+                                     and torch.cuda.get_device_capability()[0] >= 9):
+            raise SystemExit("programmatic dependent launch needs sm_90+")
+        with pdl_override(variant == "pdl"):
+            yield
+    elif variant == "pow2":
+        buckets = graphs.bucket_sizes
+        graphs.bucket_sizes = lambda n: [1 << i for i in range(n.bit_length())
+                                         if 1 << i < n] + [n]
+        try:
+            yield
+        finally:
+            graphs.bucket_sizes = buckets
+    elif variant:
+        raise SystemExit(f"unknown variant {variant!r} (known: pdl, nopdl, pow2)")
+    else:
+        yield
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description="GPU benchmarks (issue 6)")
     ap.add_argument("--only", nargs="+", default=["d", "a", "b", "c"])
     ap.add_argument("--hf", action="store_true")
     ap.add_argument("--no-async", action="store_true", help="step synchronously (A/B)")
     ap.add_argument("--phases", action="store_true", help="host time per engine phase")
-    ap.add_argument("--kernel-table", action="store_true", help="(c): CUDA kernel table first")
+    ap.add_argument("--kernel-table", action="store_true", help="(b), (c): GPU time per kernel")
     ap.add_argument("--quick", action="store_true", help="smaller (b) and (c)")
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny shapes, reference backend")
     ap.add_argument("--json", default=None)
@@ -418,24 +465,18 @@ def main() -> None:
     import gc
 
     import localserve
-    from localserve.kernels.triton._common import pdl_override
 
     results: dict = {"bandwidth_GBps": args.bw / 1e9, "runs": []}
     table: list[tuple[str, str, str, str]] = []
     for item in args.only:
         name, _, variant = item.partition(":")
         bench = {"a": bench_a, "b": bench_b, "c": bench_c, "d": bench_d}[name]
-        if variant not in ("", "pdl"):
-            raise SystemExit(f"unknown variant {variant!r} in --only {item} (known: pdl)")
-        if variant and not (torch.cuda.is_available()
-                            and torch.cuda.get_device_capability()[0] >= 9):
-            raise SystemExit(f"--only {item}: programmatic dependent launch needs sm_90+")
         rows, run = len(table), {}
-        with pdl_override(True) if variant else contextlib.nullcontext():
+        with variant_setting(variant):
             bench(args, run, table)
         results["runs"].append({"workload": item, **run})
         if variant:
-            table[rows:] = [(f"{r[0]} [PDL]", *r[1:]) for r in table[rows:]]
+            table[rows:] = [(f"{r[0]} [{variant}]", *r[1:]) for r in table[rows:]]
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

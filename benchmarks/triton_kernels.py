@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import sys
 import time
 from collections.abc import Callable
@@ -96,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         ("write_kv", bench.write_kv), ("paged_attention", bench.attention),
         ("rms_norm", bench.rms_norm), ("rotary_embedding", bench.rotary),
         ("act_and_mul", bench.act_and_mul), ("gemv", bench.gemv),
+        ("decode_paths", bench.decode_paths),
     ]
     for name, run in sections:
         if not only or name in only:
@@ -448,6 +450,37 @@ class Bench:
         if self.smoke:
             grid = [(16, 128, 4, 2), (32, 64, 4, 2)]
         self.gemv([GemvConfig(*g) for g in grid])
+
+    # ---- decode attention as the engine's steps call it --------------------------------------
+    def decode_paths(self) -> None:
+        """Decode attention on ragged batches like gpu_bench's (b) and (c), and (a)'s batch 1 as
+        its CUDA graph launches it (split-KV sized for 4,096 keys): the decode path (one
+        program per sequence) against the general one (binary search per program), and a few
+        tile sizes around the default."""
+        print("decode_paths", flush=True)
+        rng = random.Random(0)
+        if self.smoke:
+            shapes = [("tiny ragged", 4, 2, 64, [rng.randint(5, 90) for _ in range(6)], None)]
+        else:
+            shapes = [("qwen3 (b) 256 ragged 200-2048", 16, 8, 128,
+                       [rng.randint(200, 2048) for _ in range(256)], None),
+                      ("llama3 (c) 500 ragged 150-560", 32, 8, 128,
+                       [rng.randint(150, 560) for _ in range(500)], None),
+                      ("llama3 (a) 1x640 graph", 32, 8, 128, [640], 4096)]
+        for label, nh, kvh, hd, seq_lens, max_seq_len in shapes:
+            case = self.attention_inputs(label, nh, kvh, hd, [1] * len(seq_lens), seq_lens)
+            if max_seq_len:
+                case.batch.max_seq_len = max_seq_len
+            self.attention_row(case, "[decode path]")
+            self.attention_row(case, "[general path]", launch_override={"decode": False})
+            for bn, stages, warps in ((32, 2, 4), (128, 2, 4), (64, 3, 4), (64, 2, 2),
+                                      (64, 2, 8)):
+                self.attention_row(case, f"[decode BN={bn} s={stages} w={warps}]",
+                                   launch_override={"block_n": bn, "num_stages": stages,
+                                                    "num_warps": warps})
+            del case
+            if not self.smoke:
+                self.torch.cuda.empty_cache()
 
     # ---- tuning sweeps ---------------------------------------------------------------------
     def sweep(self) -> None:
