@@ -212,10 +212,13 @@ def pdl_launch(device: torch.device) -> dict[str, bool]:
     newer only: AMD, older GPUs and the interpreter launch plainly (the HIP backend rejects the
     `launch_pdl` option, so it is passed only where it applies).
 
-    Opt-in (LOCALSERVE_TRITON_PDL=1) until it is timed on a GPU: its sm_90/sm_120 builds are
-    checked to start with the wait (test_triton_compile.py), but no GPU has run it yet, alone
-    or in the engine's CUDA graphs (test_triton_pdl.py does, on the device machine).
-    `pdl_override` forces it either way (A/B benchmarks, compile tests).
+    Opt-in (LOCALSERVE_TRITON_PDL=1): correct on an H100 (a 32-layer chain of PDL kernels
+    replayed in a CUDA graph matches eager launches, test_triton_pdl.py; every sm_90/sm_120
+    build starts with the wait, test_triton_compile.py), but no faster there: batch-1 decode
+    of the 8B shapes 170.5 vs 169.7 tok/s averaged over four A/B pairs on two machines, within
+    their spread, and (b)/(c) unchanged (docs/benchmarks.md, session 6). Most decode kernels
+    sit next to a cuBLAS GEMM, which launches plainly. `pdl_override` forces it either way
+    (A/B benchmarks, compile tests).
     """
     if _PDL.value is not None:
         return _PDL_ON if _PDL.value else _PDL_OFF
