@@ -15,7 +15,9 @@ prompts of random token ids):
 A workload named with a variant runs with one setting changed, for an A/B in one process
 (e.g. `--only c c:pow2 c c:pow2`); its table rows are marked with it: ":pdl" / ":nopdl" force
 programmatic dependent launch on / off (kernels/triton/_common.py), ":pow2" gives decode
-graphs the power-of-two batch buckets of sessions 1-5 (backends/cuda/graphs.py).
+graphs the power-of-two batch buckets of sessions 1-5 (backends/cuda/graphs.py),
+":wholerows" has the fused sampling kernel scan each row in one program, as before session 6
+(kernels/triton/sampling.py).
 --hf adds HF transformers as the in-run peer: for (a) plain generate (dynamic cache); for (b)
 its ContinuousBatchingManager on the first 32 requests, with localserve on the same 32.
 A table is printed last.
@@ -433,8 +435,16 @@ def variant_setting(variant: str):
             yield
         finally:
             graphs.bucket_sizes = buckets
+    elif variant == "wholerows":
+        from localserve.kernels.triton import sampling
+
+        sampling.PROGRAMS_PER_SM, before = 0, sampling.PROGRAMS_PER_SM
+        try:
+            yield
+        finally:
+            sampling.PROGRAMS_PER_SM = before
     elif variant:
-        raise SystemExit(f"unknown variant {variant!r} (known: pdl, nopdl, pow2)")
+        raise SystemExit(f"unknown variant {variant!r} (known: pdl, nopdl, pow2, wholerows)")
     else:
         yield
 

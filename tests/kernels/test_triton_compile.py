@@ -61,7 +61,7 @@ KERNELS = [(attention, "paged_attention_kernel"), (attention, "reduce_splits_ker
            (cache, "_write_kv_kernel"), (norm, "_rms_norm_kernel"),
            (rotary, "_rotary_kernel"), (activation, "_act_and_mul_kernel"),
            (gemv, "_gemv_kernel"), (rope_cache, "_rope_cache_kernel"),
-           (sampling, "_gumbel_argmax_kernel")]
+           (sampling, "_gumbel_argmax_kernel"), (sampling, "_pick_first_max_kernel")]
 
 
 # Shared memory a program may use on each target (the GPUs refuse to launch a kernel needing more):

@@ -14,7 +14,7 @@ import torch
 pytest.importorskip("triton")
 
 from localserve.kernels import reference
-from localserve.kernels.triton import gumbel_argmax
+from localserve.kernels.triton import gumbel_argmax, sampling
 from localserve.kernels.triton._common import poisoned_outputs
 from localserve.kernels.triton.testing import device, fresh_seed, full_shapes
 
@@ -66,6 +66,34 @@ def test_same_seed_same_token_in_any_batch():
     assert whole.tolist() == again.tolist() == alone.tolist()
     other = gumbel_argmax(logits, temps, seeds + 1000)
     assert other.tolist() != whole.tolist()  # 8 rows over a large vocabulary
+
+
+@pytest.mark.parametrize("rows", [1, 5])
+def test_chunked_rows_draw_the_same_tokens_as_whole_rows(rows, monkeypatch):
+    """Rows split over several programs (few rows) and whole rows (PROGRAMS_PER_SM = 0: one
+    chunk a row) pick the same tokens, sampled and greedy: the noise is keyed by the index."""
+    vocab = VOCABS[0] if FULL else VOCABS[-1]  # the interpreter: 3 chunks of 1,024
+    g = torch.Generator().manual_seed(fresh_seed())
+    logits = (torch.randn(rows, vocab, generator=g) * 3).to(DEV)
+    logits[0, 3] = logits[0, vocab - 2] = 1e4  # a tie across chunks: the first index wins
+    temps = torch.tensor([0.0, 0.8, 1.3, 0.0, 2.0][:rows], device=DEV)
+    seeds = torch.arange(7, 7 + rows, device=DEV)
+    assert sampling._chunking(rows, vocab, logits.device)[1] > 1
+    with poisoned_outputs():
+        chunked = gumbel_argmax(logits, temps, seeds)
+    monkeypatch.setattr(sampling, "PROGRAMS_PER_SM", 0)
+    assert sampling._chunking(rows, vocab, logits.device)[1] == 1
+    whole = gumbel_argmax(logits, temps, seeds)
+    assert chunked.tolist() == whole.tolist()
+    assert chunked[0].item() == 3
+
+
+@pytest.mark.parametrize("rows", [1, 3, 100, 1024])
+@pytest.mark.parametrize("vocab", [1, 1023, 1025, 128256, 262144])
+def test_chunks_cover_the_vocabulary_in_whole_blocks(rows, vocab):
+    chunk_size, num_chunks = sampling._chunking(rows, vocab, torch.device("cpu"))
+    assert chunk_size % sampling.BLOCK == 0 and 1 <= num_chunks <= sampling.MAX_CHUNKS
+    assert (num_chunks - 1) * chunk_size < vocab <= num_chunks * chunk_size
 
 
 def test_wrapper_rejects_bad_input():

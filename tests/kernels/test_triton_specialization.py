@@ -96,15 +96,21 @@ def test_cache_writes_ignore_index_alignment():
     _assert_one_variant_each(launches, {"_rope_cache_kernel", "_write_kv_kernel"})
 
 
-def test_fused_sampling_ignores_staged_views_alignment():
+def test_fused_sampling_ignores_staged_views_alignment_and_chunking():
     """The sampler stages seeds then temperatures in one int64 buffer: the temperatures'
-    view is 16-byte aligned or not by the row count."""
-    with recorded_launches((sampling, "_gumbel_argmax_kernel")) as launches:
-        for rows in (1, 2, 3, 16, 17):
+    view is 16-byte aligned or not by the row count. The number of chunks a row is split
+    into (75 for one row of a Qwen3 vocabulary, 1 for a thousand rows) is not specialised."""
+    chunks = set()
+    with recorded_launches((sampling, "_gumbel_argmax_kernel"),
+                           (sampling, "_pick_first_max_kernel")) as launches:
+        for rows in (1, 2, 3, 16, 17, 1100):
             staged = torch.zeros(rows + (rows + 1) // 2, dtype=torch.int64, device=DEV)
             temps = staged[rows:].view(torch.float32)[:rows]
-            sampling.gumbel_argmax(torch.randn(rows, 64, device=DEV), temps, staged[:rows])
-    _assert_one_variant_each(launches, {"_gumbel_argmax_kernel"})
+            logits = torch.empty(rows, 151936, dtype=torch.bfloat16, device=DEV)
+            sampling.gumbel_argmax(logits, temps, staged[:rows])
+            chunks.add(sampling._chunking(rows, 151936, logits.device)[1])
+    assert 1 in chunks and max(chunks) >= 64
+    _assert_one_variant_each(launches, {"_gumbel_argmax_kernel", "_pick_first_max_kernel"})
 
 
 def test_gemv_batch_rows_add_no_variant():
