@@ -385,7 +385,7 @@ def bench_c(args, results, table) -> None:
 
 def kernel_table(llm, label: str, prompts, params) -> None:
     """The workload once more under the torch profiler (after its timed run, which it does
-    not touch): GPU time per kernel, largest first."""
+    not touch): GPU time per kernel, largest first. Slow: (b) makes ~300k kernel records."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
@@ -413,40 +413,30 @@ def bench_d(args, results, table) -> None:
     release(llm)
 
 
-@contextlib.contextmanager
-def variant_setting(variant: str):
+def variant_setting(variant: str) -> contextlib.AbstractContextManager:
     """The setting a workload variant changes while it runs (see the module docstring)."""
+    from unittest import mock
+
     import torch
 
     from localserve.backends.cuda import graphs
+    from localserve.kernels.triton import sampling
     from localserve.kernels.triton._common import pdl_override
 
-    if variant in ("pdl", "nopdl"):
-        if variant == "pdl" and not (torch.cuda.is_available()
-                                     and torch.cuda.get_device_capability()[0] >= 9):
-            raise SystemExit("programmatic dependent launch needs sm_90+")
-        with pdl_override(variant == "pdl"):
-            yield
-    elif variant == "pow2":
-        buckets = graphs.bucket_sizes
-        graphs.bucket_sizes = lambda n: [1 << i for i in range(n.bit_length())
-                                         if 1 << i < n] + [n]
-        try:
-            yield
-        finally:
-            graphs.bucket_sizes = buckets
-    elif variant == "wholerows":
-        from localserve.kernels.triton import sampling
-
-        sampling.PROGRAMS_PER_SM, before = 0, sampling.PROGRAMS_PER_SM
-        try:
-            yield
-        finally:
-            sampling.PROGRAMS_PER_SM = before
-    elif variant:
-        raise SystemExit(f"unknown variant {variant!r} (known: pdl, nopdl, pow2, wholerows)")
-    else:
-        yield
+    if variant == "pdl" and not (torch.cuda.is_available()
+                                 and torch.cuda.get_device_capability()[0] >= 9):
+        raise SystemExit("programmatic dependent launch needs sm_90+")
+    settings = {
+        "": contextlib.nullcontext,
+        "pdl": lambda: pdl_override(True),
+        "nopdl": lambda: pdl_override(False),
+        "pow2": lambda: mock.patch.object(graphs, "bucket_sizes", lambda n: [
+            1 << i for i in range(n.bit_length()) if 1 << i < n] + [n]),
+        "wholerows": lambda: mock.patch.object(sampling, "PROGRAMS_PER_SM", 0),
+    }
+    if variant not in settings:
+        raise SystemExit(f"unknown variant {variant!r} (known: {', '.join(settings)[2:]})")
+    return settings[variant]()
 
 
 def main() -> None:
