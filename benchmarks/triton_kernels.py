@@ -453,24 +453,21 @@ class Bench:
 
     # ---- decode attention as the engine's steps call it --------------------------------------
     def decode_paths(self) -> None:
-        """Decode attention on ragged batches like gpu_bench's (b) and (c), and (a)'s batch 1 as
-        its CUDA graph launches it (split-KV sized for 4,096 keys): the decode path (one
+        """Decode attention on ragged batches like gpu_bench's (b) and (c): the decode path (one
         program per sequence) against the general one (binary search per program), and a few
-        tile sizes around the default."""
+        tile sizes around the default. (Batch 1 is left out: timed alone, the wrapper's host
+        work between launches is longer than the kernel.)"""
         print("decode_paths", flush=True)
         rng = random.Random(0)
         if self.smoke:
-            shapes = [("tiny ragged", 4, 2, 64, [rng.randint(5, 90) for _ in range(6)], None)]
+            shapes = [("tiny ragged", 4, 2, 64, [rng.randint(5, 90) for _ in range(6)])]
         else:
             shapes = [("qwen3 (b) 256 ragged 200-2048", 16, 8, 128,
-                       [rng.randint(200, 2048) for _ in range(256)], None),
+                       [rng.randint(200, 2048) for _ in range(256)]),
                       ("llama3 (c) 500 ragged 150-560", 32, 8, 128,
-                       [rng.randint(150, 560) for _ in range(500)], None),
-                      ("llama3 (a) 1x640 graph", 32, 8, 128, [640], 4096)]
-        for label, nh, kvh, hd, seq_lens, max_seq_len in shapes:
+                       [rng.randint(150, 560) for _ in range(500)])]
+        for label, nh, kvh, hd, seq_lens in shapes:
             case = self.attention_inputs(label, nh, kvh, hd, [1] * len(seq_lens), seq_lens)
-            if max_seq_len:
-                case.batch.max_seq_len = max_seq_len
             self.attention_row(case, "[decode path]")
             self.attention_row(case, "[general path]", launch_override={"decode": False})
             for bn, stages, warps in ((32, 2, 4), (128, 2, 4), (64, 3, 4), (64, 2, 2),

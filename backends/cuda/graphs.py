@@ -70,11 +70,11 @@ class DecodeGraphs:
 
     def capture_all(self) -> None:
         """Captures every bucket, largest first (the later ones fit in the memory pool it
-        leaves), so no capture stalls a request in the middle of serving."""
+        leaves), so no capture stalls a request in the middle of serving. Called once,
+        before the first `run`."""
         start = time.perf_counter()
         for b in reversed(self.buckets):
-            if b not in self.graphs:
-                self.graphs[b] = self._capture(b)
+            self.graphs[b] = self._capture(b)
         log.info("captured %d decode graphs (batches %d..%d) in %.1fs", len(self.graphs),
                  self.buckets[0], self.buckets[-1], time.perf_counter() - start)
 
@@ -117,8 +117,5 @@ class DecodeGraphs:
         self.block_tables[:batch, :block_tables.shape[1]].copy_(block_tables)
         self.seq_lens[:batch].copy_(seq_lens)
         self.seq_lens[batch:b].fill_(1)
-        graph = self.graphs.get(b)
-        if graph is None:
-            graph = self.graphs[b] = self._capture(b)
-        graph.replay()
+        self.graphs[b].replay()
         return self.hidden[:batch]

@@ -73,6 +73,7 @@ def choose_launch(*, num_seqs: int, num_kv_heads: int, group: int, head_dim: int
     group_pad = next_pow2(group)
     head_dim_pad = next_pow2(head_dim)
     decode_like = max_query_len <= MAX_DECODE_QUERY_LEN
+    decode = max_query_len == 1  # one query token per sequence at most
     nvidia = nvidia_capability(arch)
     small_tiles = (nvidia is not None and nvidia < (8, 0)) or rdna(arch)
     max_rows = 64 if (decode_like or head_dim_pad > 128) else 128
@@ -106,8 +107,7 @@ def choose_launch(*, num_seqs: int, num_kv_heads: int, group: int, head_dim: int
         programs = num_seqs * cdiv(max_query_len, block_q) * num_kv_heads
         wanted = cdiv(4 * num_sms, max(programs, 1))  # ~4 resident programs per SM
         num_splits = max(1, min(wanted, cdiv(max_seq_len, MIN_KEYS_PER_SPLIT), MAX_SPLITS))
-    if (max_query_len == 1 and num_splits == 1 and block_m <= 16 and head_dim_pad <= 128
-            and elem_bytes <= 2):
+    if decode and num_splits == 1 and block_m <= 16 and head_dim_pad <= 128 and elem_bytes <= 2:
         # Decode with enough sequences to fill the GPU unsplit. On Hopper 128-key tiles halve
         # the loop trips (H100, 256 ragged Qwen3 sequences: 408 vs 418 us; 500 Llama ones:
         # 262 vs 264 us); their 128 KB of staged K/V fit its shared memory, not the 99 KB of
@@ -118,7 +118,7 @@ def choose_launch(*, num_seqs: int, num_kv_heads: int, group: int, head_dim: int
             block_n = 32
     return AttentionLaunchSpec(block_q=block_q, block_m=block_m, block_n=block_n,
                                num_splits=num_splits, num_warps=num_warps,
-                               num_stages=num_stages, decode=max_query_len == 1)
+                               num_stages=num_stages, decode=decode)
 
 
 def _check_inputs(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,

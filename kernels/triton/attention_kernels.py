@@ -150,7 +150,6 @@ def paged_attention_kernel(
         # At most one new token per sequence: program i is sequence i. The binary search
         # would put ~log2(num_seqs) dependent loads before the first K/V load.
         seq = tl.program_id(0)
-        local_block = 0
     else:
         # Last query blocks first: under the causal mask they see the most keys, so the
         # longest programs start in the first wave and the short ones fill the tail.
@@ -158,8 +157,7 @@ def paged_attention_kernel(
         seq = _find_sequence(query_start_loc_ptr, q_block, num_seqs, BLOCK_Q)
     q_start = tl.load(query_start_loc_ptr + seq)
     q_len = tl.load(query_start_loc_ptr + seq + 1) - q_start
-    if not DECODE:
-        local_block = q_block - (q_start // BLOCK_Q + seq)
+    local_block = 0 if DECODE else q_block - (q_start // BLOCK_Q + seq)
     if local_block * BLOCK_Q >= q_len:
         return
     seq_len = tl.load(seq_lens_ptr + seq)

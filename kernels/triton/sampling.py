@@ -33,7 +33,7 @@ from localserve.kernels.triton._common import (
 BLOCK = 1024
 # A row is split over up to this many programs, each scanning a contiguous chunk of whole
 # BLOCKs; `_pick_first_max_kernel` then picks across the chunks. One program per row scanned
-# 128k logits block after block: 56 us for (a)'s single row on an H100, ~1% of its token.
+# 128k logits block after block: ~56 us for one row in an H100 profile, ~1% of a token.
 MAX_CHUNKS = 128
 # Programs aimed for across the rows: 4-warp programs, up to 16 resident per SM.
 PROGRAMS_PER_SM = 8
