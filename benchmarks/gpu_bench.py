@@ -17,7 +17,10 @@ A workload named with a variant runs with one setting changed, for an A/B in one
 programmatic dependent launch on / off (kernels/triton/_common.py), ":pow2" gives decode
 graphs the power-of-two batch buckets of sessions 1-5 (backends/cuda/graphs.py),
 ":wholerows" has the fused sampling kernel scan each row in one program, as before session 6
-(kernels/triton/sampling.py).
+(kernels/triton/sampling.py), ":cublaslt" has torch's matmuls go through cuBLASLt,
+":noroute" runs every decode batch in the smallest graph that holds it (no move to a larger
+bucket that measured faster, backends/cuda/graphs.py), ":nogc" turns Python's cyclic garbage
+collector off.
 --hf adds HF transformers as the in-run peer: for (a) plain generate (dynamic cache); for (b)
 its ContinuousBatchingManager on the first 32 requests, with localserve on the same 32.
 A table is printed last.
@@ -227,7 +230,7 @@ def bench_b(args, results, table) -> None:
     llm = make_llm(args.qwen, args)  # batch limits: the engine's defaults for this GPU
     sched = llm.engine.config.scheduler
     print(f"(b) max_num_seqs {sched.max_num_seqs}, max_num_batched_tokens "
-          f"{sched.max_num_batched_tokens}", flush=True)
+          f"{sched.max_num_batched_tokens}; {graph_routes(llm)}", flush=True)
     warm_up(llm, 100, 1024)
     counter = StepBytes(llm)
     phases = Phases(llm) if args.phases else None
@@ -261,6 +264,15 @@ def bench_b(args, results, table) -> None:
     release(llm)
 
 
+def graph_routes(llm) -> str:
+    """The decode-graph buckets whose batches run in a larger bucket's graph."""
+    graphs = getattr(llm.engine.runner, "graphs", None)
+    if graphs is None:
+        return "no decode graphs"
+    moved = {b: r for b, r in graphs.route.items() if r != b}
+    return f"graph buckets moved to faster ones: {moved or 'none'}"
+
+
 def warm_up(llm, min_len: int, max_len: int) -> None:
     """Compiles the Triton kernels and captures the graphs this workload will use, on other
     prompts (a separate RNG), so no JIT work lands inside the timed run."""
@@ -283,13 +295,30 @@ def warm_up(llm, min_len: int, max_len: int) -> None:
 
 
 class Phases:
-    """Host time per engine phase (no device syncs), step kinds and preemptions: --phases."""
+    """Host time per engine phase (no device syncs), step kinds and preemptions, and how long
+    the GPU waited for the host between steps: --phases."""
 
     def __init__(self, llm):
         engine, runner = llm.engine, llm.engine.runner
         self.engine = engine
         self.times: dict[str, float] = {}
         self.mixed = self.decode = 0
+        self.marks: list[tuple[object, object]] = []
+        launch = runner.launch
+
+        def marked_launch(scheduled):
+            # Stream order: `begin` completes once the GPU has finished the previous step and
+            # the host has queued this one, so end(previous) -> begin is the GPU's wait.
+            import torch
+
+            begin, end = (torch.cuda.Event(enable_timing=True) for _ in range(2))
+            begin.record()
+            out = launch(scheduled)
+            end.record()
+            self.marks.append((begin, end))
+            return out
+
+        runner.launch = marked_launch
         for obj, name in [(engine.scheduler, "schedule"), (runner, "launch"),
                           (engine, "_complete_pending"), (engine, "_process"),
                           (engine.scheduler, "update")]:
@@ -331,6 +360,13 @@ class Phases:
               f"retries, {s.num_running + s.num_waiting} left; KV pool "
               f"{s.kv_blocks_total * self.engine.block_manager.block_size} tokens; host seconds: "
               + ", ".join(f"{k} {v:.2f}" for k, v in self.times.items()), flush=True)
+        torch.cuda.synchronize()
+        pairs = zip(self.marks, self.marks[1:], strict=False)  # (step i - 1, step i)
+        waits = sorted(((prev_end.elapsed_time(begin), i) for i, ((_, prev_end), (begin, _))
+                        in enumerate(pairs, start=1)), reverse=True)
+        print(f"{label}: the GPU waited for the host {sum(w for w, _ in waits) / 1e3:.3f} s "
+              f"between {len(self.marks)} steps (longest: "
+              + ", ".join(f"{w:.1f} ms before step {i}" for w, i in waits[:5]) + ")", flush=True)
 
 
 class StepBytes:
@@ -365,7 +401,7 @@ def bench_c(args, results, table) -> None:
     llm = make_llm(args.llama, args)  # batch limits: the engine's defaults for this GPU
     sched = llm.engine.config.scheduler
     print(f"(c) max_num_seqs {sched.max_num_seqs}, max_num_batched_tokens "
-          f"{sched.max_num_batched_tokens}", flush=True)
+          f"{sched.max_num_batched_tokens}; {graph_routes(llm)}", flush=True)
     warm_up(llm, 100, 300)
     phases = Phases(llm) if args.phases else None
     with JitCompiles() as jit:
@@ -402,6 +438,33 @@ def kernel_table(llm, label: str, prompts, params) -> None:
     for e in sorted(events, key=lambda e: -e.self_device_time_total)[:18]:
         print(f"  {e.self_device_time_total / 1e6:7.3f} s {e.count:8d} calls "
               f"{e.self_device_time_total / max(e.count, 1):9.1f} us  {e.key[:90]}", flush=True)
+    print(f"{label} {idle_gaps(prof)}", flush=True)
+
+
+def idle_gaps(prof) -> str:
+    """Where the GPU ran no kernel between the profile's first and last kernel: the time in
+    gaps of 1 ms or more (host-bound moments) and in shorter ones (launch latency)."""
+    from torch.autograd import DeviceType
+
+    spans = sorted((e.time_range.start, e.time_range.end) for e in prof.events()
+                   if e.device_type == DeviceType.CUDA)
+    long_gaps: list[tuple[float, float]] = []
+    short_gaps, count, end = 0.0, 0, spans[0][1] if spans else 0
+    for start, stop in spans[1:]:
+        if start > end:
+            gap = start - end
+            if gap >= 1000:
+                long_gaps.append((gap, start - spans[0][0]))
+            else:
+                short_gaps += gap
+                count += 1
+        end = max(end, stop)
+    worst = sorted(long_gaps, reverse=True)[:6]
+    longest = ", ".join(f"{g / 1e3:.1f} ms at {t / 1e6:.2f} s" for g, t in worst)
+    span = (end - spans[0][0]) / 1e6 if spans else 0.0
+    return (f"GPU idle over {span:.2f} s: {sum(g for g, _ in long_gaps) / 1e6:.3f} s in "
+            f"{len(long_gaps)} gaps >= 1 ms ({longest}), {short_gaps / 1e6:.3f} s in {count} "
+            f"shorter gaps")
 
 
 def bench_d(args, results, table) -> None:
@@ -411,6 +474,31 @@ def bench_d(args, results, table) -> None:
     results["d"] = {"startup_s": startup}
     table.append(("(d) 8B start-up (cold)", f"{startup:.1f} s", "", VLLM["d"]))
     release(llm)
+
+
+@contextlib.contextmanager
+def blas_library(name: str):
+    """torch's GEMM library (cuBLAS or cuBLASLt, whose heuristics pick other kernels)."""
+    import torch
+
+    previous = torch.backends.cuda.preferred_blas_library()
+    torch.backends.cuda.preferred_blas_library(name)
+    try:
+        yield
+    finally:
+        torch.backends.cuda.preferred_blas_library(previous)
+
+
+@contextlib.contextmanager
+def gc_disabled():
+    """No cyclic garbage collection while a workload runs (is a collection pause a gap?)."""
+    import gc
+
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def variant_setting(variant: str) -> contextlib.AbstractContextManager:
@@ -433,6 +521,10 @@ def variant_setting(variant: str) -> contextlib.AbstractContextManager:
         "pow2": lambda: mock.patch.object(graphs, "bucket_sizes", lambda n: [
             1 << i for i in range(n.bit_length()) if 1 << i < n] + [n]),
         "wholerows": lambda: mock.patch.object(sampling, "PROGRAMS_PER_SM", 0),
+        "cublaslt": lambda: blas_library("cublaslt"),
+        "noroute": lambda: mock.patch.object(graphs, "fastest_cover", lambda times: {
+            b: b for b in times}),
+        "nogc": gc_disabled,
     }
     if variant not in settings:
         raise SystemExit(f"unknown variant {variant!r} (known: {', '.join(settings)[2:]})")

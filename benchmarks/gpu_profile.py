@@ -39,6 +39,7 @@ def main() -> None:
     ap.add_argument("--prompt-len", type=int, default=512)
     ap.add_argument("--cprofile", action="store_true", help="host-side profile instead")
     ap.add_argument("--no-async", action="store_true", help="step synchronously (A/B)")
+    ap.add_argument("--profile-steps", type=int, default=8, help="decode steps profiled")
     args = ap.parse_args()
     from torch.profiler import ProfilerActivity, profile
 
@@ -92,10 +93,39 @@ def main() -> None:
         print(f"  {name:15s} {sum(vals) / max(len(vals), 1) * 1e3:8.3f} ms/step   "
               f"slowest calls (ms) {worst}")
 
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        llm.generate(prompts, SamplingParams(max_tokens=8, temperature=0, ignore_eos=True))
+    prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+    decode_launches = profile_decode_steps(runner, prof, args.profile_steps)
+    llm.generate(prompts, SamplingParams(max_tokens=args.profile_steps + 4, temperature=0,
+                                         ignore_eos=True))
+    print(f"\nkernel table of {decode_launches()} decode steps ({args.batch} rows each; the "
+          f"prefill steps before them are not profiled)")
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=22,
                                     max_name_column_width=60))
+
+
+def profile_decode_steps(runner, prof, steps: int):
+    """Runs `prof` over `steps` decode launches (every sequence at one token) that follow the
+    prefill, so the table is of decode alone; returns a counter of the profiled steps."""
+    inner = runner.launch
+    seen = {"decode": 0, "profiled": 0}
+
+    def launch(scheduled):
+        decode = all(s.num_tokens == 1 for s in scheduled.seqs)
+        seen["decode"] += decode
+        if decode and seen["decode"] == 2:  # one decode step in: the prefill has drained
+            prof.start()
+        out = inner(scheduled)
+        if decode and seen["decode"] >= 2 and seen["profiled"] < steps:
+            seen["profiled"] += 1
+            if seen["profiled"] == steps:
+                import torch
+
+                torch.cuda.synchronize()
+                prof.stop()
+        return out
+
+    runner.launch = launch
+    return lambda: seen["profiled"]
 
 
 if __name__ == "__main__":

@@ -471,7 +471,7 @@ class Bench:
             self.attention_row(case, "[decode path]")
             self.attention_row(case, "[general path]", launch_override={"decode": False})
             for bn, stages, warps in ((32, 2, 4), (128, 2, 4), (64, 3, 4), (64, 2, 2),
-                                      (64, 2, 8)):
+                                      (64, 2, 8), (128, 3, 4), (128, 2, 8)):
                 self.attention_row(case, f"[decode BN={bn} s={stages} w={warps}]",
                                    launch_override={"block_n": bn, "num_stages": stages,
                                                     "num_warps": warps})

@@ -222,7 +222,9 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
 
     # Upper bound on query blocks; programs past the end of their sequence exit at once.
     blocks = num_seqs if spec.decode else num_tokens // spec.block_q + num_seqs
-    grid = (blocks, num_kv_heads, spec.num_splits)
+    # Decode: heads first (the programs running together read the same pages).
+    grid = ((num_kv_heads, blocks, spec.num_splits) if spec.decode
+            else (blocks, num_kv_heads, spec.num_splits))
     paged_attention_kernel[grid](
         out, part_acc, part_max, part_sum,
         q, k_cache, v_cache, block_tables, query_start_loc, seq_lens,

@@ -38,6 +38,12 @@ from localserve.interfaces import (
 )
 from localserve.sampling_params import SamplingParams
 
+# The step loop allocates thousands of short-lived containers a second, nearly all freed by
+# reference counting. At Python's default gen-0 threshold (700) the cyclic collector ran
+# ~1,200 times in one (c)-sized run (500 requests; benchmarks/host_loop.py's stub runner),
+# including full collections of up to 5 ms: pauses in which the GPU may wait for its next step.
+GC_GEN0_THRESHOLD = 50_000
+
 log = logging.getLogger(__name__)
 
 
@@ -75,6 +81,8 @@ class LLMEngine:
         # cyclic GC's generations so its collections stop re-scanning them every few steps.
         gc.collect()
         gc.freeze()
+        self._gc_threshold = gc.get_threshold()
+        gc.set_threshold(max(GC_GEN0_THRESHOLD, self._gc_threshold[0]), *self._gc_threshold[1:])
         log.info("KV pool: %d blocks x %d tokens = %d tokens; max_model_len %d", num_blocks,
                  config.cache.block_size, num_blocks * config.cache.block_size, self.max_model_len)
 
@@ -266,6 +274,7 @@ class LLMEngine:
         # gc.freeze() at start-up exempted every object of that moment from collection;
         # without this, reference cycles through the runner would keep the model alive.
         gc.unfreeze()
+        gc.set_threshold(*self._gc_threshold)
         gc.collect()
 
 

@@ -144,3 +144,21 @@ def test_non_mixing_runner_never_gets_mixed_steps():
                                                                           ignore_eos=True))
     while engine.has_unfinished_requests():
         engine.step()  # FakeRunner asserts on mixed steps
+
+
+def test_engine_raises_the_gc_threshold_while_it_lives():
+    """Fewer cyclic-GC passes while serving (each a pause the GPU may wait through); the
+    process gets its own threshold back at shutdown."""
+    import gc
+
+    from localserve.engine.engine import GC_GEN0_THRESHOLD
+
+    before = gc.get_threshold()
+    gc.set_threshold(700, *before[1:])
+    try:
+        engine = fake_engine()
+        assert gc.get_threshold()[0] == GC_GEN0_THRESHOLD
+        engine.shutdown()
+        assert gc.get_threshold()[0] == 700
+    finally:
+        gc.set_threshold(*before)

@@ -1,4 +1,5 @@
-"""Decode-graph batch buckets: every batch up to max_num_seqs has one, with bounded padding."""
+"""Decode-graph batch buckets: every batch up to max_num_seqs has one, with bounded padding,
+and runs in a larger bucket only when that one measured faster."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from localserve.backends.cuda.graphs import (
     BUCKETS_PER_DOUBLING,
     MEMORY_BOUND_ROWS,
     bucket_sizes,
+    fastest_cover,
 )
 
 
@@ -28,3 +30,14 @@ def test_small_batches_pad_to_powers_of_two():
     assert bucket_sizes(160) == [1, 2, 4, 8, 16, 32, 64, 72, 80, 88, 96, 104, 112, 120, 128,
                                  144, 160]
     assert len(bucket_sizes(1024)) == 39  # captured at start-up: each costs a forward pass
+
+
+def test_a_batch_moves_to_a_larger_bucket_only_when_it_measured_faster():
+    # H100, Llama-3-8B shapes: cuBLAS picks a slow gate/up kernel at 448 rows.
+    times = {256: 8.0, 288: 9.5, 320: 9.1, 448: 15.3, 480: 11.5, 512: 11.5}
+    route = fastest_cover(times)
+    assert route == {256: 256, 288: 320, 320: 320, 448: 480, 480: 480, 512: 512}
+    # Within the noise margin a batch stays in its own bucket; never moves down.
+    assert fastest_cover({8: 1.0, 16: 0.99, 32: 0.5}, min_gain=0.03) == {8: 32, 16: 32, 32: 32}
+    assert fastest_cover({8: 1.0, 16: 0.98}, min_gain=0.03) == {8: 8, 16: 16}
+    assert fastest_cover({8: 0.5, 16: 1.0}) == {8: 8, 16: 16}
