@@ -20,7 +20,7 @@ graphs the power-of-two batch buckets of sessions 1-5 (backends/cuda/graphs.py),
 (kernels/triton/sampling.py), ":cublaslt" has torch's matmuls go through cuBLASLt,
 ":noroute" runs every decode batch in the smallest graph that holds it (no move to a larger
 bucket that measured faster, backends/cuda/graphs.py), ":nogc" turns Python's cyclic garbage
-collector off.
+collector off, ":gc700" keeps its default gen-0 threshold (the engine raises it to 50,000).
 --hf adds HF transformers as the in-run peer: for (a) plain generate (dynamic cache); for (b)
 its ContinuousBatchingManager on the first 32 requests, with localserve on the same 32.
 A table is printed last.
@@ -318,7 +318,10 @@ class Phases:
             self.marks.append((begin, end))
             return out
 
-        runner.launch = marked_launch
+        import torch
+
+        if torch.cuda.is_available():  # (the CPU smoke run has no events to record)
+            runner.launch = marked_launch
         for obj, name in [(engine.scheduler, "schedule"), (runner, "launch"),
                           (engine, "_complete_pending"), (engine, "_process"),
                           (engine.scheduler, "update")]:
@@ -360,6 +363,8 @@ class Phases:
               f"retries, {s.num_running + s.num_waiting} left; KV pool "
               f"{s.kv_blocks_total * self.engine.block_manager.block_size} tokens; host seconds: "
               + ", ".join(f"{k} {v:.2f}" for k, v in self.times.items()), flush=True)
+        if not self.marks:
+            return
         torch.cuda.synchronize()
         pairs = zip(self.marks, self.marks[1:], strict=False)  # (step i - 1, step i)
         waits = sorted(((prev_end.elapsed_time(begin), i) for i, ((_, prev_end), (begin, _))
@@ -508,6 +513,7 @@ def variant_setting(variant: str) -> contextlib.AbstractContextManager:
     import torch
 
     from localserve.backends.cuda import graphs
+    from localserve.engine import engine as engine_module
     from localserve.kernels.triton import sampling
     from localserve.kernels.triton._common import pdl_override
 
@@ -525,6 +531,7 @@ def variant_setting(variant: str) -> contextlib.AbstractContextManager:
         "noroute": lambda: mock.patch.object(graphs, "fastest_cover", lambda times: {
             b: b for b in times}),
         "nogc": gc_disabled,
+        "gc700": lambda: mock.patch.object(engine_module, "GC_GEN0_THRESHOLD", 700),
     }
     if variant not in settings:
         raise SystemExit(f"unknown variant {variant!r} (known: {', '.join(settings)[2:]})")
