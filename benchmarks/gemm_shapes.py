@@ -1,14 +1,14 @@
-"""The cuBLAS GEMMs of a Llama-3.1-8B step, timed alone: which shapes run below the GPU's peak.
+"""The cuBLAS GEMMs of a Llama-3.1-8B step, timed alone: which shapes run below their floor.
 
 Usage (GPU machine): python benchmarks/gemm_shapes.py [--m 500 16384] [--blas default cublaslt]
 
 For each projection of a decoder layer (fused q/k/v, o, fused gate/up, down; the LM head) and
-each token count M, times F.linear on bf16 weights with triton.testing.do_bench (median, L2
-flushed) and prints TFLOP/s, the fraction of its floor (weights and activations read once
-at the measured read bandwidth, or the dense bf16 peak, whichever is longer) and the cuBLAS
-kernel that ran (from the torch profiler). Also
-prints the device's read and copy bandwidth (a 2 GiB sum and copy), the ceilings of the
-memory-bound kernels. Dummy weights: only shapes matter.
+each token count M (by default the decode-graph buckets and two prefill chunks), times
+F.linear on random bf16 weights with triton.testing.do_bench (median, L2 flushed) and prints
+TFLOP/s, the fraction of its floor (weights and activations read once at the measured read
+bandwidth, or the dense bf16 peak, whichever takes longer) and the cuBLAS kernel that ran
+(from the torch profiler). First it prints the device's read and copy bandwidth (a sum and a
+copy of 2 GiB), the ceilings of the memory-bound kernels.
 """
 
 from __future__ import annotations
