@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         ("write_kv", bench.write_kv), ("paged_attention", bench.attention),
         ("rms_norm", bench.rms_norm), ("rotary_embedding", bench.rotary),
         ("act_and_mul", bench.act_and_mul), ("gemv", bench.gemv),
-        ("decode_paths", bench.decode_paths),
+        ("decode_paths", bench.decode_paths), ("decode_layout", bench.decode_layout),
     ]
     for name, run in sections:
         if not only or name in only:
@@ -223,9 +223,10 @@ class Bench:
                 self.torch.cuda.empty_cache()
 
     def attention_inputs(self, label: str, nh: int, kvh: int, hd: int, q_lens: list[int],
-                         seq_lens: list[int]) -> AttentionCase:
+                         seq_lens: list[int], heads_major: bool = False) -> AttentionCase:
         batch = self.testing.make_paged_batch(q_lens, seq_lens, nh, kvh, hd, 16, self.dtype,
-                                              self.dev, poison_unused=False)
+                                              self.dev, poison_unused=False,
+                                              heads_major=heads_major)
         ref = self.ref.paged_attention(*batch.args(), hd ** -0.5)
         return AttentionCase(label, nh, kvh, hd, q_lens, seq_lens, batch, ref)
 
@@ -452,21 +453,37 @@ class Bench:
         self.gemv([GemvConfig(*g) for g in grid])
 
     # ---- decode attention as the engine's steps call it --------------------------------------
+    def decode_shapes(self) -> list[tuple[str, int, int, int, list[int]]]:
+        """(label, heads, kv heads, head_dim, sequence lengths) like gpu_bench's (b), (c)."""
+        rng = random.Random(0)
+        if self.smoke:
+            return [("tiny ragged", 4, 2, 64, [rng.randint(5, 90) for _ in range(6)])]
+        return [("qwen3 (b) 256 ragged 200-2048", 16, 8, 128,
+                 [rng.randint(200, 2048) for _ in range(256)]),
+                ("llama3 (c) 500 ragged 150-560", 32, 8, 128,
+                 [rng.randint(150, 560) for _ in range(500)])]
+
+    def decode_layout(self) -> None:
+        """Decode attention over pages stored token by token (the view's own layout) and head
+        by head (`cache.kv_cache_pages(heads_major=True)`), same data, same launch."""
+        print("decode_layout", flush=True)
+        for label, nh, kvh, hd, seq_lens in self.decode_shapes():
+            for heads_major in (False, True, False, True):
+                case = self.attention_inputs(label, nh, kvh, hd, [1] * len(seq_lens), seq_lens,
+                                             heads_major=heads_major)
+                self.attention_row(case, "[heads-major pages]" if heads_major else
+                                   "[token-major pages]")
+                del case
+            if not self.smoke:
+                self.torch.cuda.empty_cache()
+
     def decode_paths(self) -> None:
         """Decode attention on ragged batches like gpu_bench's (b) and (c): the decode path (one
         program per sequence) against the general one (binary search per program), and a few
         tile sizes around the default. (Batch 1 is left out: timed alone, the wrapper's host
         work between launches is longer than the kernel.)"""
         print("decode_paths", flush=True)
-        rng = random.Random(0)
-        if self.smoke:
-            shapes = [("tiny ragged", 4, 2, 64, [rng.randint(5, 90) for _ in range(6)])]
-        else:
-            shapes = [("qwen3 (b) 256 ragged 200-2048", 16, 8, 128,
-                       [rng.randint(200, 2048) for _ in range(256)]),
-                      ("llama3 (c) 500 ragged 150-560", 32, 8, 128,
-                       [rng.randint(150, 560) for _ in range(500)])]
-        for label, nh, kvh, hd, seq_lens in shapes:
+        for label, nh, kvh, hd, seq_lens in self.decode_shapes():
             case = self.attention_inputs(label, nh, kvh, hd, [1] * len(seq_lens), seq_lens)
             self.attention_row(case, "[decode path]")
             self.attention_row(case, "[general path]", launch_override={"decode": False})

@@ -2,6 +2,8 @@
 
 Cache layout (see kernels/reference.py): [num_blocks, block_size, num_kv_heads, head_dim];
 slot = block_id * block_size + offset, a negative slot means "do not store" (padding tokens).
+Every Triton kernel takes the cache by its strides, so the pages may also be stored head by
+head behind that view (`kv_cache_pages`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,18 @@ from localserve.kernels.triton._common import (
     pdl_launch,
     pdl_wait,
 )
+
+
+def kv_cache_pages(shape: tuple[int, int, int, int], dtype: torch.dtype,
+                   device: torch.device | str, heads_major: bool) -> torch.Tensor:
+    """An empty cache of `shape` = [num_blocks, block_size, num_kv_heads, head_dim]. With
+    `heads_major` each page is stored [num_kv_heads, block_size, head_dim] behind that view,
+    so one head's keys in a page are one contiguous run (a decode program reads a head)."""
+    if not heads_major:
+        return torch.empty(shape, dtype=dtype, device=device)
+    blocks, block_size, heads, dim = shape
+    return torch.empty((blocks, heads, block_size, dim), dtype=dtype,
+                       device=device).transpose(1, 2)
 
 
 # slot_mapping is a view into the step's packed index buffer: see rope_cache.py.

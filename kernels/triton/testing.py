@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from localserve.kernels.triton._common import interpreting
+from localserve.kernels.triton.cache import kv_cache_pages
 
 # Bounds on max|out - ref| / max|ref| per output dtype: fp32 is the interpreter's exact path;
 # fp16/bf16 allow for the output rounding (half an ulp: 2^-11 / 2^-8) plus fp32 reordering and,
@@ -73,11 +74,13 @@ class PagedBatch:
 def make_paged_batch(q_lens: list[int], seq_lens: list[int], num_heads: int, num_kv_heads: int,
                      head_dim: int, block_size: int, dtype: torch.dtype,
                      dev: torch.device | str, spare_blocks: int = 3,
-                     poison_unused: bool = True) -> PagedBatch:
+                     poison_unused: bool = True, heads_major: bool = False) -> PagedBatch:
     """Random q and caches; each sequence gets its blocks in random physical order.
 
     Blocks owned by no sequence (and hence the padding of the block table, which points at
-    random blocks) are filled with NaN when `poison_unused`.
+    random blocks) are filled with NaN when `poison_unused`. `heads_major` stores each page
+    head by head (`cache.kv_cache_pages`), behind the same [blocks, block_size, heads, dim]
+    view.
     """
     if len(q_lens) != len(seq_lens) or any(q > s for q, s in zip(q_lens, seq_lens, strict=True)):
         raise ValueError("need one q_len <= seq_len per sequence")
@@ -95,8 +98,8 @@ def make_paged_batch(q_lens: list[int], seq_lens: list[int], num_heads: int, num
         used[perm[start:start + n]] = True
         start += n
     shape = (num_blocks, block_size, num_kv_heads, head_dim)
-    k_cache = torch.randn(shape, dtype=torch.float32, device=dev).to(dtype)
-    v_cache = torch.randn(shape, dtype=torch.float32, device=dev).to(dtype)
+    k_cache, v_cache = (kv_cache_pages(shape, dtype, dev, heads_major).copy_(
+        torch.randn(shape, dtype=torch.float32, device=dev)) for _ in range(2))
     if poison_unused:
         unused = (~used).to(dev)
         k_cache[unused] = float("nan")

@@ -120,6 +120,17 @@ def test_split_kv(case, num_kv_splits, seed):
     _check(batch, 0.125, window=33, num_kv_splits=num_kv_splits)
 
 
+@pytest.mark.parametrize(("case", "num_kv_splits"),
+                         [("decode", None), ("decode", 3), ("mixed", None), ("chunked", None)])
+def test_heads_major_pages(case, num_kv_splits, seed):
+    """Pages stored head by head behind the usual view (the CUDA runner's layout)."""
+    q_lens, seq_lens = CASES[case]
+    batch = make_paged_batch(q_lens, seq_lens, 8, 2, 64, 16, DTYPES[0], DEV, heads_major=True)
+    assert not batch.k_cache.is_contiguous()
+    _check(batch, 0.125, num_kv_splits=num_kv_splits)
+    _check(batch, 0.125, window=33, num_kv_splits=num_kv_splits)
+
+
 def test_bounds_computed_when_not_given(seed):
     q_lens, seq_lens = CASES["mixed"]
     batch = make_paged_batch(q_lens, seq_lens, 4, 2, 64, 16, DTYPES[0], DEV)

@@ -13,6 +13,7 @@ pytest.importorskip("triton")
 
 from localserve.kernels import reference
 from localserve.kernels.triton import write_kv
+from localserve.kernels.triton.cache import kv_cache_pages
 from localserve.kernels.triton.testing import device, full_shapes
 
 FULL = full_shapes()
@@ -20,10 +21,10 @@ DEV = device()
 DTYPES = [torch.float16, torch.bfloat16, torch.float32]
 
 
-def _caches(num_blocks, block_size, num_kv_heads, head_dim, dtype):
+def _caches(num_blocks, block_size, num_kv_heads, head_dim, dtype, heads_major=False):
     shape = (num_blocks, block_size, num_kv_heads, head_dim)
-    return (torch.full(shape, float("nan"), dtype=dtype, device=DEV),
-            torch.full(shape, float("nan"), dtype=dtype, device=DEV))
+    return tuple(kv_cache_pages(shape, dtype, DEV, heads_major).fill_(float("nan"))
+                 for _ in range(2))
 
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -49,6 +50,23 @@ def test_matches_reference(dtype, num_kv_heads, head_dim, block_size, seed):
     reference.write_kv(key, value, k_ref, v_ref, slots)
     assert _same(k_cache, k_ref) and _same(v_cache, v_ref)
     assert k_cache.isnan().any()  # padding and spare slots stayed untouched
+
+
+def test_heads_major_pages(seed):
+    """Pages stored head by head behind the usual view (the CUDA runner's layout)."""
+    num_tokens, num_kv_heads, head_dim, block_size = (700, 8, 128, 16) if FULL else (11, 3, 64, 4)
+    num_blocks = -(-num_tokens // block_size) + 2
+    key, value = (torch.randn(num_tokens, num_kv_heads, head_dim, device=DEV).to(torch.bfloat16)
+                  for _ in range(2))
+    slots = torch.randperm(num_blocks * block_size, device=DEV)[:num_tokens]
+    slots[::4] = -1
+    k_cache, v_cache = _caches(num_blocks, block_size, num_kv_heads, head_dim, torch.bfloat16,
+                               heads_major=True)
+    assert not k_cache.is_contiguous()
+    k_ref, v_ref = _caches(num_blocks, block_size, num_kv_heads, head_dim, torch.bfloat16)
+    write_kv(key, value, k_cache, v_cache, slots)
+    reference.write_kv(key, value, k_ref, v_ref, slots)
+    assert _same(k_cache, k_ref) and _same(v_cache, v_ref)
 
 
 def test_strided_views_int32_slots_and_dtype_conversion(seed):

@@ -16,6 +16,7 @@ pytest.importorskip("triton")
 from localserve.kernels import reference
 from localserve.kernels.triton import rope_and_cache
 from localserve.kernels.triton._common import poisoned_outputs
+from localserve.kernels.triton.cache import kv_cache_pages
 from localserve.kernels.triton.testing import (
     ELEMENTWISE_TOL,
     device,
@@ -35,7 +36,7 @@ SHAPES = ([(256, 32, 8, 128, 128), (256, 16, 8, 128, 128), (7, 4, 1, 256, 256),
 @pytest.mark.parametrize("with_norm", [False, True])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_matches_reference(shape, dtype, with_norm, seed):
+def test_matches_reference(shape, dtype, with_norm, seed, heads_major=False):
     t, nh, kvh, hd, rot = shape
     qkv = (torch.randn(t, (nh + 2 * kvh) * hd, device=DEV) * 3).to(dtype)
     q, k, v = (p.view(t, -1, hd) for p in qkv.split([nh * hd, kvh * hd, kvh * hd], dim=-1))
@@ -44,8 +45,9 @@ def test_matches_reference(shape, dtype, with_norm, seed):
     block_size, num_blocks = 16, t // 16 + 4
     slots = torch.randperm(num_blocks * block_size, device=DEV)[:t]
     slots[::3] = -1  # padding rows store nothing
-    k_cache = torch.randn(num_blocks, block_size, kvh, hd, device=DEV).to(dtype)
-    v_cache = torch.randn_like(k_cache)
+    shape = (num_blocks, block_size, kvh, hd)
+    k_cache, v_cache = (kv_cache_pages(shape, dtype, DEV, heads_major).copy_(
+        torch.randn(shape, device=DEV)) for _ in range(2))
     norms = {}
     if with_norm:
         norms = {"q_norm": torch.randn(hd, device=DEV).to(dtype) * 0.1,
@@ -60,6 +62,11 @@ def test_matches_reference(shape, dtype, with_norm, seed):
     assert rel_error(q_out, q_ref) <= tol
     assert rel_error(k_cache, k_ref) <= tol
     assert torch.equal(v_cache, v_ref)  # a copy: exact
+
+
+def test_heads_major_pages(seed):
+    """The cache stored head by head behind the usual view (the CUDA runner's layout)."""
+    test_matches_reference(SHAPES[0], DTYPES[0], True, seed, heads_major=True)
 
 
 def test_rejects_bad_input():
