@@ -20,7 +20,8 @@ graphs the power-of-two batch buckets of sessions 1-5 (backends/cuda/graphs.py),
 (kernels/triton/sampling.py), ":cublaslt" has torch's matmuls go through cuBLASLt,
 ":noroute" runs every decode batch in the smallest graph that holds it (no move to a larger
 bucket that measured faster, backends/cuda/graphs.py), ":nogc" turns Python's cyclic garbage
-collector off, ":gc700" keeps its default gen-0 threshold (the engine raises it to 50,000).
+collector off, ":gc700" keeps its default gen-0 threshold (the engine raises it to 50,000),
+":headsmajor" stores the KV pages head by head (kernels/triton/cache.py: kv_cache_pages).
 --hf adds HF transformers as the in-run peer: for (a) plain generate (dynamic cache); for (b)
 its ContinuousBatchingManager on the first 32 requests, with localserve on the same 32.
 A table is printed last.
@@ -513,9 +514,11 @@ def variant_setting(variant: str) -> contextlib.AbstractContextManager:
     import torch
 
     from localserve.backends.cuda import graphs
+    from localserve.backends.cuda.runner import CudaModelRunner
     from localserve.engine import engine as engine_module
     from localserve.kernels.triton import sampling
     from localserve.kernels.triton._common import pdl_override
+    from localserve.kernels.triton.cache import kv_cache_pages
 
     if variant == "pdl" and not (torch.cuda.is_available()
                                  and torch.cuda.get_device_capability()[0] >= 9):
@@ -532,6 +535,9 @@ def variant_setting(variant: str) -> contextlib.AbstractContextManager:
             b: b for b in times}),
         "nogc": gc_disabled,
         "gc700": lambda: mock.patch.object(engine_module, "GC_GEN0_THRESHOLD", 700),
+        "headsmajor": lambda: mock.patch.object(
+            CudaModelRunner, "_empty_cache", lambda self, shape: kv_cache_pages(
+                shape, self.kv_dtype, self.device, heads_major=True)),
     }
     if variant not in settings:
         raise SystemExit(f"unknown variant {variant!r} (known: {', '.join(settings)[2:]})")

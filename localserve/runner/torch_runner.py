@@ -134,12 +134,14 @@ class TorchModelRunner:
     def init_kv_cache(self, num_blocks: int) -> None:
         spec = self._spec()
         shape = (num_blocks, self.block_size, spec.num_kv_heads, spec.head_dim)
-        # torch.empty: pages are committed only as blocks get written.
-        self.kv_caches = [
-            (torch.empty(shape, dtype=self.kv_dtype, device=self.device),
-             torch.empty(shape, dtype=self.kv_dtype, device=self.device))
-            for _ in range(spec.num_layers)]
+        self.kv_caches = [(self._empty_cache(shape), self._empty_cache(shape))
+                          for _ in range(spec.num_layers)]
         self.num_blocks = num_blocks
+
+    def _empty_cache(self, shape: tuple[int, int, int, int]) -> torch.Tensor:
+        """One layer's K or V pages, [num_blocks, block_size, num_kv_heads, head_dim].
+        torch.empty: pages are committed only as blocks get written."""
+        return torch.empty(shape, dtype=self.kv_dtype, device=self.device)
 
     def _spec(self) -> ModelSpec:
         if self.spec is None:

@@ -92,6 +92,33 @@ def test_cuda_backend_matches_hf_fp32(tmp_path, model_type):
     run_case(tmp_path, model_type, "cuda", "float32", 64, strict=True)
 
 
+def heads_major_pages(monkeypatch) -> list[torch.Tensor]:
+    """Every runner stores its KV pages head by head (kernels/triton/cache.py); returns the
+    pages made."""
+    pytest.importorskip("triton")
+    from localserve.kernels.triton.cache import kv_cache_pages
+    from localserve.runner.torch_runner import TorchModelRunner
+
+    made: list[torch.Tensor] = []
+    monkeypatch.setattr(TorchModelRunner, "_empty_cache", lambda self, shape: made.append(
+        kv_cache_pages(shape, self.kv_dtype, self.device, heads_major=True)) or made[-1])
+    return made
+
+
+def test_reference_backend_on_heads_major_pages_matches_hf(tmp_path, monkeypatch):
+    pages = heads_major_pages(monkeypatch)
+    run_case(tmp_path, "llama", "reference", "float32", 16, strict=True)
+    assert pages and not pages[0].is_contiguous()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not CUDA, reason="needs an NVIDIA/AMD GPU (runs on the H100 benchmark box)")
+def test_cuda_backend_on_heads_major_pages_matches_hf_fp32(tmp_path, monkeypatch):
+    pages = heads_major_pages(monkeypatch)
+    run_case(tmp_path, "gemma3_text", "cuda", "float32", 64, strict=True)
+    assert pages and not pages[0].is_contiguous()
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not CUDA, reason="needs an NVIDIA/AMD GPU (runs on the H100 benchmark box)")
 @pytest.mark.parametrize("model_type", ["llama", "gemma3_text"])
