@@ -21,7 +21,9 @@ graphs the power-of-two batch buckets of sessions 1-5 (backends/cuda/graphs.py),
 ":noroute" runs every decode batch in the smallest graph that holds it (no move to a larger
 bucket that measured faster, backends/cuda/graphs.py), ":nogc" turns Python's cyclic garbage
 collector off, ":gc700" keeps its default gen-0 threshold (the engine raises it to 50,000),
-":headsmajor" stores the KV pages head by head (kernels/triton/cache.py: kv_cache_pages).
+":headsmajor" stores the KV pages head by head (kernels/triton/cache.py: kv_cache_pages),
+":splitkeys1024" cuts decode attention into key splits of >= 1,024 keys (256 by default;
+the decode graphs launch it for max_model_len keys, so (a) then runs 4 splits, not 16).
 --hf adds HF transformers as the in-run peer: for (a) plain generate (dynamic cache); for (b)
 its ContinuousBatchingManager on the first 32 requests, with localserve on the same 32.
 A table is printed last.
@@ -516,7 +518,7 @@ def variant_setting(variant: str) -> contextlib.AbstractContextManager:
     from localserve.backends.cuda import graphs
     from localserve.backends.cuda.runner import CudaModelRunner
     from localserve.engine import engine as engine_module
-    from localserve.kernels.triton import sampling
+    from localserve.kernels.triton import attention, sampling
     from localserve.kernels.triton._common import pdl_override
     from localserve.kernels.triton.cache import kv_cache_pages
 
@@ -535,6 +537,7 @@ def variant_setting(variant: str) -> contextlib.AbstractContextManager:
             b: b for b in times}),
         "nogc": gc_disabled,
         "gc700": lambda: mock.patch.object(engine_module, "GC_GEN0_THRESHOLD", 700),
+        "splitkeys1024": lambda: mock.patch.object(attention, "MIN_KEYS_PER_SPLIT", 1024),
         "headsmajor": lambda: mock.patch.object(
             CudaModelRunner, "_empty_cache", lambda self, shape: kv_cache_pages(
                 shape, self.kv_dtype, self.device, heads_major=True)),
