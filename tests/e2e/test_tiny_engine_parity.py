@@ -105,17 +105,11 @@ def heads_major_pages(monkeypatch) -> list[torch.Tensor]:
     return made
 
 
-def test_reference_backend_on_heads_major_pages_matches_hf(tmp_path, monkeypatch):
+@pytest.mark.parametrize("backend", ["reference", pytest.param("cuda", marks=[
+    pytest.mark.cuda, pytest.mark.skipif(not CUDA, reason="needs an NVIDIA/AMD GPU")])])
+def test_heads_major_pages_match_hf(tmp_path, monkeypatch, backend):
     pages = heads_major_pages(monkeypatch)
-    run_case(tmp_path, "llama", "reference", "float32", 16, strict=True)
-    assert pages and not pages[0].is_contiguous()
-
-
-@pytest.mark.cuda
-@pytest.mark.skipif(not CUDA, reason="needs an NVIDIA/AMD GPU (runs on the H100 benchmark box)")
-def test_cuda_backend_on_heads_major_pages_matches_hf_fp32(tmp_path, monkeypatch):
-    pages = heads_major_pages(monkeypatch)
-    run_case(tmp_path, "gemma3_text", "cuda", "float32", 64, strict=True)
+    run_case(tmp_path, "llama", backend, "float32", 64 if backend == "cuda" else 16, strict=True)
     assert pages and not pages[0].is_contiguous()
 
 
