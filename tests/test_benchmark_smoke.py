@@ -1,0 +1,50 @@
+"""The GPU benchmark scripts run end to end on the CPU (their --smoke modes), so a broken
+script is found here, not in a device call that costs minutes of GPU time."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+
+
+def run(script: str, *args: str) -> str:
+    done = subprocess.run([sys.executable, str(BENCH / script), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return done.stdout
+
+
+def test_gpu_bench_smoke_with_variants(tmp_path):
+    """The reference backend at tiny shapes, with the variants that also run there."""
+    out = tmp_path / "bench.json"
+    text = run("gpu_bench.py", "--smoke", "--only", "d", "a", "a:gc700", "a:splitkeys1024",
+               "--json", str(out))
+    runs = json.loads(out.read_text())["runs"]
+    assert [r["workload"] for r in runs] == ["d", "a", "a:gc700", "a:splitkeys1024"]
+    assert all(r["a"]["decode_tok_s"] > 0 for r in runs[1:])
+    assert "[splitkeys1024]" in text
+
+
+def test_triton_kernels_smoke_decode_sections():
+    pytest.importorskip("triton")
+    text = run("triton_kernels.py", "--smoke", "--only", "decode_layout,decode_paths")
+    assert "[heads-major pages]" in text and "[general path]" in text
+
+
+def test_gemm_shapes_projections_of_llama():
+    sys.path.insert(0, str(BENCH))
+    try:
+        from gemm_shapes import LLAMA, projections
+    finally:
+        sys.path.remove(str(BENCH))
+    cfg = json.loads(Path(LLAMA).read_text())
+    assert projections(cfg) == [("qkv", 6144, 4096), ("o", 4096, 4096),
+                                ("gate_up", 28672, 4096), ("down", 4096, 14336),
+                                ("lm_head", 128256, 4096)]
