@@ -12,18 +12,9 @@ prompts of random token ids):
      per-step roofline (weights + KV read per step / bandwidth).
  (c) Llama-3.1-8B, ShareGPT-like: 500 prompts of 100-300 ids, outputs 100-260, greedy.
  (d) start-up: engine construction to ready, cold.
-A workload named with a variant runs with one setting changed, for an A/B in one process
-(e.g. `--only c c:pow2 c c:pow2`); its table rows are marked with it: ":pdl" / ":nopdl" force
-programmatic dependent launch on / off (kernels/triton/_common.py), ":pow2" gives decode
-graphs the power-of-two batch buckets of sessions 1-5 (backends/cuda/graphs.py),
-":wholerows" has the fused sampling kernel scan each row in one program, as before session 6
-(kernels/triton/sampling.py), ":cublaslt" has torch's matmuls go through cuBLASLt,
-":noroute" runs every decode batch in the smallest graph that holds it (no move to a larger
-bucket that measured faster, backends/cuda/graphs.py), ":nogc" turns Python's cyclic garbage
-collector off, ":gc700" keeps its default gen-0 threshold (the engine raises it to 50,000),
-":headsmajor" stores the KV pages head by head (kernels/triton/cache.py: kv_cache_pages),
-":splitkeys1024" cuts decode attention into key splits of >= 1,024 keys (256 by default;
-the decode graphs launch it for max_model_len keys, so (a) then runs 4 splits, not 16).
+A workload named with a variant (`--only c c:pow2 ...`) runs with one setting changed, for an
+A/B in one process: the variants are listed in gpu_variants.py. The probes beside wall time
+(--phases, --kernel-table, compile counts) are in gpu_probes.py.
 --hf adds HF transformers as the in-run peer: for (a) plain generate (dynamic cache); for (b)
 its ContinuousBatchingManager on the first 32 requests, with localserve on the same 32.
 A table is printed last.
@@ -32,11 +23,20 @@ A table is printed last.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import random
 import time
+
+from gpu_probes import (  # this folder's modules
+    JitCompiles,
+    Phases,
+    StepBytes,
+    bandwidth_bytes_per_s,
+    graph_routes,
+    kernel_table,
+)
+from gpu_variants import variant_setting
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 LLAMA = os.path.join(HERE, "configs", "llama-3.1-8b", "config.json")
@@ -44,54 +44,6 @@ QWEN = os.path.join(HERE, "configs", "qwen3-0.6b", "config.json")
 HF_B_SUBSET = 32  # requests of (b) that HF's continuous batching runs (it needs minutes for 256)
 VLLM = {"a": "152 tok/s (TTFT 17.7 ms)", "b": "17,854 tok/s", "c": "72.3 req/s, 13,047 tok/s",
         "d": "82 s"}
-
-
-def bandwidth_bytes_per_s(device) -> float:
-    """Measured copy bandwidth (read + write) with a 2 GiB device-to-device copy."""
-    import torch
-
-    n = 1 << 30
-    a = torch.empty(n, dtype=torch.uint8, device=device)
-    b = torch.empty_like(a)
-    for _ in range(3):
-        b.copy_(a)
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(10):
-        b.copy_(a)
-    torch.cuda.synchronize()
-    return 2 * n * 10 / (time.perf_counter() - start)
-
-
-class JitCompiles:
-    """Counts the Triton kernel variants compiled (or loaded from the disk cache) while
-    active: inside a timed run each one is a stall of up to seconds, so the warm-up and the
-    kernels' specialisation rules must leave none."""
-
-    def __init__(self) -> None:
-        self.names: list[str] = []
-
-    def __enter__(self) -> JitCompiles:
-        from triton import knobs
-
-        self._previous = knobs.runtime.jit_cache_hook
-        knobs.runtime.jit_cache_hook = self._hook
-        return self
-
-    def _hook(self, *, fn, **_kw) -> bool:
-        self.names.append(fn.name.rsplit(".", 1)[-1])
-        return False  # compile as usual
-
-    def __exit__(self, *exc) -> None:
-        from triton import knobs
-
-        knobs.runtime.jit_cache_hook = self._previous
-
-    def report(self, label: str) -> str:
-        counts = {n: self.names.count(n) for n in sorted(set(self.names))}
-        text = f"{len(self.names)} JIT compiles" + (f" {counts}" if counts else "")
-        print(f"{label}: {text} inside the timing", flush=True)
-        return text
 
 
 def make_llm(config: str, args: argparse.Namespace, **kw):
@@ -267,15 +219,6 @@ def bench_b(args, results, table) -> None:
     release(llm)
 
 
-def graph_routes(llm) -> str:
-    """The decode-graph buckets whose batches run in a larger bucket's graph."""
-    graphs = getattr(llm.engine.runner, "graphs", None)
-    if graphs is None:
-        return "no decode graphs"
-    moved = {b: r for b, r in graphs.route.items() if r != b}
-    return f"graph buckets moved to faster ones: {moved or 'none'}"
-
-
 def warm_up(llm, min_len: int, max_len: int) -> None:
     """Compiles the Triton kernels and captures the graphs this workload will use, on other
     prompts (a separate RNG), so no JIT work lands inside the timed run."""
@@ -295,106 +238,6 @@ def warm_up(llm, min_len: int, max_len: int) -> None:
         llm.generate(prompts[:batch], SamplingParams(max_tokens=4, temperature=0.6,
                                                      ignore_eos=True))
     llm.engine.block_manager.reset_prefix_cache()
-
-
-class Phases:
-    """Host time per engine phase (no device syncs), step kinds and preemptions, and how long
-    the GPU waited for the host between steps: --phases."""
-
-    def __init__(self, llm):
-        engine, runner = llm.engine, llm.engine.runner
-        self.engine = engine
-        self.times: dict[str, float] = {}
-        self.mixed = self.decode = 0
-        self.marks: list[tuple[object, object]] = []
-        launch = runner.launch
-
-        def marked_launch(scheduled):
-            # Stream order: `begin` completes once the GPU has finished the previous step and
-            # the host has queued this one, so end(previous) -> begin is the GPU's wait.
-            import torch
-
-            begin, end = (torch.cuda.Event(enable_timing=True) for _ in range(2))
-            begin.record()
-            out = launch(scheduled)
-            end.record()
-            self.marks.append((begin, end))
-            return out
-
-        import torch
-
-        if torch.cuda.is_available():  # (the CPU smoke run has no events to record)
-            runner.launch = marked_launch
-        for obj, name in [(engine.scheduler, "schedule"), (runner, "launch"),
-                          (engine, "_complete_pending"), (engine, "_process"),
-                          (engine.scheduler, "update")]:
-            setattr(obj, name, self._timed(name, getattr(obj, name)))
-        inner = self._timed("forward", runner._forward)
-
-        def forward(scheduled, *a):
-            if all(s.num_tokens == 1 for s in scheduled.seqs):
-                self.decode += 1
-            else:
-                self.mixed += 1
-            return inner(scheduled, *a)
-
-        runner._forward = forward
-        runner._prepare = self._timed("prepare", runner._prepare)
-        runner.model.compute_logits = self._timed("logits", runner.model.compute_logits)
-        if runner.sampler is not None:
-            runner.sampler.sample = self._timed("sample", runner.sampler.sample)
-        from localserve.runner import torch_runner
-
-        torch_runner._Launched.__init__ = self._timed("d2h", torch_runner._Launched.__init__)
-
-    def _timed(self, name, fn):
-        def wrapper(*a, **kw):
-            t = time.perf_counter()
-            out = fn(*a, **kw)
-            self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - t
-            return out
-
-        return wrapper
-
-    def report(self, label: str) -> None:
-        import torch
-
-        s = self.engine.scheduler.stats()
-        retries = torch.cuda.memory_stats().get("num_alloc_retries", 0)
-        print(f"{label}: {self.decode} decode + {self.mixed} mixed steps, "
-              f"{s.num_preempted_total} preemptions (warm-up included), {retries} allocator "
-              f"retries, {s.num_running + s.num_waiting} left; KV pool "
-              f"{s.kv_blocks_total * self.engine.block_manager.block_size} tokens; host seconds: "
-              + ", ".join(f"{k} {v:.2f}" for k, v in self.times.items()), flush=True)
-        if not self.marks:
-            return
-        torch.cuda.synchronize()
-        pairs = zip(self.marks, self.marks[1:], strict=False)  # (step i - 1, step i)
-        waits = sorted(((prev_end.elapsed_time(begin), i) for i, ((_, prev_end), (begin, _))
-                        in enumerate(pairs, start=1)), reverse=True)
-        print(f"{label}: the GPU waited for the host {sum(w for w, _ in waits) / 1e3:.3f} s "
-              f"between {len(self.marks)} steps (longest: "
-              + ", ".join(f"{w:.1f} ms before step {i}" for w, i in waits[:5]) + ")", flush=True)
-
-
-class StepBytes:
-    """Counts the bytes each step must read at least: all weights once + the KV it attends."""
-
-    def __init__(self, llm):
-        engine = llm.engine
-        runner = engine.runner
-        kv_per_token = runner.bytes_per_block() // runner.block_size
-        self.bytes = 0
-        self.steps = 0
-        inner = runner.launch
-
-        def launch(scheduled):
-            self.steps += 1
-            ctx = sum(s.start_pos + s.num_tokens for s in scheduled.seqs)
-            self.bytes += runner.weight_bytes + ctx * kv_per_token
-            return inner(scheduled)
-
-        runner.launch = launch
 
 
 def bench_c(args, results, table) -> None:
@@ -427,54 +270,6 @@ def bench_c(args, results, table) -> None:
     release(llm)
 
 
-def kernel_table(llm, label: str, prompts, params) -> None:
-    """The workload once more under the torch profiler (after its timed run, which it does
-    not touch): GPU time per kernel, largest first. Slow: (b) makes ~300k kernel records."""
-    import torch
-    from torch.profiler import ProfilerActivity, profile
-
-    llm.engine.block_manager.reset_prefix_cache()  # these prompts ran just now
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        llm.generate(prompts, params)
-    wall = time.perf_counter() - t
-    events = [e for e in prof.key_averages() if e.device_time_total > 0]
-    gpu = sum(e.self_device_time_total for e in events) / 1e6
-    print(f"{label} under the profiler: {wall:.2f} s wall, {gpu:.2f} s of GPU kernel time",
-          flush=True)
-    for e in sorted(events, key=lambda e: -e.self_device_time_total)[:18]:
-        print(f"  {e.self_device_time_total / 1e6:7.3f} s {e.count:8d} calls "
-              f"{e.self_device_time_total / max(e.count, 1):9.1f} us  {e.key[:90]}", flush=True)
-    print(f"{label} {idle_gaps(prof)}", flush=True)
-
-
-def idle_gaps(prof) -> str:
-    """Where the GPU ran no kernel between the profile's first and last kernel: the time in
-    gaps of 1 ms or more (host-bound moments) and in shorter ones (launch latency)."""
-    from torch.autograd import DeviceType
-
-    spans = sorted((e.time_range.start, e.time_range.end) for e in prof.events()
-                   if e.device_type == DeviceType.CUDA)
-    long_gaps: list[tuple[float, float]] = []
-    short_gaps, count, end = 0.0, 0, spans[0][1] if spans else 0
-    for start, stop in spans[1:]:
-        if start > end:
-            gap = start - end
-            if gap >= 1000:
-                long_gaps.append((gap, start - spans[0][0]))
-            else:
-                short_gaps += gap
-                count += 1
-        end = max(end, stop)
-    worst = sorted(long_gaps, reverse=True)[:6]
-    longest = ", ".join(f"{g / 1e3:.1f} ms at {t / 1e6:.2f} s" for g, t in worst)
-    span = (end - spans[0][0]) / 1e6 if spans else 0.0
-    return (f"GPU idle over {span:.2f} s: {sum(g for g, _ in long_gaps) / 1e6:.3f} s in "
-            f"{len(long_gaps)} gaps >= 1 ms ({longest}), {short_gaps / 1e6:.3f} s in {count} "
-            f"shorter gaps")
-
-
 def bench_d(args, results, table) -> None:
     t = time.perf_counter()
     llm = make_llm(args.llama, args)
@@ -482,69 +277,6 @@ def bench_d(args, results, table) -> None:
     results["d"] = {"startup_s": startup}
     table.append(("(d) 8B start-up (cold)", f"{startup:.1f} s", "", VLLM["d"]))
     release(llm)
-
-
-@contextlib.contextmanager
-def blas_library(name: str):
-    """torch's GEMM library (cuBLAS or cuBLASLt, whose heuristics pick other kernels)."""
-    import torch
-
-    previous = torch.backends.cuda.preferred_blas_library()
-    torch.backends.cuda.preferred_blas_library(name)
-    try:
-        yield
-    finally:
-        torch.backends.cuda.preferred_blas_library(previous)
-
-
-@contextlib.contextmanager
-def gc_disabled():
-    """No cyclic garbage collection while a workload runs (is a collection pause a gap?)."""
-    import gc
-
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-
-
-def variant_setting(variant: str) -> contextlib.AbstractContextManager:
-    """The setting a workload variant changes while it runs (see the module docstring)."""
-    from unittest import mock
-
-    import torch
-
-    from localserve.backends.cuda import graphs
-    from localserve.backends.cuda.runner import CudaModelRunner
-    from localserve.engine import engine as engine_module
-    from localserve.kernels.triton import attention, sampling
-    from localserve.kernels.triton._common import pdl_override
-    from localserve.kernels.triton.cache import kv_cache_pages
-
-    if variant == "pdl" and not (torch.cuda.is_available()
-                                 and torch.cuda.get_device_capability()[0] >= 9):
-        raise SystemExit("programmatic dependent launch needs sm_90+")
-    settings = {
-        "": contextlib.nullcontext,
-        "pdl": lambda: pdl_override(True),
-        "nopdl": lambda: pdl_override(False),
-        "pow2": lambda: mock.patch.object(graphs, "bucket_sizes", lambda n: [
-            1 << i for i in range(n.bit_length()) if 1 << i < n] + [n]),
-        "wholerows": lambda: mock.patch.object(sampling, "PROGRAMS_PER_SM", 0),
-        "cublaslt": lambda: blas_library("cublaslt"),
-        "noroute": lambda: mock.patch.object(graphs, "fastest_cover", lambda times: {
-            b: b for b in times}),
-        "nogc": gc_disabled,
-        "gc700": lambda: mock.patch.object(engine_module, "GC_GEN0_THRESHOLD", 700),
-        "splitkeys1024": lambda: mock.patch.object(attention, "MIN_KEYS_PER_SPLIT", 1024),
-        "headsmajor": lambda: mock.patch.object(
-            CudaModelRunner, "_empty_cache", lambda self, shape: kv_cache_pages(
-                shape, self.kv_dtype, self.device, heads_major=True)),
-    }
-    if variant not in settings:
-        raise SystemExit(f"unknown variant {variant!r} (known: {', '.join(settings)[2:]})")
-    return settings[variant]()
 
 
 def main() -> None:

@@ -1,0 +1,82 @@
+"""Workload variants of gpu_bench.py: a workload named `x:variant` runs with one setting changed,
+for an A/B in one process (e.g. `--only c c:pow2 c c:pow2`).
+
+":pdl" / ":nopdl" force programmatic dependent launch on / off (kernels/triton/_common.py),
+":pow2" gives decode graphs the power-of-two batch buckets of sessions 1-5
+(backends/cuda/graphs.py), ":wholerows" has the fused sampling kernel scan each row in one
+program, as before session 6 (kernels/triton/sampling.py), ":cublaslt" has torch's matmuls go
+through cuBLASLt, ":noroute" runs every decode batch in the smallest graph that holds it (no
+move to a larger bucket that measured faster), ":nogc" turns Python's cyclic garbage collector
+off, ":gc700" keeps its default gen-0 threshold (the engine raises it to 50,000),
+":headsmajor" stores the KV pages head by head (kernels/triton/cache.py: kv_cache_pages),
+":splitkeys1024" cuts decode attention into key splits of >= 1,024 keys (256 by default; the
+decode graphs launch it for max_model_len keys, so (a) then runs 4 splits, not 16).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+
+@contextlib.contextmanager
+def blas_library(name: str):
+    """torch's GEMM library (cuBLAS or cuBLASLt, whose heuristics pick other kernels)."""
+    import torch
+
+    previous = torch.backends.cuda.preferred_blas_library()
+    torch.backends.cuda.preferred_blas_library(name)
+    try:
+        yield
+    finally:
+        torch.backends.cuda.preferred_blas_library(previous)
+
+
+@contextlib.contextmanager
+def gc_disabled():
+    """No cyclic garbage collection while a workload runs (is a collection pause a gap?)."""
+    import gc
+
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def variant_setting(variant: str) -> contextlib.AbstractContextManager:
+    """The setting a workload variant changes while it runs (see the module docstring)."""
+    from unittest import mock
+
+    import torch
+
+    from localserve.backends.cuda import graphs
+    from localserve.backends.cuda.runner import CudaModelRunner
+    from localserve.engine import engine as engine_module
+    from localserve.kernels.triton import attention, sampling
+    from localserve.kernels.triton._common import pdl_override
+    from localserve.kernels.triton.cache import kv_cache_pages
+
+    if variant == "pdl" and not (torch.cuda.is_available()
+                                 and torch.cuda.get_device_capability()[0] >= 9):
+        raise SystemExit("programmatic dependent launch needs sm_90+")
+    settings = {
+        "": contextlib.nullcontext,
+        "pdl": lambda: pdl_override(True),
+        "nopdl": lambda: pdl_override(False),
+        "pow2": lambda: mock.patch.object(graphs, "bucket_sizes", lambda n: [
+            1 << i for i in range(n.bit_length()) if 1 << i < n] + [n]),
+        "wholerows": lambda: mock.patch.object(sampling, "PROGRAMS_PER_SM", 0),
+        "cublaslt": lambda: blas_library("cublaslt"),
+        "noroute": lambda: mock.patch.object(graphs, "fastest_cover", lambda times: {
+            b: b for b in times}),
+        "nogc": gc_disabled,
+        "gc700": lambda: mock.patch.object(engine_module, "GC_GEN0_THRESHOLD", 700),
+        "splitkeys1024": lambda: mock.patch.object(attention, "MIN_KEYS_PER_SPLIT", 1024),
+        "headsmajor": lambda: mock.patch.object(
+            CudaModelRunner, "_empty_cache", lambda self, shape: kv_cache_pages(
+                shape, self.kv_dtype, self.device, heads_major=True)),
+    }
+    if variant not in settings:
+        raise SystemExit(f"unknown variant {variant!r} (known: {', '.join(settings)[2:]})")
+    return settings[variant]()
+
