@@ -1,6 +1,7 @@
 """Host cost of the engine's step loop, with no model: what a fast GPU leaves to the CPU.
 
 Usage: python benchmarks/host_loop.py [--seqs 256] [--rounds 5] [--tokenizer id|default]
+                                     [--gc-threshold 700]
 
 A stub runner packs every step exactly as the torch runners do (TorchModelRunner._prepare, on
 the CPU) and "samples" the same token for every draw, under async scheduling. Everything else
@@ -100,7 +101,13 @@ def main() -> None:
     ap.add_argument("--seqs", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--tokenizer", choices=["id", "default"], default="id")
+    ap.add_argument("--gc-threshold", type=int, default=None,
+                    help="the engine's gen-0 GC threshold (default: its GC_GEN0_THRESHOLD)")
     args = ap.parse_args()
+    if args.gc_threshold is not None:
+        from localserve.engine import engine
+
+        engine.GC_GEN0_THRESHOLD = args.gc_threshold
     best = min((run_once(args.seqs, 0, args.tokenizer) for _ in range(args.rounds)),
                key=lambda r: r[0])
     per_step, phases = best

@@ -39,10 +39,10 @@ from localserve.interfaces import (
 from localserve.sampling_params import SamplingParams
 
 # The step loop allocates thousands of short-lived containers a second, nearly all freed by
-# reference counting. At Python's default gen-0 threshold (700) the cyclic collector ran
-# ~1,200 times in a run of 500 requests (full collections up to 5 ms); at this one, none, and
-# the host's step took 4-11% less time (benchmarks/host_loop.py). That is host time: the CPU
-# backend's, or a GPU step's that the host would otherwise stall.
+# reference counting, so Python's default gen-0 threshold (700) runs the cyclic collector over
+# and over for little. At this one the host's step at 500 sequences took 11% less time
+# (`benchmarks/host_loop.py --seqs 500 --rounds 3 [--gc-threshold 700]`: 3.63/3.66 vs
+# 4.08/4.12 ms). Host time: the CPU backend's, or a GPU step's that the host would stall.
 GC_GEN0_THRESHOLD = 50_000
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,9 @@ class LLMEngine:
         gc.collect()
         gc.freeze()
         self._gc_threshold = gc.get_threshold()
-        gc.set_threshold(max(GC_GEN0_THRESHOLD, self._gc_threshold[0]), *self._gc_threshold[1:])
+        if self._gc_threshold[0]:  # 0: the process turned automatic collection off; keep it so
+            gc.set_threshold(max(GC_GEN0_THRESHOLD, self._gc_threshold[0]),
+                             *self._gc_threshold[1:])
         log.info("KV pool: %d blocks x %d tokens = %d tokens; max_model_len %d", num_blocks,
                  config.cache.block_size, num_blocks * config.cache.block_size, self.max_model_len)
 

@@ -160,5 +160,9 @@ def test_engine_raises_the_gc_threshold_while_it_lives():
         assert gc.get_threshold()[0] == GC_GEN0_THRESHOLD
         engine.shutdown()
         assert gc.get_threshold()[0] == 700
+        gc.set_threshold(0, *before[1:])  # automatic collection off: the engine keeps it off
+        engine = fake_engine()
+        assert gc.get_threshold()[0] == 0
+        engine.shutdown()
     finally:
         gc.set_threshold(*before)
