@@ -8,7 +8,8 @@ program, as before session 6 (kernels/triton/sampling.py), ":cublaslt" has torch
 through cuBLASLt, ":noroute" runs every decode batch in the smallest graph that holds it (no
 move to a larger bucket that measured faster), ":nogc" turns Python's cyclic garbage collector
 off, ":gc700" keeps its default gen-0 threshold (the engine raises it to 50,000),
-":headsmajor" stores the KV pages head by head (kernels/triton/cache.py: kv_cache_pages),
+":tokenmajor" stores the KV pages token by token (the cuda runner stores them head by head:
+kernels/triton/cache.py: kv_cache_pages),
 ":splitkeys1024" cuts decode attention into key splits of >= 1,024 keys (256 by default; the
 decode graphs launch it for max_model_len keys, so (a) then runs 4 splits, not 16).
 """
@@ -72,9 +73,9 @@ def variant_setting(variant: str) -> contextlib.AbstractContextManager:
         "nogc": gc_disabled,
         "gc700": lambda: mock.patch.object(engine_module, "GC_GEN0_THRESHOLD", 700),
         "splitkeys1024": lambda: mock.patch.object(attention, "MIN_KEYS_PER_SPLIT", 1024),
-        "headsmajor": lambda: mock.patch.object(
+        "tokenmajor": lambda: mock.patch.object(
             CudaModelRunner, "_empty_cache", lambda self, shape: kv_cache_pages(
-                shape, self.kv_dtype, self.device, heads_major=True)),
+                shape, self.kv_dtype, self.device, heads_major=False)),
     }
     if variant not in settings:
         raise SystemExit(f"unknown variant {variant!r} (known: {', '.join(settings)[2:]})")
