@@ -10,10 +10,8 @@ move to a larger bucket that measured faster), ":nogc" turns Python's cyclic gar
 off, ":gc700" keeps its default gen-0 threshold (the engine raises it to 50,000),
 ":tokenmajor" stores the KV pages token by token (the cuda runner stores them head by head:
 kernels/triton/cache.py: kv_cache_pages),
-":splitkeys1024" / ":splitkeys128" cut decode attention into key splits of >= 1,024 / 128 keys
-(256 by default; the decode graphs launch it for max_model_len keys, so (a) then runs 4 / 32
-splits, not 16), ":unfusedmlp" runs act_and_mul before the decode gemv of the down projection
-(backends/cuda/linear.py fuses it into the gemv).
+":splitkeys1024" cuts decode attention into key splits of >= 1,024 keys (256 by default; the
+decode graphs launch it for max_model_len keys, so (a) then runs 4 splits, not 16).
 """
 
 from __future__ import annotations
@@ -53,7 +51,6 @@ def variant_setting(variant: str) -> contextlib.AbstractContextManager:
     import torch
 
     from localserve.backends.cuda import graphs
-    from localserve.backends.cuda.linear import DecodeGemvMethod
     from localserve.backends.cuda.runner import CudaModelRunner
     from localserve.engine import engine as engine_module
     from localserve.kernels.triton import attention, sampling
@@ -76,10 +73,6 @@ def variant_setting(variant: str) -> contextlib.AbstractContextManager:
         "nogc": gc_disabled,
         "gc700": lambda: mock.patch.object(engine_module, "GC_GEN0_THRESHOLD", 700),
         "splitkeys1024": lambda: mock.patch.object(attention, "MIN_KEYS_PER_SPLIT", 1024),
-        "splitkeys128": lambda: mock.patch.object(attention, "MIN_KEYS_PER_SPLIT", 128),
-        "unfusedmlp": lambda: mock.patch.object(
-            DecodeGemvMethod, "apply_gated", lambda self, layer, gate_up, activation, act:
-            self.apply(layer, act(gate_up, activation))),
         "tokenmajor": lambda: mock.patch.object(
             CudaModelRunner, "_empty_cache", lambda self, shape: kv_cache_pages(
                 shape, self.kv_dtype, self.device, heads_major=False)),

@@ -12,8 +12,6 @@ fp32 weights (reference checks) keep cuBLAS's exact fp32 path. Larger batches ar
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -43,14 +41,6 @@ class DecodeGemvMethod(UnquantizedMethod):
         if x.dim() == 2 and x.shape[0] <= MAX_GEMV_ROWS:
             return self._gemv(x, layer.weight, layer.bias)
         return F.linear(x, layer.weight, layer.bias)
-
-    def apply_gated(self, layer: Linear, gate_up: torch.Tensor, activation: str,
-                    act_and_mul: Callable[[torch.Tensor, str], torch.Tensor]) -> torch.Tensor:
-        """A down projection: the gemv computes act(gate) * up as it reads gate_up (the same
-        bits as act_and_mul), one kernel fewer a layer at decode; larger batches unfused."""
-        if gate_up.dim() == 2 and gate_up.shape[0] <= MAX_GEMV_ROWS:
-            return self._gemv(gate_up, layer.weight, layer.bias, activation=activation)
-        return self.apply(layer, act_and_mul(gate_up, activation))
 
 
 def install_decode_gemv(model: nn.Module) -> int:

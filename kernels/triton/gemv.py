@@ -8,11 +8,6 @@ its [BLOCK_N, K] slice of W exactly once: N / BLOCK_N programs, whatever M is. R
 padded to the 16 that `tl.dot` needs; the products are free next to the weight traffic.
 Launched with programmatic dependent launch (opt-in, `_common.pdl_launch`), each program
 loads its first weight tile before it waits for the kernel that writes x.
-
-Gated (`activation=`): x is an MLP's fused gate | up projection and each program computes
-act(gate) * up as it loads x, rounded as `act_and_mul` rounds it: the down projection reads
-gate_up directly, bit for bit what the two kernels give on the same tiles, one launch fewer a
-layer (GeGLU gets narrower K tiles, see `_config_for`).
 """
 
 from __future__ import annotations
@@ -37,7 +32,6 @@ from localserve.kernels.triton._common import (
     rdna,
     shared_memory_limit,
 )
-from localserve.kernels.triton.activation import ACTIVATIONS, gated
 
 MAX_ROWS = 16  # one tl.dot tile of rows; larger M is a GEMM, not a GEMV
 
@@ -60,28 +54,22 @@ class GemvConfig:
 SMALL_K_CONFIG = GemvConfig(block_k=64)
 
 
-def default_config(x: torch.Tensor, activation: str | None = None) -> GemvConfig:
+def default_config(x: torch.Tensor) -> GemvConfig:
     """The tiles for x's GPU generation, with as many pipeline stages as its shared memory
     holds: each stage past the first buffers a [BLOCK_N + 16, BLOCK_K] tile of W and x (24 KB
-    in bf16, 48 KB in fp32; gated, x's gate and up tiles), and AMD's 64 KB LDS (or an RTX
-    40xx's 99 KB in fp32) cannot hold the 3 buffers of 4 stages that an H100's 227 KB can."""
-    return _config_for(gpu_arch(x.device), x.dtype, shared_memory_limit(x.device), activation)
+    in bf16, 48 KB in fp32), and AMD's 64 KB LDS (or an RTX 40xx's 99 KB in fp32) cannot hold
+    the 3 buffers of 4 stages that an H100's 227 KB can."""
+    return _config_for(gpu_arch(x.device), x.dtype, shared_memory_limit(x.device))
 
 
 @functools.cache  # eager decode calls the gemv per layer per step
-def _config_for(arch: str | None, dtype: torch.dtype, shared_bytes: int,
-                activation: str | None = None) -> GemvConfig:
+def _config_for(arch: str | None, dtype: torch.dtype, shared_bytes: int) -> GemvConfig:
     capability = nvidia_capability(arch)
     cfg = GemvConfig()
     if rdna(arch) or (capability is not None and capability < (8, 0)
                       and dtype != torch.float32):
         cfg = SMALL_K_CONFIG
-    elif activation == "gelu_tanh":
-        # GeGLU's tanh spills on wider gate tiles: 100 B (256 wide) and 16 B (128) on sm_90,
-        # 16 B (256) on sm_86/89 (test_triton_compile.py).
-        cfg = replace(cfg, block_k=64)
-    x_rows = MAX_ROWS * (1 if activation is None else 2)
-    stage_bytes = (cfg.block_n + x_rows) * cfg.block_k * dtype.itemsize
+    stage_bytes = (cfg.block_n + MAX_ROWS) * cfg.block_k * dtype.itemsize
     stages = min(cfg.num_stages, 1 + shared_bytes // stage_bytes)
     return cfg if stages == cfg.num_stages else replace(cfg, num_stages=max(1, stages))
 
@@ -94,23 +82,12 @@ def _load_tile(rows, k, row_ok, K, EVEN_K: tl.constexpr):
     return tl.load(rows + k[None, :], mask=row_ok[:, None] & (k < K)[None, :], other=0.0)
 
 
-@triton.jit
-def _load_x(rows, k, row_ok, K, EVEN_K: tl.constexpr, GATED: tl.constexpr):
-    """x's [rows, BLOCK_K] tile; GATED >= 0: act(gate) * up from the gate | up halves of
-    rows 2K long (ACTIVATIONS' codes), in x's dtype."""
-    if GATED < 0:
-        return _load_tile(rows, k, row_ok, K, EVEN_K)
-    gate = _load_tile(rows, k, row_ok, K, EVEN_K)
-    up = _load_tile(rows + K, k, row_ok, K, EVEN_K)
-    return gated(gate, up, GATED).to(rows.dtype.element_ty)
-
-
 # M (the decode batch) is not specialised: M == 1 would be its own variant, compiled the first
 # time a single sequence decodes (seen inside a timed H200 run).
 @triton.jit(do_not_specialize=["M"])
 def _gemv_kernel(
     y_ptr,              # [M, N], row stride stride_ym
-    x_ptr,              # [M, K] (GATED: [M, 2K]), row stride stride_xm
+    x_ptr,              # [M, K], row stride stride_xm
     w_ptr,              # [N, K], row stride stride_wn
     b_ptr,              # [N] (HAS_BIAS)
     M, N, K,
@@ -118,7 +95,6 @@ def _gemv_kernel(
     HAS_BIAS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     EVEN_K: tl.constexpr,
-    GATED: tl.constexpr,  # -1, or the activation of a gate | up x (ACTIVATIONS)
     DOT_PRECISION: tl.constexpr,
     WEIGHTS_FIRST: tl.constexpr,
     USE_PDL: tl.constexpr,
@@ -135,7 +111,7 @@ def _gemv_kernel(
     if WEIGHTS_FIRST:  # the first tile's weights before the wait, its x after
         w = _load_tile(w_rows, offs_k, n_ok, K, EVEN_K)
         pdl_wait(USE_PDL)
-        x = _load_x(x_rows, offs_k, m_ok, K, EVEN_K, GATED)
+        x = _load_tile(x_rows, offs_k, m_ok, K, EVEN_K)
         acc = tl.dot(x, tl.trans(w), acc, input_precision=DOT_PRECISION)
         k_start = BLOCK_K
     else:
@@ -143,7 +119,7 @@ def _gemv_kernel(
     for k0 in range(k_start, K, BLOCK_K):
         k = k0 + offs_k
         w = _load_tile(w_rows, k, n_ok, K, EVEN_K)
-        x = _load_x(x_rows, k, m_ok, K, EVEN_K, GATED)
+        x = _load_tile(x_rows, k, m_ok, K, EVEN_K)
         acc = tl.dot(x, tl.trans(w), acc, input_precision=DOT_PRECISION)
     if HAS_BIAS:
         acc += tl.load(b_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
@@ -152,12 +128,11 @@ def _gemv_kernel(
 
 
 def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-         config: GemvConfig | None = None, activation: str | None = None) -> torch.Tensor:
+         config: GemvConfig | None = None) -> torch.Tensor:
     """x [M, K] @ weight[N, K]^T (+ bias [N]) -> [M, N] in x's dtype, fp32 accumulation.
 
     M <= 16 (decode batches); x and weight of one float dtype and contiguous in K; any row
-    strides. Same contract as F.linear for 2-D x. With `activation` ('silu', 'gelu_tanh') x is
-    a fused gate | up [M, 2K] and the result is that of act_and_mul(x, activation) @ weight^T.
+    strides. Same contract as F.linear for 2-D x.
     """
     check_tensor("x", x, ndim=2, dtypes=FLOAT_DTYPES)
     check_tensor("weight", weight, ndim=2, dtypes=(x.dtype,))
@@ -171,19 +146,12 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
     check_last_dim_contiguous("x", x)
     check_last_dim_contiguous("weight", weight)
     (m, k), n = x.shape, weight.shape[0]
-    if activation is not None:
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}; expected one of "
-                             f"{sorted(ACTIVATIONS)}")
-        if k % 2:
-            raise ValueError(f"a gated x is gate | up, an even width; got {k}")
-        k //= 2
     if weight.shape[1] != k:
-        raise ValueError(f"x has {k} features{' per half' if activation else ''}, weight "
-                         f"{tuple(weight.shape)} expects {weight.shape[1]}")
+        raise ValueError(f"x has {k} features, weight {tuple(weight.shape)} expects "
+                         f"{weight.shape[1]}")
     if m > MAX_ROWS:
         raise ValueError(f"gemv takes at most {MAX_ROWS} rows, got {m}: use a GEMM")
-    cfg = config or default_config(x, activation)
+    cfg = config or default_config(x)
     pdl = pdl_launch(x.device)
     weights_first = pdl["USE_PDL"] if cfg.weights_first is None else cfg.weights_first
     y = empty((m, n), x.dtype, x.device)
@@ -196,7 +164,6 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
         y.stride(0), x.stride(0), weight.stride(0),
         HAS_BIAS=bias is not None, BLOCK_M=MAX_ROWS, BLOCK_N=cfg.block_n,
         BLOCK_K=cfg.block_k, EVEN_K=k % cfg.block_k == 0,
-        GATED=-1 if activation is None else ACTIVATIONS[activation],
         # fp32 inputs: exact products (no TF32), as F.linear computes them.
         DOT_PRECISION="ieee" if x.dtype == torch.float32 else None,
         WEIGHTS_FIRST=weights_first, num_warps=cfg.num_warps, num_stages=cfg.num_stages,

@@ -9,7 +9,6 @@ whatever its `create_weights` / the loader put there.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -58,16 +57,6 @@ class Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.method.apply(self, x)
-
-    def forward_gated(self, gate_up: torch.Tensor, activation: str,
-                      act_and_mul: Callable[[torch.Tensor, str], torch.Tensor]) -> torch.Tensor:
-        """self(act_and_mul(gate_up, activation)): an MLP's down projection. A method with an
-        `apply_gated(layer, gate_up, activation, act_and_mul)` may fuse the activation into
-        its own kernel (the GPU's decode gemv does)."""
-        apply_gated = getattr(self.method, "apply_gated", None)
-        if apply_gated is not None:
-            return apply_gated(self, gate_up, activation, act_and_mul)
-        return self.method.apply(self, act_and_mul(gate_up, activation))
 
     def extra_repr(self) -> str:
         return (f"in={self.in_features}, out={self.out_features}, bias={self.bias is not None}, "

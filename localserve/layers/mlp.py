@@ -29,4 +29,4 @@ class GatedMLP(nn.Module):
             gate_up = self.gate_up_proj(x)  # [T, 2 * inter]
         else:
             gate_up = torch.cat([self.gate_proj(x), self.up_proj(x)], dim=-1)
-        return self.down_proj.forward_gated(gate_up, self.activation, self.layer_ops.act_and_mul)
+        return self.down_proj(self.layer_ops.act_and_mul(gate_up, self.activation))

@@ -138,11 +138,6 @@ def _launch_every_kernel(half: torch.dtype) -> None:
     gemv.gemv(torch.empty(8, 1000, dtype=half), torch.empty(64, 1000, dtype=half),
               torch.empty(64, dtype=half))
     gemv.gemv(torch.empty(2, 512), torch.empty(64, 512))
-    # Gated: Llama-3-8B's down projection reading gate | up (SwiGLU), Gemma's GeGLU.
-    gemv.gemv(torch.empty(1, 2 * 14336, dtype=half), torch.empty(4096, 14336, dtype=half),
-              activation="silu")
-    gemv.gemv(torch.empty(4, 2 * 2048, dtype=half), torch.empty(640, 2048, dtype=half),
-              activation="gelu_tanh")
     # q/k norm + rotary + KV write: Llama-3-8B (no norm), Gemma-3 head_dim 256 with norm and
     # partial rotary.
     positions = torch.arange(8)

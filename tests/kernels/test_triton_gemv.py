@@ -14,7 +14,7 @@ pytest.importorskip("triton")
 
 from localserve.kernels import reference
 from localserve.kernels.triton._common import poisoned_outputs
-from localserve.kernels.triton.gemv import SMALL_K_CONFIG, GemvConfig, default_config, gemv
+from localserve.kernels.triton.gemv import SMALL_K_CONFIG, GemvConfig, gemv
 from localserve.kernels.triton.testing import (
     ELEMENTWISE_TOL,
     device,
@@ -121,65 +121,3 @@ def test_decode_gemv_method_routes_by_rows_and_weight():
         assert rel_error(out, ref) <= ELEMENTWISE_TOL[dtype]
         if rows > MAX_GEMV_ROWS:
             assert torch.equal(out, torch.nn.functional.linear(x, half.weight, half.bias))
-
-
-@pytest.mark.parametrize("activation", ["silu", "gelu_tanh"])
-@pytest.mark.parametrize("n,k", [SHAPES[0], SHAPES[1]])
-@pytest.mark.parametrize("m", [1, 5])
-def test_gated_is_act_and_mul_then_gemv_bit_for_bit(m, n, k, activation, seed):
-    """activation=: the down projection reads gate | up itself and gives exactly the bits of
-    act_and_mul followed by the gemv (the fused model keeps the unfused one's greedy tokens),
-    on the same tiles, and both match the fp32 reference; K whole tiles or not (SHAPES[1])."""
-    from localserve.kernels.triton import act_and_mul
-
-    dtype = DTYPES[-1]  # fp16: the output rounding between the two kernels is real
-    gate_up = (torch.randn(m, 2 * k, device=DEV) * 2).to(dtype)
-    w = (torch.randn(n, k, device=DEV) / k ** 0.5).to(dtype)
-    b = torch.randn(n, device=DEV).to(dtype)
-    cfg = default_config(gate_up, activation)  # GeGLU's are narrower: the same for both
-    with poisoned_outputs():
-        fused = gemv(gate_up, w, b, activation=activation)
-        unfused = gemv(act_and_mul(gate_up, activation), w, b, config=cfg)
-    assert fused.shape == (m, n) and torch.equal(fused, unfused)
-    ref = reference.linear(reference.act_and_mul(gate_up, activation), w, b)
-    assert rel_error(fused, ref) <= ELEMENTWISE_TOL[dtype]
-
-
-def test_gated_rejects_bad_input():
-    w = torch.randn(4, 8, device=DEV)
-    with pytest.raises(ValueError, match="unknown activation"):
-        gemv(torch.randn(2, 16, device=DEV), w, activation="relu")
-    with pytest.raises(ValueError, match="even width"):
-        gemv(torch.randn(2, 15, device=DEV), w, activation="silu")
-    with pytest.raises(ValueError, match="per half"):
-        gemv(torch.randn(2, 8, device=DEV), w, activation="silu")
-
-
-def test_decode_gemv_method_fuses_the_activation_at_decode_rows():
-    """Linear.forward_gated through the GPU runner's method: the fused gemv up to
-    MAX_GEMV_ROWS rows (no act_and_mul call; the same bits as the unfused pair), act_and_mul
-    then F.linear past it; a method without apply_gated (UnquantizedMethod) runs act_and_mul
-    then itself."""
-    from localserve.backends.cuda.linear import MAX_GEMV_ROWS, DecodeGemvMethod
-    from localserve.kernels.triton import act_and_mul
-    from localserve.layers.linear import Linear
-
-    calls = []
-
-    def counted_act_and_mul(x: torch.Tensor, activation: str) -> torch.Tensor:
-        calls.append(x.shape[0])
-        return act_and_mul(x, activation)
-
-    dtype = torch.float16
-    down = Linear(128, 96).to(device=DEV, dtype=dtype)
-    torch.nn.init.normal_(down.weight, std=0.05)
-    for fused in (False, True):
-        if fused:
-            down.method = DecodeGemvMethod()
-        for rows in (1, MAX_GEMV_ROWS, MAX_GEMV_ROWS + 1):
-            gate_up = torch.randn(rows, 256, device=DEV).to(dtype)
-            calls.clear()
-            with poisoned_outputs():
-                out = down.forward_gated(gate_up, "silu", counted_act_and_mul)
-            assert calls == ([] if fused and rows <= MAX_GEMV_ROWS else [rows])
-            assert torch.equal(out, down(act_and_mul(gate_up, "silu")))
