@@ -92,23 +92,30 @@ def test_cuda_backend_matches_hf_fp32(tmp_path, model_type):
     run_case(tmp_path, model_type, "cuda", "float32", 64, strict=True)
 
 
-def heads_major_pages(monkeypatch) -> list[torch.Tensor]:
-    """Every runner stores its KV pages head by head (kernels/triton/cache.py); returns the
-    pages made."""
+def heads_major_pages(monkeypatch, backend: str) -> list[torch.Tensor]:
+    """Records the KV pages the runner makes: the cuda runner's own (head by head since
+    session 8), the reference runner's made head by head here (kernels/triton/cache.py)."""
     pytest.importorskip("triton")
     from localserve.kernels.triton.cache import kv_cache_pages
     from localserve.runner.torch_runner import TorchModelRunner
 
     made: list[torch.Tensor] = []
-    monkeypatch.setattr(TorchModelRunner, "_empty_cache", lambda self, shape: made.append(
-        kv_cache_pages(shape, self.kv_dtype, self.device, heads_major=True)) or made[-1])
+    if backend == "cuda":
+        from localserve.backends.cuda.runner import CudaModelRunner
+
+        own = CudaModelRunner._empty_cache
+        monkeypatch.setattr(CudaModelRunner, "_empty_cache", lambda self, shape: made.append(
+            own(self, shape)) or made[-1])
+    else:
+        monkeypatch.setattr(TorchModelRunner, "_empty_cache", lambda self, shape: made.append(
+            kv_cache_pages(shape, self.kv_dtype, self.device, heads_major=True)) or made[-1])
     return made
 
 
 @pytest.mark.parametrize("backend", ["reference", pytest.param("cuda", marks=[
     pytest.mark.cuda, pytest.mark.skipif(not CUDA, reason="needs an NVIDIA/AMD GPU")])])
 def test_heads_major_pages_match_hf(tmp_path, monkeypatch, backend):
-    pages = heads_major_pages(monkeypatch)
+    pages = heads_major_pages(monkeypatch, backend)
     run_case(tmp_path, "llama", backend, "float32", 64 if backend == "cuda" else 16, strict=True)
     assert pages and not pages[0].is_contiguous()
 
