@@ -275,18 +275,13 @@ def bench_d(args, results, table) -> None:
     """Cold: Triton compiles into an empty cache directory, or a machine kept warm from an
     earlier call starts in ~5 s from its on-disk cache. Kernels compiled earlier in this
     process stay compiled, so (d) belongs first in --only."""
-    previous = os.environ.get("TRITON_CACHE_DIR")
-    with tempfile.TemporaryDirectory() as cache_dir:
-        os.environ["TRITON_CACHE_DIR"] = cache_dir  # triton reads it at each compile
-        try:
-            t = time.perf_counter()
-            llm = make_llm(args.llama, args)
-            startup = time.perf_counter() - t
-        finally:
-            if previous is None:
-                os.environ.pop("TRITON_CACHE_DIR")
-            else:
-                os.environ["TRITON_CACHE_DIR"] = previous
+    from unittest import mock
+
+    with (tempfile.TemporaryDirectory() as cache_dir,
+          mock.patch.dict(os.environ, TRITON_CACHE_DIR=cache_dir)):  # read at each compile
+        t = time.perf_counter()
+        llm = make_llm(args.llama, args)
+        startup = time.perf_counter() - t
     results["d"] = {"startup_s": startup}
     table.append(("(d) 8B start-up (cold)", f"{startup:.1f} s", "", VLLM["d"]))
     release(llm)

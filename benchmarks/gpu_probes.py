@@ -69,6 +69,8 @@ class Phases:
     the GPU waited for the host between steps: --phases."""
 
     def __init__(self, llm):
+        import torch
+
         engine, runner = llm.engine, llm.engine.runner
         self.engine = engine
         self.times: dict[str, float] = {}
@@ -79,16 +81,12 @@ class Phases:
         def marked_launch(scheduled):
             # Stream order: `begin` completes once the GPU has finished the previous step and
             # the host has queued this one, so end(previous) -> begin is the GPU's wait.
-            import torch
-
             begin, end = (torch.cuda.Event(enable_timing=True) for _ in range(2))
             begin.record()
             out = launch(scheduled)
             end.record()
             self.marks.append((begin, end))
             return out
-
-        import torch
 
         if torch.cuda.is_available():  # (the CPU smoke run has no events to record)
             runner.launch = marked_launch

@@ -37,11 +37,13 @@ def gc_disabled():
     """No cyclic garbage collection while a workload runs (is a collection pause a gap?)."""
     import gc
 
+    was_enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
-        gc.enable()
+        if was_enabled:
+            gc.enable()
 
 
 def variant_setting(variant: str) -> contextlib.AbstractContextManager:

@@ -85,38 +85,35 @@ def test_reference_backend_with_async_scheduling_matches_hf(tmp_path, monkeypatc
     assert any(PLACEHOLDER in item.token_ids for s in launched for item in s.seqs)
 
 
+def recorded_pages(monkeypatch, runner_cls, make) -> list[torch.Tensor]:
+    """Has `runner_cls` allocate its KV pages with `make(runner, shape)`, recording them."""
+    made: list[torch.Tensor] = []
+    monkeypatch.setattr(runner_cls, "_empty_cache", lambda self, shape: made.append(
+        make(self, shape)) or made[-1])
+    return made
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not CUDA, reason="needs an NVIDIA/AMD GPU (runs on the H100 benchmark box)")
 @pytest.mark.parametrize("model_type", ["llama", "gemma3_text"])
-def test_cuda_backend_matches_hf_fp32(tmp_path, model_type):
+def test_cuda_backend_matches_hf_fp32(tmp_path, monkeypatch, model_type):
+    """On the cuda runner's own pages, stored head by head (kernels/triton/cache.py)."""
+    from localserve.backends.cuda.runner import CudaModelRunner
+
+    pages = recorded_pages(monkeypatch, CudaModelRunner, CudaModelRunner._empty_cache)
     run_case(tmp_path, model_type, "cuda", "float32", 64, strict=True)
+    assert pages and not pages[0].is_contiguous()
 
 
-def heads_major_pages(monkeypatch, backend: str) -> list[torch.Tensor]:
-    """Records the KV pages the runner makes: the cuda runner's own (head by head since
-    session 8), the reference runner's made head by head here (kernels/triton/cache.py)."""
+def test_heads_major_pages_match_hf(tmp_path, monkeypatch):
+    """The reference runner on pages stored head by head, the cuda runner's layout."""
     pytest.importorskip("triton")
     from localserve.kernels.triton.cache import kv_cache_pages
     from localserve.runner.torch_runner import TorchModelRunner
 
-    made: list[torch.Tensor] = []
-    if backend == "cuda":
-        from localserve.backends.cuda.runner import CudaModelRunner
-
-        own = CudaModelRunner._empty_cache
-        monkeypatch.setattr(CudaModelRunner, "_empty_cache", lambda self, shape: made.append(
-            own(self, shape)) or made[-1])
-    else:
-        monkeypatch.setattr(TorchModelRunner, "_empty_cache", lambda self, shape: made.append(
-            kv_cache_pages(shape, self.kv_dtype, self.device, heads_major=True)) or made[-1])
-    return made
-
-
-@pytest.mark.parametrize("backend", ["reference", pytest.param("cuda", marks=[
-    pytest.mark.cuda, pytest.mark.skipif(not CUDA, reason="needs an NVIDIA/AMD GPU")])])
-def test_heads_major_pages_match_hf(tmp_path, monkeypatch, backend):
-    pages = heads_major_pages(monkeypatch, backend)
-    run_case(tmp_path, "llama", backend, "float32", 64 if backend == "cuda" else 16, strict=True)
+    pages = recorded_pages(monkeypatch, TorchModelRunner, lambda self, shape: kv_cache_pages(
+        shape, self.kv_dtype, self.device, heads_major=True))
+    run_case(tmp_path, "llama", "reference", "float32", 16, strict=True)
     assert pages and not pages[0].is_contiguous()
 
 
