@@ -195,7 +195,7 @@ def bench_b(args, results, table) -> None:
         llm.generate(prompts, params)
         wall = time.perf_counter() - t
     if phases:
-        phases.report(f"(b) {wall:.2f}s")
+        phases.report(f"(b) {wall:.2f}s", wall)
     total = sum(p.max_tokens for p in params)
     frac = counter.bytes / args.bw / wall
     results["b"] = {"tok_s": total / wall, "wall_s": wall, "roofline_fraction": frac,
@@ -261,7 +261,7 @@ def bench_c(args, results, table) -> None:
         llm.generate(prompts, params)
         wall = time.perf_counter() - t
     if phases:
-        phases.report(f"(c) {wall:.2f}s")
+        phases.report(f"(c) {wall:.2f}s", wall)
     results["c"] = {"req_s": n / wall, "out_tok_s": sum(outs) / wall,
                     "jit_compiles": len(jit.names)}
     table.append(("(c) 8B ShareGPT-like", f"{n / wall:.1f} req/s, {sum(outs) / wall:,.0f} tok/s",

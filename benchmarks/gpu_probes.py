@@ -76,6 +76,7 @@ class Phases:
         self.times: dict[str, float] = {}
         self.mixed = self.decode = 0
         self.marks: list[tuple[object, object]] = []
+        self.rows: list[int] = []  # per marked step: its sequences, or 0 for a mixed step
         launch = runner.launch
 
         def marked_launch(scheduled):
@@ -86,6 +87,8 @@ class Phases:
             out = launch(scheduled)
             end.record()
             self.marks.append((begin, end))
+            decode = all(s.num_tokens == 1 for s in scheduled.seqs)
+            self.rows.append(len(scheduled.seqs) if decode else 0)
             return out
 
         if torch.cuda.is_available():  # (the CPU smoke run has no events to record)
@@ -121,7 +124,7 @@ class Phases:
 
         return wrapper
 
-    def report(self, label: str) -> None:
+    def report(self, label: str, wall: float | None = None) -> None:
         import torch
 
         s = self.engine.scheduler.stats()
@@ -140,6 +143,22 @@ class Phases:
         print(f"{label}: the GPU waited for the host {sum(w for w, _ in waits) / 1e3:.3f} s "
               f"between {len(self.marks)} steps (longest: "
               + ", ".join(f"{w:.1f} ms before step {i}" for w, i in waits[:5]) + ")", flush=True)
+        self._report_step_times(label, wall)
+
+    def _report_step_times(self, label: str, wall: float | None) -> None:
+        """GPU time of the mixed steps and of the decode steps by batch size, and the wall time
+        outside the GPU's span (host work before the first step and after the last)."""
+        span = self.marks[0][0].elapsed_time(self.marks[-1][1]) / 1e3
+        outside = f"; {wall - span:.3f} s of the wall time outside it" if wall else ""
+        print(f"{label}: GPU span {span:.3f} s{outside}", flush=True)
+        bins: dict[str, list[float]] = {}
+        for (begin, end), rows in zip(self.marks, self.rows, strict=True):
+            key = "mixed" if rows == 0 else f"decode {max(1, rows - 1) // 64 * 64 + 1:>3}+ rows"
+            bins.setdefault(key, []).append(begin.elapsed_time(end) / 1e3)
+        for key in sorted(bins, key=lambda k: (k != "mixed", k)):
+            times = bins[key]
+            print(f"  {key}: {len(times):4d} steps, {sum(times):.3f} s GPU, "
+                  f"{sum(times) / len(times) * 1e3:.2f} ms a step", flush=True)
 
 
 class StepBytes:

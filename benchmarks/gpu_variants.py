@@ -11,7 +11,9 @@ off, ":gc700" keeps its default gen-0 threshold (the engine raises it to 50,000)
 ":tokenmajor" stores the KV pages token by token (the cuda runner stores them head by head:
 kernels/triton/cache.py: kv_cache_pages),
 ":splitkeys1024" cuts decode attention into key splits of >= 1,024 keys (256 by default; the
-decode graphs launch it for max_model_len keys, so (a) then runs 4 splits, not 16).
+decode graphs launch it for max_model_len keys, so (a) then runs 4 splits, not 16),
+":tokens4096" / ":tokens8192" / ":tokens32768" give a step that many tokens (the engine's
+max_num_batched_tokens; 16,384 by default on an 80 GB GPU: the prefill chunk size).
 """
 
 from __future__ import annotations
@@ -46,6 +48,15 @@ def gc_disabled():
             gc.enable()
 
 
+def step_tokens(config_class, tokens: int) -> contextlib.AbstractContextManager:
+    """Engines built meanwhile default to `tokens` tokens a step (max_num_batched_tokens)."""
+    from unittest import mock
+
+    fill = config_class.with_batch_limits
+    return mock.patch.object(config_class, "with_batch_limits",
+                             lambda self, seqs, _tokens: fill(self, seqs, tokens))
+
+
 def variant_setting(variant: str) -> contextlib.AbstractContextManager:
     """The setting a workload variant changes while it runs (see the module docstring)."""
     from unittest import mock
@@ -54,6 +65,7 @@ def variant_setting(variant: str) -> contextlib.AbstractContextManager:
 
     from localserve.backends.cuda import graphs
     from localserve.backends.cuda.runner import CudaModelRunner
+    from localserve.config import EngineConfig
     from localserve.engine import engine as engine_module
     from localserve.kernels.triton import attention, sampling
     from localserve.kernels.triton._common import pdl_override
@@ -79,6 +91,8 @@ def variant_setting(variant: str) -> contextlib.AbstractContextManager:
             CudaModelRunner, "_empty_cache", lambda self, shape: kv_cache_pages(
                 shape, self.kv_dtype, self.device, heads_major=False)),
     }
+    for tokens in (4096, 8192, 32768):
+        settings[f"tokens{tokens}"] = lambda tokens=tokens: step_tokens(EngineConfig, tokens)
     if variant not in settings:
         raise SystemExit(f"unknown variant {variant!r} (known: {', '.join(settings)[2:]})")
     return settings[variant]()

@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         ("rms_norm", bench.rms_norm), ("rotary_embedding", bench.rotary),
         ("act_and_mul", bench.act_and_mul), ("gemv", bench.gemv),
         ("decode_paths", bench.decode_paths), ("decode_layout", bench.decode_layout),
+        ("decode_order", bench.decode_order), ("prefill_chunk", bench.prefill_chunk),
     ]
     for name, run in sections:
         if not only or name in only:
@@ -495,6 +496,46 @@ class Bench:
             del case
             if not self.smoke:
                 self.torch.cuda.empty_cache()
+
+    def decode_order(self) -> None:
+        """Decode attention with the batch in arrival (random) order and sorted by length: a
+        decode program's number is its sequence's row, and programs start roughly in number
+        order, so longest first shortens the wave of long programs that ends the kernel."""
+        print("decode_order", flush=True)
+        for label, nh, kvh, hd, seq_lens in self.decode_shapes():
+            orders = (("arrival order", seq_lens),
+                      ("longest first", sorted(seq_lens, reverse=True)),
+                      ("shortest first", sorted(seq_lens)))
+            for name, lens in (*orders, *orders[:2]):
+                case = self.attention_inputs(label, nh, kvh, hd, [1] * len(lens), lens,
+                                             heads_major=True)
+                self.attention_row(case, f"[{name}]")
+                del case
+            if not self.smoke:
+                self.torch.cuda.empty_cache()
+
+    def prefill_chunk(self) -> None:
+        """One prefill chunk of gpu_bench's (c): whole prompts of 100-300 tokens filling a
+        16,384-token step, at the default tiles and a few others."""
+        print("prefill_chunk", flush=True)
+        rng = random.Random(1)
+        budget, lens = (64, 6) if self.smoke else (16_384, 100)
+        q_lens: list[int] = []
+        while sum(q_lens) < budget:
+            q_lens.append(min(rng.randint(lens, 3 * lens), budget - sum(q_lens)))
+        case = self.attention_inputs(f"(c) prefill {len(q_lens)}x~{budget // len(q_lens)}",
+                                     32 if not self.smoke else 4, 8 if not self.smoke else 2,
+                                     128 if not self.smoke else 64, q_lens, q_lens,
+                                     heads_major=True)
+        self.attention_row(case, "[default tiles]")
+        group_pad = 4 if not self.smoke else 2
+        for bm, bn, warps, stages in ((128, 128, 8, 2), (128, 64, 8, 3), (64, 64, 4, 2),
+                                      (64, 64, 4, 3), (64, 128, 4, 2), (128, 64, 4, 2)):
+            override = {"block_m": bm, "block_q": bm // group_pad, "block_n": bn,
+                        "num_warps": warps, "num_stages": stages}
+            self.attention_row(case, f"[BM={bm} BN={bn} w={warps} s={stages}]",
+                               launch_override=override)
+        self.attention_row(case, "[default tiles]")
 
     # ---- tuning sweeps ---------------------------------------------------------------------
     def sweep(self) -> None:
