@@ -23,6 +23,7 @@ A table is printed last.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -30,6 +31,7 @@ import tempfile
 import time
 
 from gpu_probes import (  # this folder's modules
+    Clocks,
     JitCompiles,
     Phases,
     StepBytes,
@@ -256,12 +258,14 @@ def bench_c(args, results, table) -> None:
           f"{sched.max_num_batched_tokens}; {graph_routes(llm)}", flush=True)
     warm_up(llm, 100, 300)
     phases = Phases(llm) if args.phases else None
-    with JitCompiles() as jit:
+    with JitCompiles() as jit, (Clocks() if args.clocks else contextlib.nullcontext()) as clocks:
         t = time.perf_counter()
         llm.generate(prompts, params)
         wall = time.perf_counter() - t
     if phases:
         phases.report(f"(c) {wall:.2f}s", wall)
+    if clocks:
+        clocks.report(f"(c) {wall:.2f}s")
     results["c"] = {"req_s": n / wall, "out_tok_s": sum(outs) / wall,
                     "jit_compiles": len(jit.names)}
     table.append(("(c) 8B ShareGPT-like", f"{n / wall:.1f} req/s, {sum(outs) / wall:,.0f} tok/s",
@@ -293,6 +297,7 @@ def main() -> None:
     ap.add_argument("--hf", action="store_true")
     ap.add_argument("--no-async", action="store_true", help="step synchronously (A/B)")
     ap.add_argument("--phases", action="store_true", help="host time per engine phase")
+    ap.add_argument("--clocks", action="store_true", help="(c): nvidia-smi clocks and power")
     ap.add_argument("--kernel-table", action="store_true", help="(b), (c): GPU time per kernel")
     ap.add_argument("--quick", action="store_true", help="smaller (b) and (c)")
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny shapes, reference backend")

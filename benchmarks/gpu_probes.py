@@ -24,6 +24,52 @@ def bandwidth_bytes_per_s(device) -> float:
     return 2 * n * 10 / (time.perf_counter() - start)
 
 
+class Clocks:
+    """SM clock, power and throttle reasons sampled by nvidia-smi every 100 ms while active
+    (read-only queries: --clocks). Is a long compute-bound run power-capped?"""
+
+    FIELDS = "clocks.sm,power.draw,temperature.gpu,clocks_throttle_reasons.active"
+
+    def __enter__(self) -> Clocks:
+        import shutil
+        import subprocess
+
+        self.proc = None
+        self.samples: list[list[str]] = []
+        if shutil.which("nvidia-smi") is None:  # (the CPU smoke run)
+            return self
+        self.proc = subprocess.Popen(
+            ["nvidia-smi", f"--query-gpu={self.FIELDS}", "--format=csv,noheader,nounits",
+             "-lms", "100"], stdout=subprocess.PIPE, text=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        out, _ = self.proc.communicate()
+        self.samples = [[f.strip() for f in line.split(",")] for line in out.splitlines()
+                        if line.count(",") == 3]
+
+    def report(self, label: str) -> None:
+        import statistics
+
+        rows = [(float(c), float(p), t, r) for c, p, t, r in self.samples
+                if c.replace(".", "").isdigit()]
+        if not rows:
+            print(f"{label}: no nvidia-smi samples", flush=True)
+            return
+        clocks = [r[0] for r in rows]
+        power = [r[1] for r in rows]
+        reasons = sorted({r[3] for r in rows})
+        tenths = [f"{statistics.median(clocks[i:i + 5]):.0f}" for i in range(0, len(rows), 5)]
+        print(f"{label}: SM clock median {statistics.median(clocks):.0f} MHz (min "
+              f"{min(clocks):.0f}, max {max(clocks):.0f}), power median "
+              f"{statistics.median(power):.0f} W (max {max(power):.0f}), temperature "
+              f"{rows[0][2]}-{rows[-1][2]} C, throttle reasons {reasons}; per 0.5 s: "
+              + " ".join(tenths), flush=True)
+
+
 class JitCompiles:
     """Counts the Triton kernel variants compiled (or loaded from the disk cache) while
     active: inside a timed run each one is a stall of up to seconds, so the warm-up and the

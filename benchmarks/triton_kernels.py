@@ -515,27 +515,32 @@ class Bench:
                 self.torch.cuda.empty_cache()
 
     def prefill_chunk(self) -> None:
-        """One prefill chunk of gpu_bench's (c): whole prompts of 100-300 tokens filling a
-        16,384-token step, at the default tiles and a few others."""
+        """Prefill attention on one chunk of gpu_bench's (c) (whole prompts of 100-300 tokens
+        filling a 16,384-token step) and on longer prompts, at the default tiles and others."""
         print("prefill_chunk", flush=True)
         rng = random.Random(1)
         budget, lens = (64, 6) if self.smoke else (16_384, 100)
-        q_lens: list[int] = []
-        while sum(q_lens) < budget:
-            q_lens.append(min(rng.randint(lens, 3 * lens), budget - sum(q_lens)))
-        case = self.attention_inputs(f"(c) prefill {len(q_lens)}x~{budget // len(q_lens)}",
-                                     32 if not self.smoke else 4, 8 if not self.smoke else 2,
-                                     128 if not self.smoke else 64, q_lens, q_lens,
-                                     heads_major=True)
-        self.attention_row(case, "[default tiles]")
-        group_pad = 4 if not self.smoke else 2
-        for bm, bn, warps, stages in ((128, 128, 8, 2), (128, 64, 8, 3), (64, 64, 4, 2),
-                                      (64, 64, 4, 3), (64, 128, 4, 2), (128, 64, 4, 2)):
-            override = {"block_m": bm, "block_q": bm // group_pad, "block_n": bn,
-                        "num_warps": warps, "num_stages": stages}
-            self.attention_row(case, f"[BM={bm} BN={bn} w={warps} s={stages}]",
-                               launch_override=override)
-        self.attention_row(case, "[default tiles]")
+        chunk: list[int] = []
+        while sum(chunk) < budget:
+            chunk.append(min(rng.randint(lens, 3 * lens), budget - sum(chunk)))
+        nh, kvh, hd = (4, 2, 64) if self.smoke else (32, 8, 128)
+        shapes = [(f"(c) prefill {len(chunk)}x~{budget // len(chunk)}", chunk)]
+        if not self.smoke:
+            shapes += [("llama3 prefill 8x512", [512] * 8), ("llama3 prefill 1x4096", [4096])]
+        group_pad = 1 << (nh // kvh - 1).bit_length()
+        for label, q_lens in shapes:
+            case = self.attention_inputs(label, nh, kvh, hd, q_lens, q_lens, heads_major=True)
+            self.attention_row(case, "[default tiles]")
+            for bm, bn, warps, stages in ((64, 64, 4, 2), (128, 64, 4, 2), (64, 64, 4, 3),
+                                          (64, 32, 4, 2)):
+                override = {"block_m": bm, "block_q": bm // group_pad, "block_n": bn,
+                            "num_warps": warps, "num_stages": stages}
+                self.attention_row(case, f"[BM={bm} BN={bn} w={warps} s={stages}]",
+                                   launch_override=override)
+            self.attention_row(case, "[default tiles]")
+            del case
+            if not self.smoke:
+                self.torch.cuda.empty_cache()
 
     # ---- tuning sweeps ---------------------------------------------------------------------
     def sweep(self) -> None:
