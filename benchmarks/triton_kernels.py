@@ -516,7 +516,8 @@ class Bench:
 
     def prefill_chunk(self) -> None:
         """Prefill attention on one chunk of gpu_bench's (c) (whole prompts of 100-300 tokens
-        filling a 16,384-token step) and on longer prompts, at the default tiles and others."""
+        filling a 16,384-token step) and on longer prompts, at the default tiles and others
+        (128 x 64 of 8 warps: the default before session 9)."""
         print("prefill_chunk", flush=True)
         rng = random.Random(1)
         budget, lens = (64, 6) if self.smoke else (16_384, 100)
@@ -526,13 +527,13 @@ class Bench:
         nh, kvh, hd = (4, 2, 64) if self.smoke else (32, 8, 128)
         shapes = [(f"(c) prefill {len(chunk)}x~{budget // len(chunk)}", chunk)]
         if not self.smoke:
-            shapes += [("llama3 prefill 8x512", [512] * 8), ("llama3 prefill 1x4096", [4096])]
+            shapes += [(f"llama3 prefill {n}x{4096 // n}", [4096 // n] * n) for n in (8, 4, 2, 1)]
         group_pad = 1 << (nh // kvh - 1).bit_length()
         for label, q_lens in shapes:
             case = self.attention_inputs(label, nh, kvh, hd, q_lens, q_lens, heads_major=True)
             self.attention_row(case, "[default tiles]")
-            for bm, bn, warps, stages in ((64, 64, 4, 2), (128, 64, 4, 2), (64, 64, 4, 3),
-                                          (64, 32, 4, 2)):
+            for bm, bn, warps, stages in ((128, 64, 8, 2), (64, 32, 4, 2), (64, 64, 4, 2),
+                                          (64, 32, 4, 3)):
                 override = {"block_m": bm, "block_q": bm // group_pad, "block_n": bn,
                             "num_warps": warps, "num_stages": stages}
                 self.attention_row(case, f"[BM={bm} BN={bn} w={warps} s={stages}]",

@@ -39,6 +39,9 @@ MAX_SPLITS = 64
 # Query lengths up to this are "decode-like" (decode, speculative tokens): small query tiles and
 # split-KV allowed. Longer ones are prefill chunks that fill the GPU on their own.
 MAX_DECODE_QUERY_LEN = 16
+# Prefill queries at least this long take 64-key tiles on the H100-tuned GPUs, shorter ones 32
+# (their causal diagonal, where half of each tile is masked, is most of their work).
+LONG_PREFILL_QUERY_LEN = 2048
 LOG2E = 1.4426950408889634
 
 
@@ -96,6 +99,16 @@ def choose_launch(*, num_seqs: int, num_kv_heads: int, group: int, head_dim: int
     # (benchmarks/triton_kernels.py --sweep: 375 vs 406 us for 256 x 1024-token Qwen3 rows).
     num_stages = 2 if (decode_like or head_dim_pad > 128 or block_m >= 128
                        or elem_bytes > 2) else 3
+    h100_tuned = not small_tiles and not (nvidia is not None and nvidia < (9, 0))
+    if h100_tuned and not decode_like and elem_bytes <= 2 and head_dim_pad <= 128:
+        # Prefill: 64-row tiles of 4 warps, 2 stages. H100, `triton_kernels.py --only
+        # prefill_chunk` (Llama-3-8B heads): a 16,384-token chunk of 81 prompts of ~200 tokens
+        # 236 us vs 364 with 128 x 64 tiles of 8 warps; 8 x 512 tokens 101 vs 129; 1 x 4,096
+        # (64-key tiles) 467 vs 585.
+        block_m = max(16, group_pad, min(64, group_pad * next_pow2(max_query_len)))
+        block_q = block_m // group_pad
+        block_n = 64 if max_query_len >= LONG_PREFILL_QUERY_LEN else 32
+        num_warps, num_stages = (8 if block_m * head_dim_pad >= wide else 4), 2
     if head_dim_pad > 128 and arch is not None and arch.startswith("gfx9"):
         num_stages = 1  # CDNA keeps the prefetched tile in VGPRs: 2 stages spill at 256
 

@@ -186,7 +186,7 @@ def test_split_heuristic():
     big_batch = choose_launch(num_seqs=256, max_query_len=1, max_seq_len=8192, **common)
     assert big_batch.num_splits == 1
     prefill = choose_launch(num_seqs=1, max_query_len=4096, max_seq_len=4096, **common)
-    assert prefill.num_splits == 1 and prefill.block_m == 128
+    assert prefill.num_splits == 1 and prefill.block_m == 64
     assert prefill.block_q * 4 == prefill.block_m
     mqa = choose_launch(num_seqs=4, max_query_len=1, max_seq_len=64, num_kv_heads=1,
                         group=32, head_dim=128, num_sms=132)
@@ -207,6 +207,26 @@ def test_unsplit_decode_tiles_per_gpu_generation():
     split = choose_launch(**{**shape, "num_seqs": 2})
     assert split.num_splits > 1 and split.block_n == 64
     assert not choose_launch(**{**shape, "max_query_len": 2}).decode
+
+
+def test_prefill_tiles():
+    """Prefill on the H100-tuned GPUs: 64-row tiles of 4 warps and 2 stages, 32 keys a tile
+    below LONG_PREFILL_QUERY_LEN query tokens and 64 from there; Ampere/Ada keep 128 rows."""
+    from localserve.kernels.triton.attention import LONG_PREFILL_QUERY_LEN
+
+    common = dict(num_seqs=80, num_kv_heads=8, group=4, num_sms=132, head_dim=128,
+                  max_seq_len=4096)
+    for arch in (None, "sm_90", "gfx942"):
+        short = choose_launch(arch=arch, max_query_len=300, **common)
+        long = choose_launch(arch=arch, max_query_len=LONG_PREFILL_QUERY_LEN, **common)
+        assert (short.block_m, short.block_q, short.block_n) == (64, 16, 32)
+        assert (long.block_m, long.block_n) == (64, 64)
+        assert (short.num_warps, short.num_stages) == (long.num_warps, long.num_stages) == (4, 2)
+    assert choose_launch(arch="sm_89", max_query_len=300, **common).block_m == 128
+    tiny = choose_launch(max_query_len=20, **common)  # 32 query rows need no 64-row tile
+    assert tiny.block_m == 64 and tiny.block_q == 16
+    wide_heads = choose_launch(max_query_len=300, **{**common, "head_dim": 256})
+    assert wide_heads.block_m == 64 and wide_heads.num_warps == 8  # unchanged for 256
 
 
 def test_tiles_per_gpu_generation():
