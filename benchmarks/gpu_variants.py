@@ -13,7 +13,10 @@ kernels/triton/cache.py: kv_cache_pages),
 ":splitkeys1024" cuts decode attention into key splits of >= 1,024 keys (256 by default; the
 decode graphs launch it for max_model_len keys, so (a) then runs 4 splits, not 16),
 ":tokens4096" / ":tokens8192" / ":tokens32768" give a step that many tokens (the engine's
-max_num_batched_tokens; 16,384 by default on an 80 GB GPU: the prefill chunk size).
+max_num_batched_tokens; 16,384 by default on an 80 GB GPU: the prefill chunk size),
+":normsplit" runs each decode gemv's pre-norm as its own kernel (the cuda runner fuses the
+input norm into the q/k/v gemv: backends/cuda/linear.py), ":prefill128" gives prefill
+attention the 128 x 64 tiles of 8 warps used before session 9 (kernels/triton/attention.py).
 """
 
 from __future__ import annotations
@@ -57,6 +60,29 @@ def step_tokens(config_class, tokens: int) -> contextlib.AbstractContextManager:
                              lambda self, seqs, _tokens: fill(self, seqs, tokens))
 
 
+def prefill_tiles_before_session_9(attention) -> contextlib.AbstractContextManager:
+    """Prefill attention (more than MAX_DECODE_QUERY_LEN query tokens) at 128 x 64 tiles of
+    8 warps and 2 stages, bf16/fp16 and head_dim <= 128, as before session 9."""
+    import dataclasses
+    from unittest import mock
+
+    choose = attention.choose_launch
+
+    def old_tiles(**kw):
+        spec = choose(**kw)
+        if (kw["max_query_len"] <= attention.MAX_DECODE_QUERY_LEN or kw["head_dim"] > 128
+                or kw.get("elem_bytes", 2) > 2):
+            return spec
+        group_pad = 1 << (kw["group"] - 1).bit_length()
+        block_m = max(16, group_pad, min(128, group_pad * (1 << (kw["max_query_len"] - 1)
+                                                            .bit_length())))
+        return dataclasses.replace(spec, block_m=block_m, block_q=block_m // group_pad,
+                                   block_n=64, num_warps=8 if block_m >= 128 else 4,
+                                   num_stages=2 if block_m >= 128 else 3)
+
+    return mock.patch.object(attention, "choose_launch", old_tiles)
+
+
 def variant_setting(variant: str) -> contextlib.AbstractContextManager:
     """The setting a workload variant changes while it runs (see the module docstring)."""
     from unittest import mock
@@ -64,6 +90,7 @@ def variant_setting(variant: str) -> contextlib.AbstractContextManager:
     import torch
 
     from localserve.backends.cuda import graphs
+    from localserve.backends.cuda.linear import DecodeGemvMethod
     from localserve.backends.cuda.runner import CudaModelRunner
     from localserve.config import EngineConfig
     from localserve.engine import engine as engine_module
@@ -91,6 +118,9 @@ def variant_setting(variant: str) -> contextlib.AbstractContextManager:
             CudaModelRunner, "_empty_cache", lambda self, shape: kv_cache_pages(
                 shape, self.kv_dtype, self.device, heads_major=False)),
     }
+    settings["normsplit"] = lambda: mock.patch.object(DecodeGemvMethod, "apply_normed",
+                                                      lambda *args: None)
+    settings["prefill128"] = lambda: prefill_tiles_before_session_9(attention)
     for tokens in (4096, 8192, 32768):
         settings[f"tokens{tokens}"] = lambda tokens=tokens: step_tokens(EngineConfig, tokens)
     if variant not in settings:
