@@ -14,9 +14,8 @@ kernels/triton/cache.py: kv_cache_pages),
 decode graphs launch it for max_model_len keys, so (a) then runs 4 splits, not 16),
 ":tokens4096" / ":tokens8192" / ":tokens32768" give a step that many tokens (the engine's
 max_num_batched_tokens; 16,384 by default on an 80 GB GPU: the prefill chunk size),
-":normsplit" runs each decode gemv's pre-norm as its own kernel (the cuda runner fuses the
-input norm into the q/k/v gemv: backends/cuda/linear.py), ":prefill128" gives prefill
-attention the 128 x 64 tiles of 8 warps used before session 9 (kernels/triton/attention.py).
+":prefill128" gives prefill attention the 128 x 64 tiles of 8 warps used before session 9
+(kernels/triton/attention.py).
 """
 
 from __future__ import annotations
@@ -90,7 +89,6 @@ def variant_setting(variant: str) -> contextlib.AbstractContextManager:
     import torch
 
     from localserve.backends.cuda import graphs
-    from localserve.backends.cuda.linear import DecodeGemvMethod
     from localserve.backends.cuda.runner import CudaModelRunner
     from localserve.config import EngineConfig
     from localserve.engine import engine as engine_module
@@ -118,8 +116,6 @@ def variant_setting(variant: str) -> contextlib.AbstractContextManager:
             CudaModelRunner, "_empty_cache", lambda self, shape: kv_cache_pages(
                 shape, self.kv_dtype, self.device, heads_major=False)),
     }
-    settings["normsplit"] = lambda: mock.patch.object(DecodeGemvMethod, "apply_normed",
-                                                      lambda *args: None)
     settings["prefill128"] = lambda: prefill_tiles_before_session_9(attention)
     for tokens in (4096, 8192, 32768):
         settings[f"tokens{tokens}"] = lambda tokens=tokens: step_tokens(EngineConfig, tokens)

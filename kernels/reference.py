@@ -181,15 +181,6 @@ def linear(x: torch.Tensor, weight: torch.Tensor,
     return y.to(x.dtype)
 
 
-def rms_norm_linear(x: torch.Tensor, norm_weight: torch.Tensor, eps: float,
-                    weight: torch.Tensor, bias: torch.Tensor | None = None,
-                    residual: torch.Tensor | None = None, weight_offset: float = 0.0
-                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """linear(rms_norm(x [+ residual])) and x + residual (the fused norm-gemv's contract)."""
-    normed, summed = rms_norm(x, norm_weight, eps, residual, weight_offset)
-    return linear(normed, weight, bias), summed
-
-
 def gguf_linear(x: torch.Tensor, raw: np.ndarray, qtype: int) -> torch.Tensor:
     """x [..., in] @ W.T in float64, W dequantized by the `gguf` package from raw GGUF blocks.
 

@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from localserve.layers.linear import Linear, UnquantizedMethod
-from localserve.layers.norm import RMSNorm
 
 MAX_GEMV_ROWS = 8
 MAX_GEMV_ELEMENTS = 64 * 2**20
@@ -31,34 +30,17 @@ def gemv_suits(weight: torch.Tensor) -> bool:
 
 
 class DecodeGemvMethod(UnquantizedMethod):
-    """A float weight applied by the Triton gemv for <= MAX_GEMV_ROWS rows, else F.linear.
-    A pre-norm of those rows runs inside the gemv (`apply_normed`, layers.fusion.normed_linear):
-    the kernel reads each row whole anyway, and the norm's own launch (~2-3 us on an H100, 32
-    a Llama-3-8B token) is gone."""
+    """A float weight applied by the Triton gemv for <= MAX_GEMV_ROWS rows, else F.linear."""
 
     def __init__(self) -> None:
-        from localserve.kernels.triton.gemv import gemv, rms_norm_gemv
+        from localserve.kernels.triton.gemv import gemv
 
         self._gemv = gemv  # bound once: apply runs per layer per step
-        self._rms_norm_gemv = rms_norm_gemv
 
     def apply(self, layer: Linear, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 2 and x.shape[0] <= MAX_GEMV_ROWS:
             return self._gemv(x, layer.weight, layer.bias)
         return F.linear(x, layer.weight, layer.bias)
-
-    def apply_normed(self, layer: Linear, norm: RMSNorm, x: torch.Tensor,
-                     residual: torch.Tensor | None
-                     ) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """(layer(norm(x [+ residual])), x [+ residual]) in one kernel, or None (not a
-        decode-sized batch of rows with the layer's dtype): the caller norms separately."""
-        if (x.dim() != 2 or x.shape[0] > MAX_GEMV_ROWS or x.dtype != layer.weight.dtype
-                or x.stride(-1) != 1 or (residual is not None and (
-                    residual.stride(-1) != 1 or residual.dtype != x.dtype))):
-            return None
-        y, summed = self._rms_norm_gemv(x, norm.weight, norm.eps, layer.weight, layer.bias,
-                                        residual, norm.offset)
-        return y, x if summed is None else summed
 
 
 def install_decode_gemv(model: nn.Module) -> int:

@@ -82,29 +82,6 @@ def _load_tile(rows, k, row_ok, K, EVEN_K: tl.constexpr):
     return tl.load(rows + k[None, :], mask=row_ok[:, None] & (k < K)[None, :], other=0.0)
 
 
-@triton.jit
-def _load_x(x_rows, r_rows, s_rows, nw_ptr, k, row_ok, sum_ok, K, weight_offset, sq,
-            EVEN_K: tl.constexpr, NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
-    """The [rows, BLOCK_K] input tile at columns k, and the rows' running sum of squares.
-    NORM: the tile is (x [+ residual]) * (weight_offset + norm weight), stored for the dot in
-    x's dtype; the sum (x + residual, rounded to x's dtype as the model would) is stored where
-    sum_ok, and the 1 / rms factor is applied to the dot's result once all of K is read."""
-    x = _load_tile(x_rows, k, row_ok, K, EVEN_K)
-    if NORM:
-        if HAS_RESIDUAL:
-            r = _load_tile(r_rows, k, row_ok, K, EVEN_K)
-            x = (x.to(tl.float32) + r.to(tl.float32)).to(x.dtype)
-            if EVEN_K:
-                tl.store(s_rows + k[None, :], x, mask=sum_ok[:, None])
-            else:
-                tl.store(s_rows + k[None, :], x, mask=sum_ok[:, None] & (k < K)[None, :])
-        xf = x.to(tl.float32)
-        sq += tl.sum(xf * xf, axis=1)
-        w = tl.load(nw_ptr + k, mask=k < K, other=0.0)  # [BLOCK_K]: a mask costs nothing here
-        x = (xf * (w.to(tl.float32) + weight_offset)[None, :]).to(x.dtype)
-    return x, sq
-
-
 # M (the decode batch) is not specialised: M == 1 would be its own variant, compiled the first
 # time a single sequence decodes (seen inside a timed H200 run).
 @triton.jit(do_not_specialize=["M"])
@@ -113,15 +90,9 @@ def _gemv_kernel(
     x_ptr,              # [M, K], row stride stride_xm
     w_ptr,              # [N, K], row stride stride_wn
     b_ptr,              # [N] (HAS_BIAS)
-    r_ptr,              # [M, K] residual, row stride stride_rm (HAS_RESIDUAL)
-    s_ptr,              # [M, K] contiguous: x + residual, written by program 0 (HAS_RESIDUAL)
-    nw_ptr,             # [K] RMSNorm weight (NORM)
     M, N, K,
-    stride_ym, stride_xm, stride_wn, stride_rm,
-    eps, weight_offset,
+    stride_ym, stride_xm, stride_wn,
     HAS_BIAS: tl.constexpr,
-    NORM: tl.constexpr,         # y = RMSNorm(x [+ residual]) @ W^T (+ bias)
-    HAS_RESIDUAL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     EVEN_K: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
@@ -133,19 +104,14 @@ def _gemv_kernel(
     offs_k = tl.arange(0, BLOCK_K)
     n_ok = offs_n < N
     m_ok = offs_m < M
-    sum_ok = m_ok & (tl.program_id(0) == 0)  # one program stores x + residual
     w_rows = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn      # [BLOCK_N, 1]
     x_rows = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm      # [BLOCK_M, 1]
-    r_rows = r_ptr + offs_m.to(tl.int64)[:, None] * stride_rm
-    s_rows = s_ptr + offs_m.to(tl.int64)[:, None] * K
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    sq = tl.zeros([BLOCK_M], dtype=tl.float32)
     k_start = 0
     if WEIGHTS_FIRST:  # the first tile's weights before the wait, its x after
         w = _load_tile(w_rows, offs_k, n_ok, K, EVEN_K)
         pdl_wait(USE_PDL)
-        x, sq = _load_x(x_rows, r_rows, s_rows, nw_ptr, offs_k, m_ok, sum_ok, K,
-                        weight_offset, sq, EVEN_K, NORM, HAS_RESIDUAL)
+        x = _load_tile(x_rows, offs_k, m_ok, K, EVEN_K)
         acc = tl.dot(x, tl.trans(w), acc, input_precision=DOT_PRECISION)
         k_start = BLOCK_K
     else:
@@ -153,60 +119,12 @@ def _gemv_kernel(
     for k0 in range(k_start, K, BLOCK_K):
         k = k0 + offs_k
         w = _load_tile(w_rows, k, n_ok, K, EVEN_K)
-        x, sq = _load_x(x_rows, r_rows, s_rows, nw_ptr, k, m_ok, sum_ok, K, weight_offset,
-                        sq, EVEN_K, NORM, HAS_RESIDUAL)
+        x = _load_tile(x_rows, k, m_ok, K, EVEN_K)
         acc = tl.dot(x, tl.trans(w), acc, input_precision=DOT_PRECISION)
-    if NORM:
-        acc *= (1.0 / tl.sqrt(sq / K + eps))[:, None]
     if HAS_BIAS:
         acc += tl.load(b_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     tl.store(y_ptr + offs_m.to(tl.int64)[:, None] * stride_ym + offs_n[None, :],
              acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
-
-
-def _check_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                  **others: torch.Tensor) -> None:
-    check_tensor("x", x, ndim=2, dtypes=FLOAT_DTYPES)
-    check_tensor("weight", weight, ndim=2, dtypes=(x.dtype,))
-    tensors = {"x": x, "weight": weight, **others}
-    if bias is not None:
-        check_tensor("bias", bias, ndim=1, dtypes=FLOAT_DTYPES)
-        if bias.shape[0] != weight.shape[0]:
-            raise ValueError(f"bias has {bias.shape[0]} entries for {weight.shape[0]} outputs")
-        tensors["bias"] = bias
-    check_same_device(**tensors)
-    check_last_dim_contiguous("x", x)
-    check_last_dim_contiguous("weight", weight)
-    m, k = x.shape
-    if weight.shape[1] != k:
-        raise ValueError(f"x has {k} features, weight {tuple(weight.shape)} expects "
-                         f"{weight.shape[1]}")
-    if m > MAX_ROWS:
-        raise ValueError(f"gemv takes at most {MAX_ROWS} rows, got {m}: use a GEMM")
-
-
-def _launch(y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-            config: GemvConfig | None, norm_weight: torch.Tensor | None = None,
-            residual: torch.Tensor | None = None, summed: torch.Tensor | None = None,
-            eps: float = 0.0, weight_offset: float = 0.0) -> None:
-    (m, k), n = x.shape, weight.shape[0]
-    cfg = config or default_config(x)
-    pdl = pdl_launch(x.device)
-    weights_first = pdl["USE_PDL"] if cfg.weights_first is None else cfg.weights_first
-    _gemv_kernel[(triton.cdiv(n, cfg.block_n),)](
-        y, x, weight, bias if bias is not None else y,
-        residual if residual is not None else x, summed if summed is not None else y,
-        norm_weight if norm_weight is not None else y, m, n, k,
-        y.stride(0), x.stride(0), weight.stride(0),
-        residual.stride(0) if residual is not None else 0, eps, weight_offset,
-        HAS_BIAS=bias is not None, NORM=norm_weight is not None,
-        HAS_RESIDUAL=residual is not None, BLOCK_M=MAX_ROWS, BLOCK_N=cfg.block_n,
-        BLOCK_K=cfg.block_k, EVEN_K=k % cfg.block_k == 0,
-        # fp32 inputs: exact products (no TF32), as F.linear computes them.
-        DOT_PRECISION="ieee" if x.dtype == torch.float32 else None,
-        WEIGHTS_FIRST=weights_first, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-        **pdl,
-    )
 
 
 def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
@@ -216,52 +134,39 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
     M <= 16 (decode batches); x and weight of one float dtype and contiguous in K; any row
     strides. Same contract as F.linear for 2-D x.
     """
-    _check_linear(x, weight, bias)
+    check_tensor("x", x, ndim=2, dtypes=FLOAT_DTYPES)
+    check_tensor("weight", weight, ndim=2, dtypes=(x.dtype,))
+    tensors = {"x": x, "weight": weight}
+    if bias is not None:
+        check_tensor("bias", bias, ndim=1, dtypes=FLOAT_DTYPES)
+        if bias.shape[0] != weight.shape[0]:
+            raise ValueError(f"bias has {bias.shape[0]} entries for {weight.shape[0]} outputs")
+        tensors["bias"] = bias
+    check_same_device(**tensors)
+    check_last_dim_contiguous("x", x)
+    check_last_dim_contiguous("weight", weight)
     (m, k), n = x.shape, weight.shape[0]
+    if weight.shape[1] != k:
+        raise ValueError(f"x has {k} features, weight {tuple(weight.shape)} expects "
+                         f"{weight.shape[1]}")
+    if m > MAX_ROWS:
+        raise ValueError(f"gemv takes at most {MAX_ROWS} rows, got {m}: use a GEMM")
+    cfg = config or default_config(x)
+    pdl = pdl_launch(x.device)
+    weights_first = pdl["USE_PDL"] if cfg.weights_first is None else cfg.weights_first
     y = empty((m, n), x.dtype, x.device)
     if m == 0 or n == 0:
         return y
     if k == 0:
         return y.zero_() if bias is None else y.copy_(bias.expand(m, n))
-    _launch(y, x, weight, bias, config)
+    _gemv_kernel[(triton.cdiv(n, cfg.block_n),)](
+        y, x, weight, bias if bias is not None else y, m, n, k,
+        y.stride(0), x.stride(0), weight.stride(0),
+        HAS_BIAS=bias is not None, BLOCK_M=MAX_ROWS, BLOCK_N=cfg.block_n,
+        BLOCK_K=cfg.block_k, EVEN_K=k % cfg.block_k == 0,
+        # fp32 inputs: exact products (no TF32), as F.linear computes them.
+        DOT_PRECISION="ieee" if x.dtype == torch.float32 else None,
+        WEIGHTS_FIRST=weights_first, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        **pdl,
+    )
     return y
-
-
-def rms_norm_gemv(x: torch.Tensor, norm_weight: torch.Tensor, eps: float,
-                  weight: torch.Tensor, bias: torch.Tensor | None = None,
-                  residual: torch.Tensor | None = None, weight_offset: float = 0.0,
-                  config: GemvConfig | None = None
-                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """gemv(rms_norm(x [+ residual]), weight, bias) in one kernel: (y, x + residual | None).
-
-    The norm is that of kernels/reference.py: rms_norm (fp32 statistics; the residual sum
-    rounded to x's dtype; weight_offset + norm_weight). Every program reads its rows whole
-    anyway, so it takes their sum of squares on the way and scales its dot products by
-    1 / rms at the end: the normalised rows are never written, and the norm's own launch is
-    gone. (The dot sees x * norm weight rounded to x's dtype, then 1 / rms is applied in
-    fp32: a rounding apart from norm-then-gemv.)
-    """
-    _check_linear(x, weight, bias, norm_weight=norm_weight,
-                  **({"residual": residual} if residual is not None else {}))
-    check_tensor("norm_weight", norm_weight, ndim=1, dtypes=FLOAT_DTYPES)
-    (m, k), n = x.shape, weight.shape[0]
-    if norm_weight.shape[0] != k:
-        raise ValueError(f"norm_weight has {norm_weight.shape[0]} entries for {k} features")
-    summed = None
-    if residual is not None:
-        check_tensor("residual", residual, ndim=2, dtypes=(x.dtype,))
-        check_last_dim_contiguous("residual", residual)
-        if residual.shape != x.shape:
-            raise ValueError(f"residual shape {tuple(residual.shape)} != x shape "
-                             f"{tuple(x.shape)}")
-        summed = empty((m, k), x.dtype, x.device)
-    y = empty((m, n), x.dtype, x.device)
-    if m == 0 or n == 0 or k == 0:
-        from localserve.kernels import reference
-
-        normed, ref_sum = reference.rms_norm(x, norm_weight, eps, residual, weight_offset)
-        if summed is not None:
-            summed.copy_(ref_sum)
-        return torch.nn.functional.linear(normed, weight, bias), summed
-    _launch(y, x, weight, bias, config, norm_weight, residual, summed, eps, weight_offset)
-    return y, summed

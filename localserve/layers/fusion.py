@@ -13,7 +13,6 @@ import torch
 from torch import nn
 
 from localserve.layers.linear import Linear, UnquantizedMethod
-from localserve.layers.norm import RMSNorm
 
 GROUPS = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
 
@@ -90,35 +89,3 @@ def project_qkv(attn: nn.Module, x: torch.Tensor
     t = x.shape[0]
     return (q.view(t, attn.num_heads, attn.head_dim), k.view(t, attn.num_kv_heads, attn.head_dim),
             v.view(t, attn.num_kv_heads, attn.head_dim))
-
-
-def normed_linear(linear: nn.Module, norm: RMSNorm, x: torch.Tensor,
-                  residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(linear(norm(x + residual)), x + residual), or with no residual (the first layer)
-    (linear(norm(x)), x). A linear whose method has `apply_normed` may do both in one kernel
-    (the cuda decode gemv normalises the rows it streams anyway); it returns None for inputs
-    it does not take, and then the norm runs on its own."""
-    apply_normed = getattr(getattr(linear, "method", None), "apply_normed", None)
-    if apply_normed is not None:
-        fused = apply_normed(linear, norm, x, residual)
-        if fused is not None:
-            return fused
-    if residual is None:
-        return linear(norm(x)), x
-    normed, summed = norm.add_and_norm(x, residual)
-    return linear(normed), summed
-
-
-def project_qkv_normed(attn: nn.Module, norm: RMSNorm, x: torch.Tensor,
-                       residual: torch.Tensor | None
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`project_qkv` of norm(x [+ residual]), and x [+ residual] (the next residual); the norm
-    goes through `normed_linear` when q/k/v are fused."""
-    if attn.qkv_proj is None:
-        normed, summed = (norm(x), x) if residual is None else norm.add_and_norm(x, residual)
-        return (*project_qkv(attn, normed), summed)
-    qkv, summed = normed_linear(attn.qkv_proj, norm, x, residual)
-    t = x.shape[0]
-    q, k, v = qkv.split(attn.qkv_sizes, dim=-1)
-    return (q.view(t, attn.num_heads, attn.head_dim), k.view(t, attn.num_kv_heads, attn.head_dim),
-            v.view(t, attn.num_kv_heads, attn.head_dim), summed)

@@ -13,7 +13,7 @@ from torch import nn
 
 from localserve.layers.attention import Attention
 from localserve.layers.embedding import VocabEmbedding
-from localserve.layers.fusion import declare_qkv, project_qkv_normed
+from localserve.layers.fusion import declare_qkv, project_qkv
 from localserve.layers.mlp import GatedMLP
 from localserve.layers.norm import RMSNorm
 from localserve.layers.rotary import RotaryEmbedding
@@ -33,15 +33,12 @@ class Gemma3Attention(nn.Module):
                               arch.attn_scale, arch.layer_sliding_window(layer_idx),
                               arch.attn_logit_softcapping)
 
-    def forward(self, positions: torch.Tensor, x: torch.Tensor, norm: RMSNorm,
-                residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Attention over norm(x [+ residual]), and x [+ residual] (the next residual). The
-        norm goes with the q/k/v projection, so a backend may fuse the two."""
+    def forward(self, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         num_tokens = x.shape[0]
-        q, k, v, residual = project_qkv_normed(self, norm, x, residual)
+        q, k, v = project_qkv(self, x)
         out = self.attn.forward_rope(positions, q, k, v, self.rotary, self.q_norm,
                                      self.k_norm)  # [T, num_heads, head_dim]
-        return self.o_proj(out.reshape(num_tokens, self.num_heads * self.head_dim)), residual
+        return self.o_proj(out.reshape(num_tokens, self.num_heads * self.head_dim))
 
 
 class Gemma3DecoderLayer(nn.Module):
@@ -58,8 +55,12 @@ class Gemma3DecoderLayer(nn.Module):
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor,
                 residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         # `hidden` is the previous layer's post-MLP output not yet added to `residual`.
-        hidden, residual = self.self_attn(positions, hidden, self.input_layernorm, residual)
-        hidden = self.post_attention_layernorm(hidden)
+        if residual is None:
+            residual = hidden
+            hidden = self.input_layernorm(hidden)
+        else:
+            hidden, residual = self.input_layernorm.add_and_norm(hidden, residual)
+        hidden = self.post_attention_layernorm(self.self_attn(positions, hidden))
         hidden, residual = self.pre_feedforward_layernorm.add_and_norm(hidden, residual)
         hidden = self.post_feedforward_layernorm(self.mlp(hidden))
         return hidden, residual

@@ -102,7 +102,8 @@ def test_cuda_backend_matches_hf_fp32(tmp_path, monkeypatch, model_type):
 
     pages = recorded_pages(monkeypatch, CudaModelRunner, CudaModelRunner._empty_cache)
     run_case(tmp_path, model_type, "cuda", "float32", 64, strict=True)
-    assert pages and not pages[0].is_contiguous()
+    # (The tiny Gemma has one KV head: both layouts are then the same, contiguous one.)
+    assert pages and (pages[0].shape[2] == 1 or not pages[0].is_contiguous())
 
 
 def test_heads_major_pages_match_hf(tmp_path, monkeypatch):

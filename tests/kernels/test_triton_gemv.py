@@ -14,7 +14,7 @@ pytest.importorskip("triton")
 
 from localserve.kernels import reference
 from localserve.kernels.triton._common import poisoned_outputs
-from localserve.kernels.triton.gemv import SMALL_K_CONFIG, GemvConfig, gemv, rms_norm_gemv
+from localserve.kernels.triton.gemv import SMALL_K_CONFIG, GemvConfig, gemv
 from localserve.kernels.triton.testing import (
     ELEMENTWISE_TOL,
     device,
@@ -63,60 +63,6 @@ def test_every_tile_config_is_exact_enough(config, n, k, seed):
     with poisoned_outputs():
         out = gemv(x, w, config=config)
     assert rel_error(out, reference.linear(x, w)) <= ELEMENTWISE_TOL[dtype]
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("n,k", SHAPES)
-@pytest.mark.parametrize("m", [1, 3, 8])
-def test_rms_norm_gemv_matches_reference(m, n, k, dtype, seed):
-    """The norm fused into the gemv: y within the dtype's rounding of norm-then-linear (the
-    dot sees x * norm weight, 1 / rms comes after it), x + residual bit-identical."""
-    x = torch.randn(m, k, device=DEV).to(dtype)
-    residual = torch.randn(m, k, device=DEV).to(dtype)
-    norm_weight = (1 + 0.1 * torch.randn(k, device=DEV)).to(dtype)
-    w = (torch.randn(n, k, device=DEV) / k ** 0.5).to(dtype)
-    b = torch.randn(n, device=DEV).to(dtype)
-    for res, bias, offset in ((residual, None, 0.0), (None, b, 0.0), (residual, b, 1.0)):
-        ref, ref_sum = reference.rms_norm_linear(x, norm_weight, 1e-6, w, bias, res, offset)
-        with poisoned_outputs():
-            out, summed = rms_norm_gemv(x, norm_weight, 1e-6, w, bias, res, offset)
-        assert out.shape == (m, n) and out.dtype == dtype
-        err = rel_error(out, ref)
-        assert err <= ELEMENTWISE_TOL[dtype], f"relative error {err:.3g}"
-        if res is None:
-            assert summed is None
-        else:
-            assert torch.equal(summed, ref_sum)
-
-
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{c.block_n}x{c.block_k}"
-                         + ("-weights-first" if c.weights_first else ""))
-def test_rms_norm_gemv_every_tile_config(config, seed):
-    """Every tile config, K even and uneven over the tiles: the sum of squares covers all of
-    K once, and only one program writes x + residual."""
-    dtype = DTYPES[0]
-    for n, k in (SHAPES[-1], (24, 100)):
-        x, residual = (torch.randn(2, k, device=DEV).to(dtype) for _ in range(2))
-        norm_weight = torch.rand(k, device=DEV).to(dtype)
-        w = torch.randn(n, k, device=DEV).to(dtype)
-        ref, ref_sum = reference.rms_norm_linear(x, norm_weight, 1e-5, w, residual=residual)
-        with poisoned_outputs():
-            out, summed = rms_norm_gemv(x, norm_weight, 1e-5, w, residual=residual,
-                                        config=config)
-        assert rel_error(out, ref) <= ELEMENTWISE_TOL[dtype]
-        assert torch.equal(summed, ref_sum)
-
-
-def test_rms_norm_gemv_rejects_bad_input():
-    x = torch.randn(2, 8, device=DEV)
-    w = torch.randn(4, 8, device=DEV)
-    with pytest.raises(ValueError, match="norm_weight"):
-        rms_norm_gemv(x, torch.ones(7, device=DEV), 1e-6, w)
-    with pytest.raises(ValueError, match="residual shape"):
-        rms_norm_gemv(x, torch.ones(8, device=DEV), 1e-6, w, residual=torch.randn(3, 8,
-                                                                                  device=DEV))
-    with pytest.raises(ValueError, match="at most"):
-        rms_norm_gemv(torch.randn(17, 8, device=DEV), torch.ones(8, device=DEV), 1e-6, w)
 
 
 def test_strided_rows_are_read_in_place(seed):
@@ -175,39 +121,3 @@ def test_decode_gemv_method_routes_by_rows_and_weight():
         assert rel_error(out, ref) <= ELEMENTWISE_TOL[dtype]
         if rows > MAX_GEMV_ROWS:
             assert torch.equal(out, torch.nn.functional.linear(x, half.weight, half.bias))
-
-
-def test_normed_linear_fuses_the_norm_for_decode_rows():
-    """layers.fusion.normed_linear through the GPU runner's method: decode-sized rows take
-    the norm inside the gemv (no separate norm kernel), wider batches and the first layer's
-    missing residual give the same results as norm-then-linear."""
-    from torch import nn
-
-    from localserve.backends.cuda.linear import MAX_GEMV_ROWS, install_decode_gemv
-    from localserve.layers.fusion import normed_linear
-    from localserve.layers.linear import Linear
-    from localserve.layers.norm import RMSNorm
-
-    dtype = torch.float16
-    layer = Linear(256, 96, bias=True)
-    nn.init.normal_(layer.weight, std=0.05)
-    nn.init.normal_(layer.bias)
-    norm = RMSNorm(256, 1e-6, offset=1.0)
-    nn.init.normal_(norm.weight, std=0.1)
-    layer.to(device=DEV, dtype=dtype)
-    norm.to(device=DEV, dtype=dtype)
-    assert install_decode_gemv(layer) == 1
-    fused_calls = []
-    fused = layer.method._rms_norm_gemv
-    layer.method._rms_norm_gemv = lambda *a, **kw: fused_calls.append(1) or fused(*a, **kw)
-    for rows in (1, MAX_GEMV_ROWS, MAX_GEMV_ROWS + 1):
-        x, residual = (torch.randn(rows, 256, device=DEV).to(dtype) for _ in range(2))
-        for res in (residual, None):
-            calls = len(fused_calls)
-            with poisoned_outputs():
-                out, summed = normed_linear(layer, norm, x, res)
-            ref, ref_sum = reference.rms_norm_linear(x, norm.weight, 1e-6, layer.weight,
-                                                     layer.bias, res, 1.0)
-            assert rel_error(out, ref) <= ELEMENTWISE_TOL[dtype]
-            assert torch.equal(summed, x if res is None else ref_sum)
-            assert len(fused_calls) - calls == (rows <= MAX_GEMV_ROWS)
