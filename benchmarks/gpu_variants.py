@@ -15,7 +15,9 @@ decode graphs launch it for max_model_len keys, so (a) then runs 4 splits, not 1
 ":tokens4096" / ":tokens8192" / ":tokens32768" give a step that many tokens (the engine's
 max_num_batched_tokens; 16,384 by default on an 80 GB GPU: the prefill chunk size),
 ":prefill128" gives prefill attention the 128 x 64 tiles of 8 warps used before session 9
-(kernels/triton/attention.py).
+(kernels/triton/attention.py), ":gemvall" runs every decode linear of <= 8 rows through the
+Triton gemv (the 8B's gate/up too, which keeps cuBLAS by default: backends/cuda/linear.py), and
+":pdlgemvall" does so with programmatic dependent launch on, so each layer is one PDL chain.
 """
 
 from __future__ import annotations
@@ -82,13 +84,19 @@ def prefill_tiles_before_session_9(attention) -> contextlib.AbstractContextManag
     return mock.patch.object(attention, "choose_launch", old_tiles)
 
 
+@contextlib.contextmanager
+def both(first: contextlib.AbstractContextManager, second: contextlib.AbstractContextManager):
+    with first, second:
+        yield
+
+
 def variant_setting(variant: str) -> contextlib.AbstractContextManager:
     """The setting a workload variant changes while it runs (see the module docstring)."""
     from unittest import mock
 
     import torch
 
-    from localserve.backends.cuda import graphs
+    from localserve.backends.cuda import graphs, linear
     from localserve.backends.cuda.runner import CudaModelRunner
     from localserve.config import EngineConfig
     from localserve.engine import engine as engine_module
@@ -117,6 +125,8 @@ def variant_setting(variant: str) -> contextlib.AbstractContextManager:
                 shape, self.kv_dtype, self.device, heads_major=False)),
     }
     settings["prefill128"] = lambda: prefill_tiles_before_session_9(attention)
+    settings["gemvall"] = lambda: mock.patch.object(linear, "MAX_GEMV_ELEMENTS", 1 << 40)
+    settings["pdlgemvall"] = lambda: both(settings["pdl"](), settings["gemvall"]())
     for tokens in (4096, 8192, 32768):
         settings[f"tokens{tokens}"] = lambda tokens=tokens: step_tokens(EngineConfig, tokens)
     if variant not in settings:
