@@ -214,10 +214,10 @@ def pdl_launch(device: torch.device) -> dict[str, bool]:
 
     Opt-in (LOCALSERVE_TRITON_PDL=1): correct on an H100 (a 32-layer chain of PDL kernels
     replayed in a CUDA graph matches eager launches, test_triton_pdl.py; every sm_90/sm_120
-    build starts with the wait, test_triton_compile.py), but no faster there: batch-1 decode
-    of the 8B shapes 170.5 vs 169.7 tok/s averaged over four A/B pairs on two machines, within
-    their spread, and (b)/(c) unchanged (docs/benchmarks.md, session 6). Most decode kernels
-    sit next to a cuBLAS GEMM, which launches plainly. `pdl_override` forces it either way
+    build starts with the wait, test_triton_compile.py), but no clear gain there: batch-1
+    decode of the 8B shapes ~0.5% faster over seven A/B pairs, the (b) and (c) workloads
+    unchanged in session 6 and 0.5% slower in session 9 (docs/benchmarks.md). Most decode
+    kernels sit next to a cuBLAS GEMM, which launches plainly. `pdl_override` forces it either way
     (A/B benchmarks, compile tests).
     """
     if _PDL.value is not None:
