@@ -24,18 +24,31 @@ def run(script: str, *args: str) -> str:
 def test_gpu_bench_smoke_with_variants(tmp_path):
     """The reference backend at tiny shapes, with the variants that also run there."""
     out = tmp_path / "bench.json"
-    text = run("gpu_bench.py", "--smoke", "--only", "d", "a", "a:gc700", "a:splitkeys1024",
-               "--json", str(out))
+    variants = ["a:gc700", "a:splitkeys1024", "a:tokens8192", "a:prefill128", "a:gemvall"]
+    text = run("gpu_bench.py", "--smoke", "--only", "d", "a", *variants, "--json", str(out))
     runs = json.loads(out.read_text())["runs"]
-    assert [r["workload"] for r in runs] == ["d", "a", "a:gc700", "a:splitkeys1024"]
+    assert [r["workload"] for r in runs] == ["d", "a", *variants]
     assert all(r["a"]["decode_tok_s"] > 0 for r in runs[1:])
-    assert "[splitkeys1024]" in text
+    assert "[splitkeys1024]" in text and "[tokens8192]" in text
 
 
 def test_triton_kernels_smoke_decode_sections():
     pytest.importorskip("triton")
     text = run("triton_kernels.py", "--smoke", "--only", "decode_layout,decode_paths")
     assert "[heads-major pages]" in text and "[general path]" in text
+
+
+def test_triton_kernels_smoke_session_9_sections():
+    pytest.importorskip("triton")
+    text = run("triton_kernels.py", "--smoke", "--only", "decode_order,prefill_chunk")
+    assert "[longest first]" in text and "[BM=64 BN=32 w=4 s=2]" in text
+
+
+def test_gated_gemm_probe_smoke():
+    """The fused SiLU-and-mul GEMM probe is checked against the reference (exit 1 if not)."""
+    pytest.importorskip("triton")
+    text = run("gated_gemm_probe.py", "--smoke")
+    assert "fused (32, 16, 16, 4, 2)" in text and "FAIL" not in text
 
 
 def test_gemm_shapes_projections_of_llama():

@@ -1,0 +1,158 @@
+"""Probe: can a Triton GEMM that applies SiLU-and-mul in its epilogue replace cuBLAS + the
+activation kernel in (c)'s prefill chunks? (issue 6, session 9; an experiment, not a kernel
+the engine uses.)
+
+Usage (GPU machine): python benchmarks/gated_gemm_probe.py
+      (CPU interpreter, tiny shapes, correctness only): ... gated_gemm_probe.py --smoke
+
+Why: in a 16,384-token prefill chunk of Llama-3-8B the MLP writes gate/up (940 MB a layer), and
+SiLU-and-mul reads it back and writes 470 MB: ~0.5 ms a layer, ~0.1 s of (c), on a GPU that
+runs at its power cap there (docs/benchmarks.md, session 9). A GEMM that keeps each output
+tile's gate and up columns in two accumulators can apply act(gate) * up before it stores, so
+neither the 940 MB nor the extra kernel exist. It pays only if the GEMM keeps up with cuBLAS
+(~700 TFLOP/s on these shapes): this script times it against F.linear + act_and_mul at a few
+tile configs, after checking it against the fp32 reference.
+
+The fused weight is [gate; up] (`layers.fusion`'s gate_up_proj): a program reads gate rows
+[n, n + BLOCK_N) and up rows [N + n, N + n + BLOCK_N), so the weight needs no repacking.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+
+def build_kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def gated_gemm_kernel(
+        out_ptr,            # [M, N] silu(x @ gate^T) * (x @ up^T)
+        x_ptr,              # [M, K]
+        w_ptr,              # [2N, K]: gate rows, then up rows
+        M, N, K,
+        stride_om, stride_xm, stride_wn,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+        GROUP_M: tl.constexpr,
+    ):
+        # Grouped order: GROUP_M row blocks share each column block while it is in L2.
+        pid = tl.program_id(0)
+        num_m = tl.cdiv(M, BLOCK_M)
+        num_n = tl.cdiv(N, BLOCK_N)
+        per_group = GROUP_M * num_n
+        first_m = (pid // per_group) * GROUP_M
+        group_m = min(num_m - first_m, GROUP_M)
+        pid_m = first_m + (pid % per_group) % group_m
+        pid_n = (pid % per_group) // group_m
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_k = tl.arange(0, BLOCK_K)
+        m_ok = offs_m < M
+        n_ok = offs_n < N
+        x_ptrs = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm + offs_k[None, :]
+        g_ptrs = w_ptr + offs_n.to(tl.int64)[None, :] * stride_wn + offs_k[:, None]
+        u_ptrs = g_ptrs + N * stride_wn
+        acc_g = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        acc_u = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            k_ok = (k0 + offs_k) < K
+            x = tl.load(x_ptrs, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+            g = tl.load(g_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+            u = tl.load(u_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+            acc_g = tl.dot(x, g, acc_g)
+            acc_u = tl.dot(x, u, acc_u)
+            x_ptrs += BLOCK_K
+            g_ptrs += BLOCK_K
+            u_ptrs += BLOCK_K
+        act = acc_g * tl.sigmoid(acc_g)  # SiLU on the fp32 accumulator
+        tl.store(out_ptr + offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :],
+                 (act * acc_u).to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+    return triton, gated_gemm_kernel
+
+
+def gated_gemm(x, w, config: tuple[int, int, int, int, int], kernel) -> object:
+    """silu(x @ gate^T) * (x @ up^T) for w = [gate; up]; config (BM, BN, BK, warps, stages)."""
+    import torch
+
+    triton, fn = kernel
+    m, k = x.shape
+    n = w.shape[0] // 2
+    out = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    bm, bn, bk, warps, stages = config
+    grid = (triton.cdiv(m, bm) * triton.cdiv(n, bn),)
+    fn[grid](out, x, w, m, n, k, out.stride(0), x.stride(0), w.stride(0),
+             BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, num_warps=warps, num_stages=stages)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--smoke", action="store_true", help="CPU interpreter, tiny shapes")
+    args = ap.parse_args()
+    if args.smoke:
+        os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported
+    import torch
+
+    from localserve.kernels import reference
+    from localserve.kernels.triton import act_and_mul
+
+    if not args.smoke and not torch.cuda.is_available():
+        print("no CUDA device: run with --smoke for the CPU interpreter", file=sys.stderr)
+        return 2
+    dev = torch.device("cpu" if args.smoke else "cuda")
+    dtype = torch.float32 if args.smoke else torch.bfloat16
+    kernel = build_kernel()
+    # (label, M, N = intermediate size, K = hidden size)
+    shapes = ([("tiny", 40, 48, 96)] if args.smoke else
+              [("llama3-8b (c) chunk", 16384, 14336, 4096), ("llama3-8b", 4096, 14336, 4096),
+               ("qwen3-0.6b chunk", 16384, 3072, 1024)])
+    configs = ([(16, 16, 32, 4, 1), (32, 16, 16, 4, 2)] if args.smoke else
+               [(128, 128, 64, 8, 3), (128, 128, 64, 8, 4), (128, 64, 64, 4, 4),
+                (128, 64, 64, 8, 4), (64, 128, 64, 4, 4), (256, 64, 64, 8, 3),
+                (128, 128, 32, 8, 4), (128, 256, 64, 8, 3)])
+    from triton.testing import do_bench
+
+    def time_ms(fn) -> float:
+        if args.smoke:
+            start = time.perf_counter()
+            fn()
+            return (time.perf_counter() - start) * 1e3
+        return do_bench(fn, warmup=25, rep=100)
+
+    rows = []
+    for label, m, n, k in shapes:
+        x = torch.randn(m, k, device=dev).to(dtype)
+        w = (torch.randn(2 * n, k, device=dev) / k ** 0.5).to(dtype)
+        gate_up = reference.linear(x, w)  # the unfused path's rounding: gate/up in x's dtype
+        ref = reference.act_and_mul(gate_up, "silu")
+        flops = 2.0 * m * 2 * n * k
+        ms = time_ms(lambda: act_and_mul(torch.nn.functional.linear(x, w), "silu"))  # noqa: B023
+        rows.append((label, "cuBLAS F.linear + act_and_mul", ms, flops / ms / 1e9, ""))
+        for config in configs:
+            try:
+                out = gated_gemm(x, w, config, kernel)
+            except Exception as e:  # a config that does not fit this GPU is reported
+                rows.append((label, f"fused {config}", None, None, type(e).__name__))
+                continue
+            err = ((out.float() - ref.float()).abs().max() / ref.float().abs().max()).item()
+            ok = err <= (2e-2 if dtype == torch.bfloat16 else 1e-4)
+            ms = time_ms(lambda c=config: gated_gemm(x, w, c, kernel))  # noqa: B023
+            rows.append((label, f"fused {config}", ms, flops / ms / 1e9,
+                         f"rel err {err:.1e}{'' if ok else ' FAIL'}"))
+    name = "CPU interpreter" if args.smoke else torch.cuda.get_device_name()
+    print(f"\ngated GEMM probe on {name}, {dtype} (config: BM, BN, BK, warps, stages)")
+    print(f"{'shape':<22} {'path':<36} {'time ms':>9} {'TFLOP/s':>8}  notes")
+    for label, path, ms, tflops, note in rows:
+        t = f"{ms:9.3f}" if ms is not None else f"{'-':>9}"
+        f = f"{tflops:8.1f}" if tflops is not None else f"{'-':>8}"
+        print(f"{label:<22} {path:<36} {t} {f}  {note}")
+    return 1 if any("FAIL" in r[4] for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
