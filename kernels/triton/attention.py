@@ -108,7 +108,7 @@ def choose_launch(*, num_seqs: int, num_kv_heads: int, group: int, head_dim: int
         block_m = max(16, group_pad, min(64, group_pad * next_pow2(max_query_len)))
         block_q = block_m // group_pad
         block_n = 64 if max_query_len >= LONG_PREFILL_QUERY_LEN else 32
-        num_warps, num_stages = (8 if block_m * head_dim_pad >= wide else 4), 2
+        num_warps, num_stages = 4, 2
     if head_dim_pad > 128 and arch is not None and arch.startswith("gfx9"):
         num_stages = 1  # CDNA keeps the prefetched tile in VGPRs: 2 stages spill at 256
 

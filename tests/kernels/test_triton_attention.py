@@ -223,8 +223,8 @@ def test_prefill_tiles():
         assert (long.block_m, long.block_n) == (64, 64)
         assert (short.num_warps, short.num_stages) == (long.num_warps, long.num_stages) == (4, 2)
     assert choose_launch(arch="sm_89", max_query_len=300, **common).block_m == 128
-    tiny = choose_launch(max_query_len=20, **common)  # 32 query rows need no 64-row tile
-    assert tiny.block_m == 64 and tiny.block_q == 16
+    short_group = choose_launch(max_query_len=20, **{**common, "group": 2})  # Qwen3's GQA
+    assert (short_group.block_m, short_group.block_q) == (64, 32)
     wide_heads = choose_launch(max_query_len=300, **{**common, "head_dim": 256})
     assert wide_heads.block_m == 64 and wide_heads.num_warps == 8  # unchanged for 256
 
