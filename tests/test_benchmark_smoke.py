@@ -48,7 +48,8 @@ def test_gated_gemm_probe_smoke():
     """The fused SiLU-and-mul GEMM probe is checked against the reference (exit 1 if not)."""
     pytest.importorskip("triton")
     text = run("gated_gemm_probe.py", "--smoke")
-    assert "fused (32, 16, 16, 4, 2)" in text and "FAIL" not in text
+    assert "fused (32, 16, 16, 4, 2)" in text and "fused TMA (32, 16, 16, 4, 2)" in text
+    assert "FAIL" not in text
 
 
 def test_gemm_shapes_projections_of_llama():
