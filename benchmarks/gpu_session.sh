@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device-machine call: install the carried wheels and localserve, run the GPU tests and the
 # benchmarks, keep logs under $OUT. Usage (device tool, carry .whl):
-#   bash benchmarks/gpu_session.sh [tests|parity|kernels|bench|profile|all] [gpu_bench.py args...]
+#   bash benchmarks/gpu_session.sh [tests|parity|kernels|bench|profile|probe|all] [gpu_bench.py args...]
 set -uo pipefail
 what=${1:-all}; shift || true
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -26,6 +26,9 @@ fi
 if [[ $what == bench || $what == all ]]; then
   python3 benchmarks/gpu_bench.py --json "$OUT/gpu_bench.json" "$@" 2>&1 \
     | grep -v "Warning\|warn(" | tee "$OUT/gpu_bench.log" | tail -25
+fi
+if [[ $what == probe ]]; then
+  python3 benchmarks/gated_gemm_probe.py 2>&1 | tee "$OUT/gated_gemm_probe.log" | tail -60
 fi
 if [[ $what == profile ]]; then
   python3 benchmarks/gpu_profile.py "$@" 2>&1 | grep -v "Warning\|warn(" | tee -a "$OUT/profile.log" | tail -45
