@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device-machine call: install the carried wheels and localserve, run the GPU tests and the
-# benchmarks, keep logs under $OUT. Usage (device tool, carry .whl):
-#   bash benchmarks/gpu_session.sh [tests|parity|kernels|bench|profile|probe|all] [gpu_bench.py args...]
+# benchmarks, keep logs under $OUT. Usage (device tool, carry .whl, made by fetch_gpu_wheels.sh):
+#   bash benchmarks/gpu_session.sh [tests|parity|kernels|bench|profile|probe|server|all] [args...]
 set -uo pipefail
 what=${1:-all}; shift || true
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -29,6 +29,11 @@ if [[ $what == bench || $what == all ]]; then
 fi
 if [[ $what == probe ]]; then
   python3 benchmarks/gated_gemm_probe.py 2>&1 | tee "$OUT/gated_gemm_probe.log" | tail -60
+fi
+if [[ $what == server ]]; then  # the OpenAI server on the cuda backend (.whl/server: its stack)
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/server/*.whl || exit 1
+  python3 benchmarks/gpu_server_check.py "$@" 2>&1 | tee "$OUT/server_check.log" | tail -30
 fi
 if [[ $what == profile ]]; then
   python3 benchmarks/gpu_profile.py "$@" 2>&1 | grep -v "Warning\|warn(" | tee -a "$OUT/profile.log" | tail -45

@@ -62,3 +62,9 @@ def test_gemm_shapes_projections_of_llama():
     assert projections(cfg) == [("qkv", 6144, 4096), ("o", 4096, 4096),
                                 ("gate_up", 28672, 4096), ("down", 4096, 14336),
                                 ("lm_head", 128256, 4096)]
+
+
+def test_gpu_server_check_on_the_cpu_backend():
+    """The device call's server check (gpu_session.sh server), run here on the cpu backend."""
+    text = run("gpu_server_check.py", "--backend", "cpu")
+    assert "server on backend cpu: 12 of 12 checks passed" in text
