@@ -62,12 +62,12 @@ class Clocks:
         clocks = [r[0] for r in rows]
         power = [r[1] for r in rows]
         reasons = sorted({r[3] for r in rows})
-        tenths = [f"{statistics.median(clocks[i:i + 5]):.0f}" for i in range(0, len(rows), 5)]
+        halves = [f"{statistics.median(clocks[i:i + 5]):.0f}" for i in range(0, len(rows), 5)]
         print(f"{label}: SM clock median {statistics.median(clocks):.0f} MHz (min "
               f"{min(clocks):.0f}, max {max(clocks):.0f}), power median "
               f"{statistics.median(power):.0f} W (max {max(power):.0f}), temperature "
               f"{rows[0][2]}-{rows[-1][2]} C, throttle reasons {reasons}; per 0.5 s: "
-              + " ".join(tenths), flush=True)
+              + " ".join(halves), flush=True)
 
 
 class JitCompiles:
@@ -120,12 +120,16 @@ class Phases:
         engine, runner = llm.engine, llm.engine.runner
         self.engine = engine
         self.times: dict[str, float] = {}
-        self.mixed = self.decode = 0
-        self.marks: list[tuple[object, object]] = []
-        self.rows: list[int] = []  # per marked step: its sequences, or 0 for a mixed step
+        self.rows: list[int] = []  # per step: its sequences if it decodes, 0 if it is mixed
+        self.marks: list[tuple[object, object]] = []  # per step: CUDA events around it
         launch = runner.launch
+        events = torch.cuda.is_available()  # (the CPU smoke run has no events to record)
 
         def marked_launch(scheduled):
+            decode = all(s.num_tokens == 1 for s in scheduled.seqs)
+            self.rows.append(len(scheduled.seqs) if decode else 0)
+            if not events:
+                return launch(scheduled)
             # Stream order: `begin` completes once the GPU has finished the previous step and
             # the host has queued this one, so end(previous) -> begin is the GPU's wait.
             begin, end = (torch.cuda.Event(enable_timing=True) for _ in range(2))
@@ -133,33 +137,23 @@ class Phases:
             out = launch(scheduled)
             end.record()
             self.marks.append((begin, end))
-            decode = all(s.num_tokens == 1 for s in scheduled.seqs)
-            self.rows.append(len(scheduled.seqs) if decode else 0)
             return out
 
-        if torch.cuda.is_available():  # (the CPU smoke run has no events to record)
-            runner.launch = marked_launch
+        runner.launch = marked_launch
         for obj, name in [(engine.scheduler, "schedule"), (runner, "launch"),
                           (engine, "_complete_pending"), (engine, "_process"),
                           (engine.scheduler, "update")]:
             setattr(obj, name, self._timed(name, getattr(obj, name)))
-        inner = self._timed("forward", runner._forward)
-
-        def forward(scheduled, *a):
-            if all(s.num_tokens == 1 for s in scheduled.seqs):
-                self.decode += 1
-            else:
-                self.mixed += 1
-            return inner(scheduled, *a)
-
-        runner._forward = forward
+        runner._forward = self._timed("forward", runner._forward)
         runner._prepare = self._timed("prepare", runner._prepare)
         runner.model.compute_logits = self._timed("logits", runner.model.compute_logits)
         if runner.sampler is not None:
             runner.sampler.sample = self._timed("sample", runner.sampler.sample)
         from localserve.runner import torch_runner
 
-        torch_runner._Launched.__init__ = self._timed("d2h", torch_runner._Launched.__init__)
+        # A class attribute (each step makes a new _Launched): put back in report().
+        self._launched_init = torch_runner._Launched.__init__
+        torch_runner._Launched.__init__ = self._timed("d2h", self._launched_init)
 
     def _timed(self, name, fn):
         def wrapper(*a, **kw):
@@ -173,9 +167,13 @@ class Phases:
     def report(self, label: str, wall: float | None = None) -> None:
         import torch
 
+        from localserve.runner import torch_runner
+
+        torch_runner._Launched.__init__ = self._launched_init
         s = self.engine.scheduler.stats()
         retries = torch.cuda.memory_stats().get("num_alloc_retries", 0)
-        print(f"{label}: {self.decode} decode + {self.mixed} mixed steps, "
+        mixed = self.rows.count(0)
+        print(f"{label}: {len(self.rows) - mixed} decode + {mixed} mixed steps, "
               f"{s.num_preempted_total} preemptions (warm-up included), {retries} allocator "
               f"retries, {s.num_running + s.num_waiting} left; KV pool "
               f"{s.kv_blocks_total * self.engine.block_manager.block_size} tokens; host seconds: "

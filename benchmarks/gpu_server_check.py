@@ -24,22 +24,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
-import signal
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-READY = re.compile(r"^localserve ready: (http://127\.0\.0\.1:\d+)/v1 "
-                   r"\(model (\S+), backend (\S+)\)$")
+from local_server import ROOT, start_localserve, stop  # this folder's module
+
 START_TIMEOUT_S = 600
 
 
@@ -71,31 +65,6 @@ def stream_text(base: str, body: dict) -> tuple[str, bool]:
                 break
             text.append(json.loads(line[6:])["choices"][0]["text"])
     return "".join(text), done
-
-
-def start_server(model: Path, backend: str, dtype: str) -> tuple[subprocess.Popen, str, str]:
-    """(process, base URL, backend named by the ready line); stderr is inherited (the log)."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "localserve", "up", "--model", str(model), "--port", "0",
-         "--backend", backend, "--dtype", dtype, "--log-level", "info"],
-        cwd=ROOT, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    found: list[re.Match] = []
-    ready = threading.Event()
-
-    def read() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            print(f"  [up] {line.rstrip()}", flush=True)
-            if (m := READY.match(line.rstrip())) and not found:
-                found.append(m)
-                ready.set()
-        ready.set()  # the process ended
-
-    threading.Thread(target=read, daemon=True).start()
-    if not ready.wait(START_TIMEOUT_S) or not found:
-        proc.kill()
-        raise SystemExit(f"the server did not start (exit code {proc.poll()})")
-    return proc, found[0].group(1), found[0].group(3)
 
 
 def run_checks(base: str, model_id: str) -> list[tuple[str, bool, str]]:
@@ -176,19 +145,16 @@ def main() -> int:
         model = tiny_models().make_tiny_checkpoint(Path(tmp), "llama", "safetensors",
                                                    with_tokenizer=True).path
         start = time.perf_counter()
-        proc, base, backend = start_server(model, args.backend, args.dtype)
-        print(f"server up in {time.perf_counter() - start:.1f} s on backend {backend}",
+        server = start_localserve(["--model", str(model), "--backend", args.backend,
+                                   "--dtype", args.dtype, "--log-level", "info"],
+                                  START_TIMEOUT_S, echo=True)
+        print(f"server up in {time.perf_counter() - start:.1f} s on backend {server.backend}",
               flush=True)
         try:
-            model_id = json.loads(request(base, "/v1/models")[1])["data"][0]["id"]
-            checks = [("backend", backend == args.backend, backend), *run_checks(base, model_id)]
+            checks = [("backend", server.backend == args.backend, server.backend),
+                      *run_checks(server.url, server.model)]
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                code = proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                code = None
+            code = stop(server.proc, timeout_s=60)
         checks.append(("SIGTERM: exit code 0", code == 0, str(code)))
     failed = [name for name, ok, _ in checks if not ok]
     print(f"\nserver on backend {args.backend}: {len(checks) - len(failed)} of {len(checks)} "

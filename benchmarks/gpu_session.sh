@@ -28,7 +28,7 @@ if [[ $what == bench || $what == all ]]; then
     | grep -v "Warning\|warn(" | tee "$OUT/gpu_bench.log" | tail -25
 fi
 if [[ $what == probe ]]; then
-  python3 benchmarks/gated_gemm_probe.py 2>&1 | tee "$OUT/gated_gemm_probe.log" | tail -60
+  python3 benchmarks/triton_kernels.py --only gated_gemm 2>&1 | tee "$OUT/gated_gemm.log" | tail -60
 fi
 if [[ $what == server ]]; then  # the OpenAI server on the cuda backend (.whl/server: its stack)
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \

@@ -67,6 +67,8 @@ def prefill_tiles_before_session_9(attention) -> contextlib.AbstractContextManag
     import dataclasses
     from unittest import mock
 
+    from localserve.kernels.triton._common import next_pow2
+
     choose = attention.choose_launch
 
     def old_tiles(**kw):
@@ -74,9 +76,8 @@ def prefill_tiles_before_session_9(attention) -> contextlib.AbstractContextManag
         if (kw["max_query_len"] <= attention.MAX_DECODE_QUERY_LEN or kw["head_dim"] > 128
                 or kw.get("elem_bytes", 2) > 2):
             return spec
-        group_pad = 1 << (kw["group"] - 1).bit_length()
-        block_m = max(16, group_pad, min(128, group_pad * (1 << (kw["max_query_len"] - 1)
-                                                            .bit_length())))
+        group_pad = next_pow2(kw["group"])
+        block_m = max(16, group_pad, min(128, group_pad * next_pow2(kw["max_query_len"])))
         return dataclasses.replace(spec, block_m=block_m, block_q=block_m // group_pad,
                                    block_n=64, num_warps=8 if block_m >= 128 else 4,
                                    num_stages=2 if block_m >= 128 else 3)
@@ -84,8 +85,17 @@ def prefill_tiles_before_session_9(attention) -> contextlib.AbstractContextManag
     return mock.patch.object(attention, "choose_launch", old_tiles)
 
 
+def all_linears_through_gemv(linear) -> contextlib.AbstractContextManager:
+    """Every half-precision decode linear of <= 8 rows takes the Triton gemv, whatever its
+    size (backends/cuda/linear.py keeps cuBLAS for weights over MAX_GEMV_ELEMENTS)."""
+    from unittest import mock
+
+    return mock.patch.object(linear, "MAX_GEMV_ELEMENTS", 1 << 40)
+
+
 @contextlib.contextmanager
 def both(first: contextlib.AbstractContextManager, second: contextlib.AbstractContextManager):
+    """Two settings at once."""
     with first, second:
         yield
 
@@ -123,12 +133,11 @@ def variant_setting(variant: str) -> contextlib.AbstractContextManager:
         "tokenmajor": lambda: mock.patch.object(
             CudaModelRunner, "_empty_cache", lambda self, shape: kv_cache_pages(
                 shape, self.kv_dtype, self.device, heads_major=False)),
+        "prefill128": lambda: prefill_tiles_before_session_9(attention),
+        "gemvall": lambda: all_linears_through_gemv(linear),
+        "pdlgemvall": lambda: both(pdl_override(True), all_linears_through_gemv(linear)),
+        **{f"tokens{n}": lambda n=n: step_tokens(EngineConfig, n) for n in (4096, 8192, 32768)},
     }
-    settings["prefill128"] = lambda: prefill_tiles_before_session_9(attention)
-    settings["gemvall"] = lambda: mock.patch.object(linear, "MAX_GEMV_ELEMENTS", 1 << 40)
-    settings["pdlgemvall"] = lambda: both(settings["pdl"](), settings["gemvall"]())
-    for tokens in (4096, 8192, 32768):
-        settings[f"tokens{tokens}"] = lambda tokens=tokens: step_tokens(EngineConfig, tokens)
     if variant not in settings:
         raise SystemExit(f"unknown variant {variant!r} (known: {', '.join(settings)[2:]})")
     return settings[variant]()

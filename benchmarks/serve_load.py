@@ -20,7 +20,6 @@ import importlib.util
 import json
 import os
 import re
-import signal
 import socket
 import statistics
 import subprocess
@@ -30,8 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from local_server import start_localserve, stop  # this folder's module
 
-ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = [
     "The history of the printing press begins",
     "Write a short note to a neighbour about a lost cat:",
@@ -166,22 +165,6 @@ def wait_http(url: str, path: str, timeout_s: float, proc: subprocess.Popen) -> 
     raise RuntimeError(f"{url} not ready after {timeout_s}s")
 
 
-def start_localserve(extra: list[str], timeout_s: float) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, "-m", "localserve", "up", "--port", "0", *extra],
-                            cwd=ROOT, stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    assert proc.stdout is not None
-    deadline = time.monotonic() + timeout_s
-    for line in proc.stdout:
-        m = re.match(r"^localserve ready: (http://[^ ]+)/v1 ", line)
-        if m:
-            return proc, m.group(1)
-        if time.monotonic() > deadline:
-            break
-    proc.kill()
-    raise RuntimeError("localserve did not print its ready line")
-
-
 def start_llamacpp(gguf: str, n_ctx: int, threads: int, timeout_s: float
                    ) -> tuple[subprocess.Popen, str]:
     port = free_port()
@@ -195,16 +178,6 @@ def start_llamacpp(gguf: str, n_ctx: int, threads: int, timeout_s: float
     url = f"http://127.0.0.1:{port}"
     wait_http(url, "/v1/models", timeout_s, proc)
     return proc, url
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def bench(name: str, url: str, api_key: str | None, args: argparse.Namespace
@@ -271,8 +244,9 @@ def main() -> int:
             extra += ["--backend", args.backend] if args.backend else []
             if args.gguf:
                 extra = ["--model", args.gguf, *extra]
-            proc, url = start_localserve(extra, args.timeout)
-            procs.append(proc)
+            server = start_localserve(extra, args.timeout)
+            procs.append(server.proc)
+            url = server.url
         results["localserve"] = bench("localserve", url, args.api_key, args)
         if not args.no_llamacpp and importlib.util.find_spec("llama_cpp") is not None:
             proc, lurl = start_llamacpp(gguf, 4096, args.threads, args.timeout)

@@ -79,7 +79,13 @@ def choose_launch(*, num_seqs: int, num_kv_heads: int, group: int, head_dim: int
     decode = max_query_len == 1  # one query token per sequence at most
     nvidia = nvidia_capability(arch)
     small_tiles = (nvidia is not None and nvidia < (8, 0)) or rdna(arch)
-    max_rows = 64 if (decode_like or head_dim_pad > 128) else 128
+    # Hopper, AMD CDNA and the interpreter take the tiles tuned on the H100. Their prefill
+    # takes 64-row tiles of 4 warps and 2 stages, with 32-key tiles for short queries. H100,
+    # `triton_kernels.py --only prefill_chunk` (Llama-3-8B heads), against 128 x 64 tiles of 8
+    # warps: a 16,384-token chunk of 81 prompts of ~200 tokens 236 vs 364 us; 8 x 512 tokens
+    # 101 vs 129; 1 x 4,096 (64-key tiles) 467 vs 585.
+    h100_tuned = not small_tiles and not (nvidia is not None and nvidia < (9, 0))
+    max_rows = 64 if (decode_like or head_dim_pad > 128 or h100_tuned) else 128
     if elem_bytes > 2:
         max_rows = 16 if head_dim_pad > 128 or rdna(arch) else 32
     elif small_tiles:
@@ -90,6 +96,9 @@ def choose_launch(*, num_seqs: int, num_kv_heads: int, group: int, head_dim: int
     block_n = (64 if head_dim_pad <= 128 else 32) if elem_bytes <= 2 else 16
     if small_tiles and (not rdna(arch) or block_m >= 32 or head_dim_pad > 128):
         block_n = 16  # (RDNA builds 16-row x 64-key decode tiles of head_dim 128 spill-free)
+    elif (h100_tuned and not decode_like and block_n == 64
+          and max_query_len < LONG_PREFILL_QUERY_LEN):
+        block_n = 32
     # 128 rows, or 64 rows of head_dim 256: 8 warps' registers for the accumulator (sm_90).
     # Ampere/Ada (16x8x16 MMAs, accumulators per warp) need them from 64 rows of head_dim 128
     # (4 warps spill at head_dim 80 on sm_89), the small-tile GPUs from 32 rows (16 of 256).
@@ -98,17 +107,7 @@ def choose_launch(*, num_seqs: int, num_kv_heads: int, group: int, head_dim: int
     # Decode streams K/V once: two stages measured 0-8% faster than three on the H100
     # (benchmarks/triton_kernels.py --sweep: 375 vs 406 us for 256 x 1024-token Qwen3 rows).
     num_stages = 2 if (decode_like or head_dim_pad > 128 or block_m >= 128
-                       or elem_bytes > 2) else 3
-    h100_tuned = not small_tiles and not (nvidia is not None and nvidia < (9, 0))
-    if h100_tuned and not decode_like and elem_bytes <= 2 and head_dim_pad <= 128:
-        # Prefill: 64-row tiles of 4 warps, 2 stages. H100, `triton_kernels.py --only
-        # prefill_chunk` (Llama-3-8B heads): a 16,384-token chunk of 81 prompts of ~200 tokens
-        # 236 us vs 364 with 128 x 64 tiles of 8 warps; 8 x 512 tokens 101 vs 129; 1 x 4,096
-        # (64-key tiles) 467 vs 585.
-        block_m = max(16, group_pad, min(64, group_pad * next_pow2(max_query_len)))
-        block_q = block_m // group_pad
-        block_n = 64 if max_query_len >= LONG_PREFILL_QUERY_LEN else 32
-        num_warps, num_stages = 4, 2
+                       or elem_bytes > 2 or h100_tuned) else 3
     if head_dim_pad > 128 and arch is not None and arch.startswith("gfx9"):
         num_stages = 1  # CDNA keeps the prefetched tile in VGPRs: 2 stages spill at 256
 

@@ -1,37 +1,29 @@
-"""Probe: can a Triton GEMM that applies SiLU-and-mul in its epilogue replace cuBLAS + the
-activation kernel in (c)'s prefill chunks? (issue 6, session 9; an experiment, not a kernel
-the engine uses.)
-
-Usage (GPU machine): python benchmarks/gated_gemm_probe.py
-      (CPU interpreter, tiny shapes, correctness only): ... gated_gemm_probe.py --smoke
+"""The gated-GEMM section of benchmarks/triton_kernels.py (`--only gated_gemm`): can a Triton
+GEMM that applies SiLU-and-mul in its epilogue replace cuBLAS + the activation kernel in (c)'s
+prefill chunks? (Issue 6, session 9: an experiment, not a kernel the engine uses.)
 
 Why: in a 16,384-token prefill chunk of Llama-3-8B the MLP writes gate/up (940 MB a layer), and
-SiLU-and-mul reads it back and writes 470 MB: ~0.5 ms a layer, ~0.1 s of (c), on a GPU that
-runs at its power cap there (docs/benchmarks.md, session 9). A GEMM that keeps each output
-tile's gate and up columns in two accumulators can apply act(gate) * up before it stores, so
-neither the 940 MB nor the extra kernel exist. It pays only if the GEMM keeps up with cuBLAS
-(~700 TFLOP/s on these shapes): this script times it against F.linear + act_and_mul at a few
-tile configs, with pointer loads and with tensor descriptors (TMA), after checking each against
-the fp32 reference.
+SiLU-and-mul reads it back and writes 470 MB: ~0.5 ms a layer (an estimate: 126 us measured at
+4,096 rows in session 3), on a GPU that runs at its power cap there (docs/benchmarks.md,
+session 9). A GEMM that keeps each output tile's gate and up columns in two accumulators can
+apply act(gate) * up before it stores, so neither the 940 MB nor the extra kernel exist. It
+pays only if the GEMM keeps up with cuBLAS: the section times it, with pointer loads and with
+tensor descriptors (TMA), against F.linear alone and F.linear + act_and_mul, after checking it
+against the reference.
 
 The fused weight is [gate; up] (`layers.fusion`'s gate_up_proj): a program reads gate rows
 [n, n + BLOCK_N) and up rows [N + n, N + n + BLOCK_N), so the weight needs no repacking.
+Imported only once triton_kernels.py has chosen the interpreter or the GPU (triton is imported
+here at module level, for the kernels).
 """
 
 from __future__ import annotations
-
-import argparse
-import os
-import sys
-import time
-
-if "--smoke" in sys.argv:  # the interpreter must be chosen before triton is imported
-    os.environ["TRITON_INTERPRET"] = "1"
 
 import torch
 import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
+from triton_bench_core import Bench, Row  # this folder's module
 
 
 @triton.jit
@@ -128,71 +120,51 @@ def gated_gemm(x: torch.Tensor, w: torch.Tensor, config: tuple[int, int, int, in
     return out
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--smoke", action="store_true", help="CPU interpreter, tiny shapes")
-    args = ap.parse_args()
-    from localserve.kernels import reference
-    from localserve.kernels.triton import act_and_mul
+class GatedGemmSection:
+    """Adds the gated GEMM's rows to `b`: per shape, cuBLAS F.linear alone, cuBLAS +
+    act_and_mul (the row to beat), then each tile config through pointers and through tensor
+    descriptors."""
 
-    if not args.smoke and not torch.cuda.is_available():
-        print("no CUDA device: run with --smoke for the CPU interpreter", file=sys.stderr)
-        return 2
-    dev = torch.device("cpu" if args.smoke else "cuda")
-    dtype = torch.float32 if args.smoke else torch.bfloat16
-    # (label, M, N = intermediate size, K = hidden size)
-    shapes = ([("tiny", 40, 40, 96)] if args.smoke else
-              [("llama3-8b (c) chunk", 16384, 14336, 4096), ("llama3-8b", 4096, 14336, 4096),
-               ("qwen3-0.6b chunk", 16384, 3072, 1024)])
-    configs = ([(16, 16, 32, 4, 1), (32, 16, 16, 4, 2)] if args.smoke else
-               [(128, 128, 64, 8, 3), (128, 128, 64, 8, 4), (128, 64, 64, 4, 4),
-                (128, 64, 64, 8, 4), (64, 128, 64, 4, 4), (256, 64, 64, 8, 3),
-                (128, 128, 32, 8, 4), (128, 256, 64, 8, 3)])
-    from triton.testing import do_bench
+    def __init__(self, b: Bench) -> None:
+        self.b = b
 
-    def time_ms(fn) -> float:
-        if args.smoke:
-            start = time.perf_counter()
-            fn()
-            return (time.perf_counter() - start) * 1e3
-        return do_bench(fn, warmup=25, rep=100)
-
-    rows = []
-    for label, m, n, k in shapes:
-        x = torch.randn(m, k, device=dev).to(dtype)
-        w = (torch.randn(2 * n, k, device=dev) / k ** 0.5).to(dtype)
-        gate_up = reference.linear(x, w)  # the unfused path's rounding: gate/up in x's dtype
-        ref = reference.act_and_mul(gate_up, "silu")
-        flops = 2.0 * m * 2 * n * k
-        ms = time_ms(lambda: torch.nn.functional.linear(x, w))  # noqa: B023
-        rows.append((label, "cuBLAS F.linear alone", ms, flops / ms / 1e9, "(no activation)"))
-        ms = time_ms(lambda: act_and_mul(torch.nn.functional.linear(x, w), "silu"))  # noqa: B023
-        rows.append((label, "cuBLAS F.linear + act_and_mul", ms, flops / ms / 1e9,
-                     "the row to beat"))
-        for tma in (False, True):
-            for config in configs:
-                path = f"fused{' TMA' if tma else ''} {config}"
-                try:
-                    out = gated_gemm(x, w, config, tma)
-                except Exception as e:  # a config that does not fit this GPU is reported
-                    if args.smoke:
-                        raise
-                    rows.append((label, path, None, None, type(e).__name__))
-                    continue
-                err = ((out.float() - ref.float()).abs().max() / ref.float().abs().max()).item()
-                ok = err <= (2e-2 if dtype == torch.bfloat16 else 1e-4)
-                ms = time_ms(lambda c=config, t=tma: gated_gemm(x, w, c, t))  # noqa: B023
-                rows.append((label, path, ms, flops / ms / 1e9,
-                             f"rel err {err:.1e}{'' if ok else ' FAIL'}"))
-    name = "CPU interpreter" if args.smoke else torch.cuda.get_device_name()
-    print(f"\ngated GEMM probe on {name}, {dtype} (config: BM, BN, BK, warps, stages)")
-    print(f"{'shape':<22} {'path':<36} {'time ms':>9} {'TFLOP/s':>8}  notes")
-    for label, path, ms, tflops, note in rows:
-        t = f"{ms:9.3f}" if ms is not None else f"{'-':>9}"
-        f = f"{tflops:8.1f}" if tflops is not None else f"{'-':>8}"
-        print(f"{label:<22} {path:<36} {t} {f}  {note}")
-    return 1 if any("FAIL" in r[4] for r in rows) else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    def gated_gemm(self) -> None:
+        print("gated_gemm", flush=True)
+        b = self.b
+        # (label, M, N = intermediate size, K = hidden size)
+        shapes = ([("tiny", 40, 40, 96)] if b.smoke else
+                  [("llama3-8b (c) chunk", 16384, 14336, 4096), ("llama3-8b", 4096, 14336, 4096),
+                   ("qwen3-0.6b chunk", 16384, 3072, 1024)])
+        # (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages); BLOCK_N per half: 2 x BLOCK_N columns
+        configs = ([(16, 16, 32, 4, 1), (32, 16, 16, 4, 2)] if b.smoke else
+                   [(128, 128, 64, 8, 3), (128, 128, 64, 8, 4), (128, 64, 64, 4, 4),
+                    (128, 64, 64, 8, 4), (64, 128, 64, 4, 4), (256, 64, 64, 8, 3),
+                    (128, 128, 32, 8, 4), (128, 256, 64, 8, 3)])
+        for label, m, n, k in shapes:
+            x = torch.randn(m, k, device=b.dev).to(b.dtype)
+            w = (torch.randn(2 * n, k, device=b.dev) / k ** 0.5).to(b.dtype)
+            ref = b.ref.act_and_mul(b.ref.linear(x, w), "silu")
+            shape = f"{label} {m}x{n}x{k}"
+            flops, nbytes = 2.0 * m * 2 * n * k, (m * k + 2 * n * k + m * n) * b.elem
+            for path, fn in (
+                    ("cuBLAS F.linear", lambda: torch.nn.functional.linear(x, w)),  # noqa: B023
+                    ("cuBLAS + act_and_mul",
+                     lambda: b.k.act_and_mul(torch.nn.functional.linear(x, w), "silu"))):  # noqa: B023
+                row = Row(path, shape, ms=b.time_ms(fn), bytes_moved=nbytes, flops=flops)
+                b.add(row)
+            for tma in (False, True):
+                for config in configs:
+                    row = Row("gated GEMM" + (" TMA" if tma else ""), shape,
+                              bytes_moved=nbytes, flops=flops,
+                              note="BM={} BN={} BK={} w={} s={}".format(*config))
+                    try:
+                        out = gated_gemm(x, w, config, tma)
+                    except Exception as e:  # a config this GPU cannot build is reported
+                        if b.smoke:
+                            raise
+                        row.note += f"; unavailable: {type(e).__name__}"
+                        b.add(row)
+                        continue
+                    b.check(row, out, ref, b.elementwise_tol())
+                    row.ms = b.time_ms(lambda c=config, t=tma: gated_gemm(x, w, c, t))  # noqa: B023
+                    b.add(row)
