@@ -10,12 +10,14 @@ after capture, and a batch runs in a larger bucket's graph when that one measure
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
 
 import torch
 
+from localserve.backends.cuda.linear import MAX_GEMV_ROWS
 from localserve.runner.context import (
     AttentionMetadata,
     AttentionOps,
@@ -25,6 +27,11 @@ from localserve.runner.context import (
 
 log = logging.getLogger(__name__)
 
+
+# Graphs of up to this many rows launch their Triton kernels with programmatic dependent launch
+# where the GPU has it: their steps are chains of short memory-bound kernels (the linear layers
+# are gemvs), whose launch gaps PDL overlaps.
+PDL_ROWS = MAX_GEMV_ROWS
 
 # Batches up to this many rows pad to a power of two: their step reads every weight once
 # whatever the batch, so padding them is nearly free.
@@ -49,6 +56,13 @@ def fastest_cover(times: dict[int, float], min_gain: float = MIN_ROUTE_GAIN) -> 
         best = min((c for c in times if c >= b), key=lambda c: (times[c], c))
         route[b] = best if times[best] < (1 - min_gain) * times[b] else b
     return route
+
+
+def decode_launches(batch: int) -> contextlib.AbstractContextManager[None]:
+    """How a decode graph of `batch` rows launches its Triton kernels (see PDL_ROWS)."""
+    from localserve.kernels.triton._common import pdl_where_supported  # needs triton
+
+    return pdl_where_supported() if batch <= PDL_ROWS else contextlib.nullcontext()
 
 
 def bucket_sizes(max_num_seqs: int) -> list[int]:
@@ -134,11 +148,11 @@ class DecodeGraphs:
             self.model(self.input_ids[:b], self.positions[:b]))
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream), forward_context(ctx):
+        with torch.cuda.stream(stream), forward_context(ctx), decode_launches(b):
             run()  # warm-up: Triton compiles and autotunes outside the capture
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool), forward_context(ctx):
+        with torch.cuda.graph(graph, pool=self.pool), forward_context(ctx), decode_launches(b):
             run()
         self.pool = graph.pool()
         log.debug("captured a decode graph for batch %d in %.2fs", b,

@@ -115,6 +115,7 @@ class _Override:
 
 _ARCH = _Override()        # a GPU generation to choose launches for, or None: the real one
 _PDL = _Override()         # True/False: force PDL on/off, None: LOCALSERVE_TRITON_PDL decides
+_PDL_HERE = _Override(False)  # launches of a span that asks for PDL where the GPU has it
 _POISON = _Override(False)  # NaN-filled kernel outputs
 
 
@@ -212,20 +213,30 @@ def pdl_launch(device: torch.device) -> dict[str, bool]:
     newer only: AMD, older GPUs and the interpreter launch plainly (the HIP backend rejects the
     `launch_pdl` option, so it is passed only where it applies).
 
-    Opt-in (LOCALSERVE_TRITON_PDL=1): correct on an H100 (a 32-layer chain of PDL kernels
-    replayed in a CUDA graph matches eager launches, test_triton_pdl.py; every sm_90/sm_120
-    build starts with the wait, test_triton_compile.py), but no clear gain there: batch-1
-    decode of the 8B shapes ~0.5% faster over seven A/B pairs, the (b) and (c) workloads
-    unchanged in session 6 and 0.5% slower in session 9 (docs/benchmarks.md). Most decode
-    kernels sit next to a cuBLAS GEMM, which launches plainly. `pdl_override` forces it either way
-    (A/B benchmarks, compile tests).
+    Where: launches inside `pdl_where_supported()` (the cuda runner's decode graphs of a few
+    rows, chains of short memory-bound kernels), or every launch with LOCALSERVE_TRITON_PDL=1;
+    LOCALSERVE_TRITON_PDL=0 turns it off. Measured on an H100 (docs/benchmarks.md): batch-1
+    decode of the 8B shapes about 0.5% faster on average over the A/B pairs of sessions 6 and
+    9, while the many-sequence workloads (b) and (c) were unchanged in session 6 and 0.5%
+    slower in session 9's pair, their kernels sitting next to cuBLAS GEMMs that launch plainly.
+    Correct there: a 32-layer chain of PDL kernels replayed in a CUDA graph matches eager
+    launches (test_triton_pdl.py); every sm_90/sm_120 build starts with the wait
+    (test_triton_compile.py). `pdl_override` forces it either way (A/B benchmarks, compile
+    tests).
     """
     if _PDL.value is not None:
         return _PDL_ON if _PDL.value else _PDL_OFF
-    if os.environ.get("LOCALSERVE_TRITON_PDL", "0") != "1":
+    setting = os.environ.get("LOCALSERVE_TRITON_PDL")
+    if not (setting == "1" or (_PDL_HERE.value and setting != "0")):
         return _PDL_OFF
     capability = nvidia_capability(gpu_arch(device))  # None: AMD, the interpreter, a CPU
     return _PDL_ON if capability is not None and capability >= (9, 0) else _PDL_OFF
+
+
+def pdl_where_supported() -> contextlib.AbstractContextManager[None]:
+    """While active, wrappers launch with PDL on GPUs that have it (unless
+    LOCALSERVE_TRITON_PDL=0)."""
+    return _PDL_HERE.set(True)
 
 
 def pdl_override(enabled: bool) -> contextlib.AbstractContextManager[None]:

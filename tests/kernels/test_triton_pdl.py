@@ -15,7 +15,7 @@ import torch
 pytest.importorskip("triton")
 
 from localserve.kernels.triton import _common, act_and_mul, rms_norm
-from localserve.kernels.triton._common import pdl_launch, pdl_override
+from localserve.kernels.triton._common import pdl_launch, pdl_override, pdl_where_supported
 from localserve.kernels.triton.gemv import gemv
 from localserve.kernels.triton.testing import ELEMENTWISE_TOL, rel_error
 
@@ -42,11 +42,21 @@ def test_gpus_use_pdl_only_when_asked_and_capable(monkeypatch, capable):
     monkeypatch.setattr(_common, "_gpu_arch", lambda index: "sm_90" if capable else "sm_89")
     cuda = torch.device("cuda", 0)
     monkeypatch.delenv("LOCALSERVE_TRITON_PDL", raising=False)
-    assert pdl_launch(cuda) == OFF  # opt-in until measured on a GPU
+    assert pdl_launch(cuda) == OFF  # only where a span asks for it
+    with pdl_where_supported():
+        assert pdl_launch(cuda) == (ON if capable else OFF)
+    assert pdl_launch(cuda) == OFF
     monkeypatch.setenv("LOCALSERVE_TRITON_PDL", "1")
     assert pdl_launch(cuda) == (ON if capable else OFF)
     monkeypatch.setenv("LOCALSERVE_TRITON_PDL", "0")
     assert pdl_launch(cuda) == OFF
+    with pdl_where_supported():
+        assert pdl_launch(cuda) == OFF
+
+
+def test_spans_that_ask_for_pdl_never_get_it_off_a_gpu():
+    with pdl_where_supported():
+        assert pdl_launch(torch.device("cpu")) == OFF
 
 
 def _chain(x: torch.Tensor, weight: torch.Tensor, gate_up: torch.Tensor,

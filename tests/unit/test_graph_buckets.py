@@ -4,11 +4,14 @@ and runs in a larger bucket only when that one measured faster."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 from localserve.backends.cuda.graphs import (
     BUCKETS_PER_DOUBLING,
     MEMORY_BOUND_ROWS,
+    PDL_ROWS,
     bucket_sizes,
+    decode_launches,
     fastest_cover,
 )
 
@@ -41,3 +44,22 @@ def test_a_batch_moves_to_a_larger_bucket_only_when_it_measured_faster():
     assert fastest_cover({8: 1.0, 16: 0.99, 32: 0.5}, min_gain=0.03) == {8: 32, 16: 32, 32: 32}
     assert fastest_cover({8: 1.0, 16: 0.98}, min_gain=0.03) == {8: 8, 16: 16}
     assert fastest_cover({8: 0.5, 16: 1.0}) == {8: 8, 16: 16}
+
+
+@pytest.mark.parametrize("capable", [True, False])
+def test_only_graphs_of_a_few_rows_launch_with_pdl(monkeypatch, capable):
+    """Decode graphs of up to PDL_ROWS rows (gemv chains) launch with PDL on sm_90+, larger
+    ones (next to cuBLAS GEMMs: session 9 measured (b) and (c) 0.5% slower) plainly."""
+    pytest.importorskip("triton")
+    from localserve.kernels.triton import _common
+
+    monkeypatch.setattr(_common, "interpreting", lambda: False)
+    monkeypatch.setattr(_common, "_gpu_arch", lambda index: "sm_90" if capable else "sm_86")
+    monkeypatch.delenv("LOCALSERVE_TRITON_PDL", raising=False)
+    cuda = torch.device("cuda", 0)
+    for batch in (1, PDL_ROWS, PDL_ROWS + 1, 256):
+        with decode_launches(batch):
+            assert _common.pdl_launch(cuda)["USE_PDL"] == (capable and batch <= PDL_ROWS)
+    monkeypatch.setenv("LOCALSERVE_TRITON_PDL", "0")
+    with decode_launches(1):
+        assert not _common.pdl_launch(cuda)["USE_PDL"]
