@@ -17,10 +17,7 @@ max_num_batched_tokens; 16,384 by default on an 80 GB GPU: the prefill chunk siz
 ":prefill128" gives prefill attention the 128 x 64 tiles of 8 warps used before session 9
 (kernels/triton/attention.py), ":gemvall" runs every decode linear of <= 8 rows through the
 Triton gemv (the 8B's gate/up too, which keeps cuBLAS by default: backends/cuda/linear.py), and
-":pdlgemvall" does so with programmatic dependent launch on, so each layer is one PDL chain,
-":nofusednorm" runs the norm after the o and down projections as its own launch at decode (the
-gemv fuses it since session 10: kernels/triton/gemv.py: gemv_add_norm), and ":session9" turns
-off both of session 10's decode changes (that and PDL in the graphs of <= 8 rows).
+":pdlgemvall" does so with programmatic dependent launch on, so each layer is one PDL chain.
 """
 
 from __future__ import annotations
@@ -103,14 +100,6 @@ def both(first: contextlib.AbstractContextManager, second: contextlib.AbstractCo
         yield
 
 
-def separate_norms(linear):
-    """The decode gemv leaves the residual add and norm after it to their own launch."""
-    from unittest import mock
-
-    return mock.patch.object(linear.DecodeGemvMethod, "apply_add_norm",
-                             lambda self, layer, x, residual, norm: None)
-
-
 def variant_setting(variant: str) -> contextlib.AbstractContextManager:
     """The setting a workload variant changes while it runs (see the module docstring)."""
     from unittest import mock
@@ -147,8 +136,6 @@ def variant_setting(variant: str) -> contextlib.AbstractContextManager:
         "prefill128": lambda: prefill_tiles_before_session_9(attention),
         "gemvall": lambda: all_linears_through_gemv(linear),
         "pdlgemvall": lambda: both(pdl_override(True), all_linears_through_gemv(linear)),
-        "nofusednorm": lambda: separate_norms(linear),
-        "session9": lambda: both(pdl_override(False), separate_norms(linear)),
         **{f"tokens{n}": lambda n=n: step_tokens(EngineConfig, n) for n in (4096, 8192, 32768)},
     }
     if variant not in settings:

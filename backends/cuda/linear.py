@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from localserve.layers.linear import Linear, UnquantizedMethod
-from localserve.layers.norm import RMSNorm
 
 MAX_GEMV_ROWS = 8
 MAX_GEMV_ELEMENTS = 64 * 2**20
@@ -31,38 +30,17 @@ def gemv_suits(weight: torch.Tensor) -> bool:
 
 
 class DecodeGemvMethod(UnquantizedMethod):
-    """A float weight applied by the Triton gemv for <= MAX_GEMV_ROWS rows, else F.linear;
-    with the residual add and RMSNorm after it in the same launch where the model asks
-    (`apply_add_norm`)."""
+    """A float weight applied by the Triton gemv for <= MAX_GEMV_ROWS rows, else F.linear."""
 
-    def __init__(self, device: torch.device) -> None:
-        from localserve.kernels.triton.gemv import (
-            MAX_NORM_WIDTH,
-            arrival_counter,
-            gemv,
-            gemv_add_norm,
-        )
+    def __init__(self) -> None:
+        from localserve.kernels.triton.gemv import gemv
 
         self._gemv = gemv  # bound once: apply runs per layer per step
-        self._gemv_add_norm = gemv_add_norm
-        self._max_norm_width = MAX_NORM_WIDTH
-        self._arrived = arrival_counter(device)
 
     def apply(self, layer: Linear, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 2 and x.shape[0] <= MAX_GEMV_ROWS:
             return self._gemv(x, layer.weight, layer.bias)
         return F.linear(x, layer.weight, layer.bias)
-
-    def apply_add_norm(self, layer: Linear, x: torch.Tensor, residual: torch.Tensor,
-                       norm: RMSNorm) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """norm.add_and_norm(layer(x), residual) in one launch, or None (larger batches,
-        rows wider than one program holds)."""
-        if (x.dim() != 2 or x.shape[0] > MAX_GEMV_ROWS
-                or layer.out_features > self._max_norm_width
-                or residual.dtype != x.dtype):
-            return None
-        return self._gemv_add_norm(x, layer.weight, residual, norm.weight, norm.eps,
-                                   self._arrived, layer.bias, norm.offset)
 
 
 def install_decode_gemv(model: nn.Module) -> int:
@@ -72,6 +50,6 @@ def install_decode_gemv(model: nn.Module) -> int:
     for module in model.modules():
         if (isinstance(module, Linear) and type(module.method) is UnquantizedMethod
                 and gemv_suits(module.weight)):
-            module.method = DecodeGemvMethod(module.weight.device)
+            module.method = DecodeGemvMethod()
             count += 1
     return count

@@ -26,7 +26,6 @@ from localserve.kernels.triton._common import (
     check_tensor,
     empty,
     gpu_arch,
-    next_pow2,
     nvidia_capability,
     pdl_launch,
     pdl_wait,
@@ -35,7 +34,6 @@ from localserve.kernels.triton._common import (
 )
 
 MAX_ROWS = 16  # one tl.dot tile of rows; larger M is a GEMM, not a GEMV
-MAX_NORM_WIDTH = 8192  # gemv_add_norm's rows, held by one program (Llama-3-70B's hidden)
 
 
 @dataclass(frozen=True)
@@ -92,19 +90,13 @@ def _gemv_kernel(
     x_ptr,              # [M, K], row stride stride_xm
     w_ptr,              # [N, K], row stride stride_wn
     b_ptr,              # [N] (HAS_BIAS)
-    res_ptr,            # [M, N], row stride stride_rm (ADD_NORM: the residual stream)
-    normed_ptr,         # [M, N] contiguous (ADD_NORM)
-    norm_w_ptr,         # [N] (ADD_NORM)
-    arrived_ptr,        # [1] int32, 0 between launches (ADD_NORM)
     M, N, K,
-    stride_ym, stride_xm, stride_wn, stride_rm,
-    eps, weight_offset,
+    stride_ym, stride_xm, stride_wn,
     HAS_BIAS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     EVEN_K: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     WEIGHTS_FIRST: tl.constexpr,
-    ADD_NORM: tl.constexpr, BLOCK_H: tl.constexpr,
     USE_PDL: tl.constexpr,
 ):
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -133,45 +125,18 @@ def _gemv_kernel(
         acc += tl.load(b_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     tl.store(y_ptr + offs_m.to(tl.int64)[:, None] * stride_ym + offs_n[None, :],
              acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
-    if ADD_NORM:
-        # The last program to finish holds every column of y: it adds and normalises. The
-        # barrier orders all of this program's y stores before its count (released at gpu
-        # scope); the last count acquires every other program's.
-        tl.debug_barrier()
-        if tl.atomic_add(arrived_ptr, 1, sem="acq_rel", scope="gpu") == tl.num_programs(0) - 1:
-            tl.debug_barrier()
-            _add_norm_rows(y_ptr, res_ptr, normed_ptr, norm_w_ptr, M, N, stride_ym,
-                           stride_rm, eps, weight_offset, BLOCK_H)
-            tl.store(arrived_ptr, 0)  # ready for the next launch (CUDA graph replays)
 
 
-@triton.jit
-def _add_norm_rows(y_ptr, res_ptr, normed_ptr, norm_w_ptr, M, N, stride_ym, stride_rm,
-                   eps, weight_offset, BLOCK_H: tl.constexpr):
-    """y += residual (rounded to y's dtype, as the model adds), normed = RMSNorm(y): the
-    arithmetic of norm.py's fused residual add. y was written by other programs: loaded
-    past L1 (.cg), which may hold stale lines of an earlier launch."""
-    offs = tl.arange(0, BLOCK_H)
-    ok = offs < N
-    w = tl.load(norm_w_ptr + offs, mask=ok, other=0.0).to(tl.float32) + weight_offset
-    for m in range(M):
-        y_row = y_ptr + m * stride_ym + offs  # M <= 16 rows: no int32 overflow
-        y = tl.load(y_row, mask=ok, other=0.0, cache_modifier=".cg")
-        r = tl.load(res_ptr + m * stride_rm + offs, mask=ok, other=0.0)
-        summed = (y.to(tl.float32) + r.to(tl.float32)).to(y.dtype)
-        tl.store(y_row, summed, mask=ok)
-        xf = summed.to(tl.float32)
-        inv_rms = 1.0 / tl.sqrt(tl.sum(xf * xf, axis=0) / N + eps)
-        tl.store(normed_ptr + m * N + offs,
-                 (xf * inv_rms * w).to(normed_ptr.dtype.element_ty), mask=ok)
+def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+         config: GemvConfig | None = None) -> torch.Tensor:
+    """x [M, K] @ weight[N, K]^T (+ bias [N]) -> [M, N] in x's dtype, fp32 accumulation.
 
-
-def _check_gemv_args(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                     **more: torch.Tensor) -> tuple[int, int, int]:
-    """(M, N, K) after the dtype, shape and device checks of gemv's contract."""
+    M <= 16 (decode batches); x and weight of one float dtype and contiguous in K; any row
+    strides. Same contract as F.linear for 2-D x.
+    """
     check_tensor("x", x, ndim=2, dtypes=FLOAT_DTYPES)
     check_tensor("weight", weight, ndim=2, dtypes=(x.dtype,))
-    tensors = {"x": x, "weight": weight, **more}
+    tensors = {"x": x, "weight": weight}
     if bias is not None:
         check_tensor("bias", bias, ndim=1, dtypes=FLOAT_DTYPES)
         if bias.shape[0] != weight.shape[0]:
@@ -186,79 +151,22 @@ def _check_gemv_args(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
                          f"{weight.shape[1]}")
     if m > MAX_ROWS:
         raise ValueError(f"gemv takes at most {MAX_ROWS} rows, got {m}: use a GEMM")
-    return m, n, k
-
-
-def _launch(y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-            cfg: GemvConfig, add_norm: tuple | None = None) -> None:
-    """One _gemv_kernel launch; add_norm = (residual, normed, norm_weight, arrived, eps,
-    weight_offset) or None."""
-    (m, k), n = x.shape, weight.shape[0]
+    cfg = config or default_config(x)
     pdl = pdl_launch(x.device)
     weights_first = pdl["USE_PDL"] if cfg.weights_first is None else cfg.weights_first
-    res, normed, norm_w, arrived, eps, offset = add_norm or (y, y, y, y, 0.0, 0.0)
-    _gemv_kernel[(triton.cdiv(n, cfg.block_n),)](
-        y, x, weight, bias if bias is not None else y, res, normed, norm_w, arrived, m, n, k,
-        y.stride(0), x.stride(0), weight.stride(0), res.stride(0), float(eps), float(offset),
-        HAS_BIAS=bias is not None, BLOCK_M=MAX_ROWS, BLOCK_N=cfg.block_n,
-        BLOCK_K=cfg.block_k, EVEN_K=k % cfg.block_k == 0,
-        # fp32 inputs: exact products (no TF32), as F.linear computes them.
-        DOT_PRECISION="ieee" if x.dtype == torch.float32 else None,
-        WEIGHTS_FIRST=weights_first, ADD_NORM=add_norm is not None,
-        BLOCK_H=next_pow2(n) if add_norm is not None else 1,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl,
-    )
-
-
-def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-         config: GemvConfig | None = None) -> torch.Tensor:
-    """x [M, K] @ weight[N, K]^T (+ bias [N]) -> [M, N] in x's dtype, fp32 accumulation.
-
-    M <= 16 (decode batches); x and weight of one float dtype and contiguous in K; any row
-    strides. Same contract as F.linear for 2-D x.
-    """
-    m, n, k = _check_gemv_args(x, weight, bias)
     y = empty((m, n), x.dtype, x.device)
     if m == 0 or n == 0:
         return y
     if k == 0:
         return y.zero_() if bias is None else y.copy_(bias.expand(m, n))
-    _launch(y, x, weight, bias, config or default_config(x))
+    _gemv_kernel[(triton.cdiv(n, cfg.block_n),)](
+        y, x, weight, bias if bias is not None else y, m, n, k,
+        y.stride(0), x.stride(0), weight.stride(0),
+        HAS_BIAS=bias is not None, BLOCK_M=MAX_ROWS, BLOCK_N=cfg.block_n,
+        BLOCK_K=cfg.block_k, EVEN_K=k % cfg.block_k == 0,
+        # fp32 inputs: exact products (no TF32), as F.linear computes them.
+        DOT_PRECISION="ieee" if x.dtype == torch.float32 else None,
+        WEIGHTS_FIRST=weights_first, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        **pdl,
+    )
     return y
-
-
-def arrival_counter(device: torch.device) -> torch.Tensor:
-    """The zeroed counter a gemv_add_norm call site keeps (one per site, so two launches in
-    flight on different streams never share one)."""
-    return torch.zeros(1, dtype=torch.int32, device=device)
-
-
-def gemv_add_norm(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor,
-                  norm_weight: torch.Tensor, eps: float, arrived: torch.Tensor,
-                  bias: torch.Tensor | None = None, weight_offset: float = 0.0,
-                  config: GemvConfig | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """rms_norm(gemv(x, weight, bias), norm_weight, eps, residual, weight_offset) in one
-    launch: (normed, gemv + residual). At decode the norm after the o and down projections is
-    a launch of a few microseconds on a ~4k-element row; here the last program of the gemv
-    does it. N <= MAX_NORM_WIDTH (the row sits in one program's registers). `arrived` comes
-    from `arrival_counter` and is left at 0.
-    """
-    m, n, k = _check_gemv_args(x, weight, bias, residual=residual, norm_weight=norm_weight,
-                               arrived=arrived)
-    check_tensor("residual", residual, ndim=2, dtypes=(x.dtype,))
-    check_tensor("norm_weight", norm_weight, ndim=1, dtypes=FLOAT_DTYPES)
-    check_tensor("arrived", arrived, ndim=1, dtypes=(torch.int32,))
-    check_last_dim_contiguous("residual", residual)
-    if residual.shape != (m, n) or norm_weight.shape[0] != n:
-        raise ValueError(f"residual {tuple(residual.shape)} and norm_weight "
-                         f"{tuple(norm_weight.shape)} must match the output ({m}, {n})")
-    if n > MAX_NORM_WIDTH:
-        raise ValueError(f"gemv_add_norm normalises rows of at most {MAX_NORM_WIDTH}, got {n}")
-    if k == 0 or arrived.numel() != 1:
-        raise ValueError("gemv_add_norm needs K > 0 and a one-element arrival counter")
-    summed = empty((m, n), x.dtype, x.device)
-    normed = empty((m, n), x.dtype, x.device)
-    if m and n:
-        _launch(summed, x, weight, bias, config or default_config(x),
-                (residual, normed, norm_weight.contiguous(), arrived, eps, weight_offset))
-    return normed, summed

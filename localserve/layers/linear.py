@@ -4,9 +4,7 @@ A method creates the layer's weights and applies them. The default keeps a float
 (`UnquantizedMethod`); quantized formats (GGUF blocks kept raw, AWQ, ...) install their own,
 so a backend swaps kernels per layer without forking the model files. The attributes a
 method may rely on: `in_features`, `out_features`, `bias` (a Parameter or None), and
-whatever its `create_weights` / the loader put there. A method may also fuse the projection
-with the residual add and RMSNorm after it: `apply_add_norm(layer, x, residual, norm)` ->
-(normed, summed), or None where it does not (RMSNorm.project_add_and_norm calls it).
+whatever its `create_weights` / the loader put there.
 """
 
 from __future__ import annotations

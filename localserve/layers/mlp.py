@@ -25,12 +25,8 @@ class GatedMLP(nn.Module):
         self.layer_ops: LayerOps = DEFAULT_LAYER_OPS
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.activate(x))
-
-    def activate(self, x: torch.Tensor) -> torch.Tensor:
-        """act(gate(x)) * up(x): the down projection's input [T, inter]."""
         if self.gate_up_proj is not None:
             gate_up = self.gate_up_proj(x)  # [T, 2 * inter]
         else:
             gate_up = torch.cat([self.gate_proj(x), self.up_proj(x)], dim=-1)
-        return self.layer_ops.act_and_mul(gate_up, self.activation)
+        return self.down_proj(self.layer_ops.act_and_mul(gate_up, self.activation))

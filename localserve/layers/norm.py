@@ -8,7 +8,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from localserve.layers.linear import Linear
 from localserve.layers.ops import DEFAULT_LAYER_OPS, LayerOps
 
 
@@ -32,15 +31,6 @@ class RMSNorm(nn.Module):
         out, summed = self.layer_ops.rms_norm(x, self.weight, self.eps, residual, self.offset)
         assert summed is not None
         return out, summed
-
-    def project_add_and_norm(self, proj: Linear, x: torch.Tensor, residual: torch.Tensor
-                             ) -> tuple[torch.Tensor, torch.Tensor]:
-        """add_and_norm(proj(x), residual), as one kernel where proj's method has one (the
-        cuda backend's decode gemv: `apply_add_norm`, returning None where it does not
-        apply)."""
-        fused = getattr(proj.method, "apply_add_norm", None)
-        out = fused(proj, x, residual, self) if fused is not None else None
-        return out if out is not None else self.add_and_norm(proj(x), residual)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}, offset={self.offset}"

@@ -32,14 +32,11 @@ class LlamaAttention(nn.Module):
                               arch.attn_logit_softcapping)
 
     def forward(self, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return self.o_proj(self.attend(positions, x))
-
-    def attend(self, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """The attention output before o_proj, [T, num_heads * head_dim]."""
+        num_tokens = x.shape[0]
         q, k, v = project_qkv(self, x)
         out = self.attn.forward_rope(positions, q, k, v, self.rotary, self.q_norm,
                                      self.k_norm)  # [T, num_heads, head_dim]
-        return out.reshape(x.shape[0], self.num_heads * self.head_dim)
+        return self.o_proj(out.reshape(num_tokens, self.num_heads * self.head_dim))
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -53,31 +50,14 @@ class LlamaDecoderLayer(nn.Module):
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor,
                 residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(previous output, residual) -> (MLP output, residual), the output not yet added:
-        the contract every decoder layer of the model loop keeps (the C layers too)."""
         if residual is None:
             residual = hidden
             hidden = self.input_layernorm(hidden)
         else:
             hidden, residual = self.input_layernorm.add_and_norm(hidden, residual)
-        hidden, residual = self._attention(positions, hidden, residual)
+        hidden = self.self_attn(positions, hidden)
+        hidden, residual = self.post_attention_layernorm.add_and_norm(hidden, residual)
         return self.mlp(hidden), residual
-
-    def forward_normed(self, positions: torch.Tensor, normed: torch.Tensor,
-                       residual: torch.Tensor, next_norm: RMSNorm
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(this layer's normed input, residual) -> (next_norm's normed input, residual):
-        each projection that feeds the residual stream is fused with the add and norm after
-        it where its method can (the cuda gemv at decode saves two launches a layer)."""
-        hidden, residual = self._attention(positions, normed, residual)
-        return next_norm.project_add_and_norm(self.mlp.down_proj, self.mlp.activate(hidden),
-                                              residual)
-
-    def _attention(self, positions: torch.Tensor, normed: torch.Tensor,
-                   residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        attn = self.self_attn.attend(positions, normed)
-        return self.post_attention_layernorm.project_add_and_norm(self.self_attn.o_proj, attn,
-                                                                  residual)
 
 
 class LlamaModel(nn.Module):
@@ -92,14 +72,6 @@ class LlamaModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         hidden = self.embed_tokens(input_ids)  # [T, hidden]
-        if len(self.layers) and all(isinstance(x, LlamaDecoderLayer) for x in self.layers):
-            # Each layer also applies the next one's input norm (the final norm for the last).
-            residual, hidden = hidden, self.layers[0].input_layernorm(hidden)
-            next_norms = [*(x.input_layernorm for x in self.layers[1:]), self.norm]
-            for layer, next_norm in zip(self.layers, next_norms, strict=True):
-                hidden, residual = layer.forward_normed(positions, hidden, residual, next_norm)
-            return hidden
-        # Layers replaced by other modules (the C layers) keep the per-layer contract.
         residual: torch.Tensor | None = None
         for layer in self.layers:
             hidden, residual = layer(positions, hidden, residual)

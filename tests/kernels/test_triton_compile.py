@@ -138,10 +138,6 @@ def _launch_every_kernel(half: torch.dtype) -> None:
     gemv.gemv(torch.empty(8, 1000, dtype=half), torch.empty(64, 1000, dtype=half),
               torch.empty(64, dtype=half))
     gemv.gemv(torch.empty(2, 512), torch.empty(64, 512))
-    # ... with the residual add and norm after it: Llama-3-8B's down projection at batch 1.
-    gemv.gemv_add_norm(torch.empty(1, 14336, dtype=half), torch.empty(4096, 14336, dtype=half),
-                       torch.empty(1, 4096, dtype=half), torch.empty(4096, dtype=half), 1e-5,
-                       torch.zeros(1, dtype=torch.int32))
     # q/k norm + rotary + KV write: Llama-3-8B (no norm), Gemma-3 head_dim 256 with norm and
     # partial rotary.
     positions = torch.arange(8)

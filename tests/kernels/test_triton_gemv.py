@@ -1,5 +1,4 @@
-"""gemv (Triton) against kernels/reference.py's fp32 linear: decode-sized rows M <= 16; and
-gemv_add_norm against the reference linear followed by the reference rms_norm with residual.
+"""gemv (Triton) against kernels/reference.py's fp32 linear: decode-sized rows M <= 16.
 
 Interpreter (CPU) at small shapes without a GPU (fp32, fp16), Llama-3-8B projection shapes on
 one (bf16, fp16). Outputs start NaN. Tolerance: relative to max |reference|, the output
@@ -15,14 +14,7 @@ pytest.importorskip("triton")
 
 from localserve.kernels import reference
 from localserve.kernels.triton._common import poisoned_outputs
-from localserve.kernels.triton.gemv import (
-    MAX_NORM_WIDTH,
-    SMALL_K_CONFIG,
-    GemvConfig,
-    arrival_counter,
-    gemv,
-    gemv_add_norm,
-)
+from localserve.kernels.triton.gemv import SMALL_K_CONFIG, GemvConfig, gemv
 from localserve.kernels.triton.testing import (
     ELEMENTWISE_TOL,
     device,
@@ -129,115 +121,3 @@ def test_decode_gemv_method_routes_by_rows_and_weight():
         assert rel_error(out, ref) <= ELEMENTWISE_TOL[dtype]
         if rows > MAX_GEMV_ROWS:
             assert torch.equal(out, torch.nn.functional.linear(x, half.weight, half.bias))
-
-
-def _add_norm_case(m: int, n: int, k: int, dtype: torch.dtype):
-    x = torch.randn(m, k, device=DEV).to(dtype)
-    w = (torch.randn(n, k, device=DEV) / k ** 0.5).to(dtype)
-    residual = torch.randn(m, n, device=DEV).to(dtype)
-    norm_w = (torch.rand(n, device=DEV) + 0.5).to(dtype)
-    return x, w, residual, norm_w
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("n,k", SHAPES)
-@pytest.mark.parametrize("m", [1, 3, 8])
-def test_add_norm_matches_reference(m, n, k, dtype, seed):
-    """(normed, summed) as the reference computes them from the reference linear's output:
-    within the dtype's rounding, for a bias and Gemma's weight offset too; the arrival
-    counter is back at 0 after every launch, so calls in a row (a CUDA graph's replays) agree."""
-    x, w, residual, norm_w = _add_norm_case(m, n, k, dtype)
-    bias = torch.randn(n, device=DEV).to(dtype)
-    arrived = arrival_counter(x.device)
-    for b, offset in ((None, 0.0), (bias, 1.0)):
-        ref_normed, ref_summed = reference.rms_norm(reference.linear(x, w, b), norm_w, 1e-6,
-                                                    residual, offset)
-        for _ in range(2):
-            with poisoned_outputs():
-                normed, summed = gemv_add_norm(x, w, residual, norm_w, 1e-6, arrived, b,
-                                               offset)
-            assert int(arrived.item()) == 0
-            assert normed.shape == summed.shape == (m, n) and normed.dtype == dtype
-            assert rel_error(summed, ref_summed) <= ELEMENTWISE_TOL[dtype]
-            assert rel_error(normed, ref_normed) <= 2 * ELEMENTWISE_TOL[dtype]
-
-
-def test_add_norm_rows_of_a_wider_residual_and_a_small_k_config(seed):
-    """Row-strided x and residual (views into wider tensors), and tiles with K uneven."""
-    dtype = DTYPES[0]
-    n, k = SHAPES[-1]
-    x = torch.randn(3, 2 * k, device=DEV).to(dtype)[:, k:]
-    w = (torch.randn(n, k, device=DEV) / k ** 0.5).to(dtype)
-    residual = torch.randn(3, 2 * n, device=DEV).to(dtype)[:, :n]
-    norm_w = torch.rand(n, device=DEV) + 0.5
-    ref_normed, ref_summed = reference.rms_norm(reference.linear(x, w), norm_w, 1e-5, residual)
-    with poisoned_outputs():
-        normed, summed = gemv_add_norm(x, w, residual, norm_w, 1e-5, arrival_counter(x.device),
-                                       config=SMALL_K_CONFIG)
-    assert rel_error(summed, ref_summed) <= ELEMENTWISE_TOL[dtype]
-    assert rel_error(normed, ref_normed) <= 2 * ELEMENTWISE_TOL[dtype]
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
-def test_add_norm_replays_in_a_cuda_graph(seed):
-    """Replays with new inputs each time: the last program must see every other program's
-    columns of this replay (a stale or early read shows up as a mismatch), and the counter
-    must reset inside the graph."""
-    x, w, residual, norm_w = _add_norm_case(1, 4096, 14336, torch.bfloat16)
-    arrived = arrival_counter(x.device)
-    gemv_add_norm(x, w, residual, norm_w, 1e-5, arrived)  # compile before capture
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        normed, summed = gemv_add_norm(x, w, residual, norm_w, 1e-5, arrived)
-    for _ in range(5):
-        x.copy_(torch.randn_like(x))
-        residual.copy_(torch.randn_like(residual))
-        graph.replay()
-        expected = gemv_add_norm(x, w, residual, norm_w, 1e-5, arrival_counter(x.device))
-        torch.cuda.synchronize()
-        assert torch.equal(normed, expected[0]) and torch.equal(summed, expected[1])
-    assert int(arrived.item()) == 0
-
-
-def test_add_norm_rejects_bad_input():
-    x, w, residual, norm_w = _add_norm_case(2, 8, 16, torch.float32)
-    arrived = arrival_counter(x.device)
-    with pytest.raises(ValueError, match="must match the output"):
-        gemv_add_norm(x, w, residual[:, :4], norm_w, 1e-6, arrived)
-    with pytest.raises(ValueError, match="must match the output"):
-        gemv_add_norm(x, w, residual, norm_w[:4], 1e-6, arrived)
-    with pytest.raises(TypeError, match="arrived"):
-        gemv_add_norm(x, w, residual, norm_w, 1e-6, arrived.float())
-    wide = torch.randn(MAX_NORM_WIDTH + 1, 16, device=DEV)
-    with pytest.raises(ValueError, match="at most"):
-        gemv_add_norm(x, wide, torch.randn(2, MAX_NORM_WIDTH + 1, device=DEV),
-                      torch.randn(MAX_NORM_WIDTH + 1, device=DEV), 1e-6, arrived)
-
-
-def test_decode_gemv_method_fuses_the_norm_for_decode_rows_only():
-    """RMSNorm.project_add_and_norm through the GPU runner's method: one fused launch for
-    <= MAX_GEMV_ROWS rows (equal to the separate launches up to rounding), the separate
-    F.linear + norm path (None from the method) beyond."""
-    from torch import nn
-
-    from localserve.backends.cuda.linear import MAX_GEMV_ROWS, install_decode_gemv
-    from localserve.layers.linear import Linear
-    from localserve.layers.norm import RMSNorm
-
-    dtype = torch.float16
-    proj, norm = Linear(256, 96), RMSNorm(96, 1e-6, offset=1.0)
-    nn.init.normal_(proj.weight, std=0.05)
-    nn.init.uniform_(norm.weight, -0.5, 0.5)
-    proj.to(device=DEV, dtype=dtype)
-    norm.to(device=DEV, dtype=dtype)
-    assert install_decode_gemv(proj) == 1
-    for rows in (1, MAX_GEMV_ROWS, MAX_GEMV_ROWS + 1):
-        x = torch.randn(rows, 256, device=DEV).to(dtype)
-        residual = torch.randn(rows, 96, device=DEV).to(dtype)
-        fused = proj.method.apply_add_norm(proj, x, residual, norm)
-        assert (fused is None) == (rows > MAX_GEMV_ROWS)
-        normed, summed = norm.project_add_and_norm(proj, x, residual)
-        ref_normed, ref_summed = reference.rms_norm(reference.linear(x, proj.weight),
-                                                    norm.weight, 1e-6, residual, 1.0)
-        assert rel_error(summed, ref_summed) <= ELEMENTWISE_TOL[dtype]
-        assert rel_error(normed, ref_normed) <= 2 * ELEMENTWISE_TOL[dtype]
