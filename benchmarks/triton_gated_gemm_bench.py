@@ -1,6 +1,7 @@
 """The gated-GEMM section of benchmarks/triton_kernels.py (`--only gated_gemm`): can a Triton
 GEMM that applies SiLU-and-mul in its epilogue replace cuBLAS + the activation kernel in (c)'s
-prefill chunks? (Issue 6, session 9: an experiment, not a kernel the engine uses.)
+prefill chunks? (Issue 6: probed in session 9; the TMA version became the engine's kernel in
+session 10, kernels/triton/gated_gemm.py, which this section times at other tiles too.)
 
 Why: in a 16,384-token prefill chunk of Llama-3-8B the MLP writes gate/up (940 MB a layer), and
 SiLU-and-mul reads it back and writes 470 MB: ~0.5 ms a layer (an estimate: 126 us measured at
@@ -22,19 +23,10 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from triton.tools.tensor_descriptor import TensorDescriptor
 from triton_bench_core import Bench, Row  # this folder's module
 
-
-@triton.jit
-def tile_of(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
-    """(row block, column block) of program pid, in grouped order: GROUP_M row blocks take
-    each column block in turn while its weights are in L2."""
-    num_n = tl.cdiv(N, BLOCK_N)
-    per_group = GROUP_M * num_n
-    first_m = (pid // per_group) * GROUP_M
-    group_m = min(tl.cdiv(M, BLOCK_M) - first_m, GROUP_M)
-    return first_m + (pid % per_group) % group_m, (pid % per_group) // group_m
+from localserve.kernels.triton.gated_gemm import gated_gemm as engine_gated_gemm
+from localserve.kernels.triton.gated_gemm import grouped_tile
 
 
 @triton.jit
@@ -47,7 +39,7 @@ def gated_gemm_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
 ):
-    pid_m, pid_n = tile_of(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
@@ -73,50 +65,20 @@ def gated_gemm_kernel(
              (act * acc_u).to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
-@triton.jit
-def gated_gemm_tma_kernel(
-    out_desc, x_desc, w_desc,   # host-side tensor descriptors (Hopper's TMA loads/stores)
-    M, N,
-    K: tl.constexpr,            # (a runtime K reaches the interpreter as a 1-element array)
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    GROUP_M: tl.constexpr,
-):
-    pid_m, pid_n = tile_of(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    off_m = pid_m * BLOCK_M
-    off_n = pid_n * BLOCK_N
-    acc_g = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    acc_u = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        x = x_desc.load([off_m, k0])
-        # A last, partial gate tile reads up rows; they only feed columns >= N, which the
-        # store drops. Up rows past 2N read as zeros.
-        g = w_desc.load([off_n, k0])
-        u = w_desc.load([N + off_n, k0])
-        acc_g = tl.dot(x, g.T, acc_g)
-        acc_u = tl.dot(x, u.T, acc_u)
-    act = acc_g * tl.sigmoid(acc_g)
-    out_desc.store([off_m, off_n], (act * acc_u).to(out_desc.dtype))
-
-
 def gated_gemm(x: torch.Tensor, w: torch.Tensor, config: tuple[int, int, int, int, int],
                tma: bool = False) -> torch.Tensor:
     """silu(x @ gate^T) * (x @ up^T) for w = [gate; up]; config (BM, BN, BK, warps, stages);
-    tma: operands through tensor descriptors (Hopper's bulk copies) instead of pointers."""
+    tma: the engine's kernel (kernels/triton/gated_gemm.py, operands through tensor
+    descriptors), else this file's pointer-load version."""
+    if tma:
+        return engine_gated_gemm(x, w, "silu", config)
     m, k = x.shape
     n = w.shape[0] // 2
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     bm, bn, bk, warps, stages = config
-    grid = (triton.cdiv(m, bm) * triton.cdiv(n, bn),)
-    launch = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "num_warps": warps,
-              "num_stages": stages}
-    if tma:  # keywords: the interpreter unpacks descriptors into several arguments
-        gated_gemm_tma_kernel[grid](out_desc=TensorDescriptor.from_tensor(out, [bm, bn]),
-                                    x_desc=TensorDescriptor.from_tensor(x, [bm, bk]),
-                                    w_desc=TensorDescriptor.from_tensor(w, [bn, bk]),
-                                    M=m, N=n, K=k, **launch)
-    else:
-        gated_gemm_kernel[grid](out, x, w, m, n, k, out.stride(0), x.stride(0), w.stride(0),
-                             **launch)
+    gated_gemm_kernel[(triton.cdiv(m, bm) * triton.cdiv(n, bn),)](
+        out, x, w, m, n, k, out.stride(0), x.stride(0), w.stride(0), BLOCK_M=bm, BLOCK_N=bn,
+        BLOCK_K=bk, GROUP_M=8, num_warps=warps, num_stages=stages)
     return out
 
 
@@ -140,12 +102,15 @@ class GatedGemmSection:
                    [(128, 128, 64, 8, 3), (128, 128, 64, 8, 4), (128, 64, 64, 4, 4),
                     (128, 64, 64, 8, 4), (64, 128, 64, 4, 4), (256, 64, 64, 8, 3),
                     (128, 128, 32, 8, 4), (128, 256, 64, 8, 3)])
+        # Half precision even under --smoke: the engine's kernel takes nothing else.
+        dtype = torch.float16 if b.dtype == torch.float32 else b.dtype
+        tol = 2 * b.testing.ELEMENTWISE_TOL[dtype]  # gate|up unrounded before the activation
         for label, m, n, k in shapes:
-            x = torch.randn(m, k, device=b.dev).to(b.dtype)
-            w = (torch.randn(2 * n, k, device=b.dev) / k ** 0.5).to(b.dtype)
+            x = torch.randn(m, k, device=b.dev).to(dtype)
+            w = (torch.randn(2 * n, k, device=b.dev) / k ** 0.5).to(dtype)
             ref = b.ref.act_and_mul(b.ref.linear(x, w), "silu")
             shape = f"{label} {m}x{n}x{k}"
-            flops, nbytes = 2.0 * m * 2 * n * k, (m * k + 2 * n * k + m * n) * b.elem
+            flops, nbytes = 2.0 * m * 2 * n * k, (m * k + 2 * n * k + m * n) * dtype.itemsize
             for path, fn in (
                     ("cuBLAS F.linear", lambda: torch.nn.functional.linear(x, w)),  # noqa: B023
                     ("cuBLAS + act_and_mul",
@@ -165,6 +130,6 @@ class GatedGemmSection:
                         row.note += f"; unavailable: {type(e).__name__}"
                         b.add(row)
                         continue
-                    b.check(row, out, ref, b.elementwise_tol())
+                    b.check(row, out, ref, tol)
                     row.ms = b.time_ms(lambda c=config, t=tma: gated_gemm(x, w, c, t))  # noqa: B023
                     b.add(row)

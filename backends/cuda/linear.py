@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from localserve.layers.linear import Linear, UnquantizedMethod
+from localserve.layers.linear import Linear, LinearMethod, UnquantizedMethod
+from localserve.layers.mlp import GatedMLP
 
 MAX_GEMV_ROWS = 8
 MAX_GEMV_ELEMENTS = 64 * 2**20
@@ -41,6 +42,50 @@ class DecodeGemvMethod(UnquantizedMethod):
         if x.dim() == 2 and x.shape[0] <= MAX_GEMV_ROWS:
             return self._gemv(x, layer.weight, layer.bias)
         return F.linear(x, layer.weight, layer.bias)
+
+
+class GatedGemmMethod:
+    """Wraps a fused gate|up Linear's method: `apply` is the wrapped one's, and prefill-sized
+    batches on Hopper get act(gate) * up from one Triton GEMM (`apply_gated`, which
+    GatedMLP calls first; None: the wrapped method and act_and_mul do it)."""
+
+    def __init__(self, inner: LinearMethod) -> None:
+        from localserve.kernels.triton.gated_gemm import gated_gemm, gated_gemm_suits
+
+        self.inner = inner
+        self._gated_gemm, self._suits = gated_gemm, gated_gemm_suits
+
+    def create_weights(self, layer: Linear) -> None:
+        self.inner.create_weights(layer)
+
+    def process_after_loading(self, layer: Linear) -> None:
+        self.inner.process_after_loading(layer)
+
+    def apply(self, layer: Linear, x: torch.Tensor) -> torch.Tensor:
+        return self.inner.apply(layer, x)
+
+    def apply_gated(self, layer: Linear, x: torch.Tensor, activation: str
+                    ) -> torch.Tensor | None:
+        if layer.bias is None and self._suits(x, layer.weight):
+            return self._gated_gemm(x, layer.weight, activation)
+        return None
+
+
+def install_gated_gemm(model: nn.Module) -> int:
+    """Gives every fused float gate|up projection of a GatedMLP with a gated activation the
+    Triton kernels know a GatedGemmMethod; returns how many."""
+    from localserve.kernels.triton.activation import ACTIVATIONS
+
+    count = 0
+    for module in model.modules():
+        proj = getattr(module, "gate_up_proj", None)
+        if (isinstance(module, GatedMLP) and isinstance(proj, Linear)
+                and module.activation in ACTIVATIONS and proj.bias is None
+                and isinstance(proj.method, UnquantizedMethod)
+                and proj.weight.dtype in (torch.float16, torch.bfloat16)):
+            proj.method = GatedGemmMethod(proj.method)
+            count += 1
+    return count
 
 
 def install_decode_gemv(model: nn.Module) -> int:

@@ -7,7 +7,11 @@ import logging
 import torch
 
 from localserve.backends.cuda.graphs import DecodeGraphs
-from localserve.backends.cuda.linear import MAX_GEMV_ROWS, install_decode_gemv
+from localserve.backends.cuda.linear import (
+    MAX_GEMV_ROWS,
+    install_decode_gemv,
+    install_gated_gemm,
+)
 from localserve.backends.cuda.ops import triton_attention_ops, triton_layer_ops
 from localserve.config import EngineConfig
 from localserve.interfaces import RunnerCapabilities, SchedulerOutput
@@ -67,8 +71,11 @@ class CudaModelRunner(TorchModelRunner):
         install_layer_ops(self.model, triton_layer_ops())
         fuse_projections(self.model)
         gemv = install_decode_gemv(self.model)
-        log.info("%d linear layers use the Triton gemv for decode batches of <= %d rows",
-                 gemv, MAX_GEMV_ROWS)
+        # After the gemv: a gate|up small enough for it (Qwen3-0.6B's) keeps it at decode.
+        gated = install_gated_gemm(self.model)
+        log.info("%d linear layers use the Triton gemv for decode batches of <= %d rows; %d "
+                 "MLPs the gated GEMM for prefill batches on Hopper", gemv, MAX_GEMV_ROWS,
+                 gated)
 
     def profile_num_blocks(self) -> int:
         """KV blocks that fit after a warm-up forward at the largest step the scheduler makes."""

@@ -24,6 +24,21 @@ ACTIVATIONS = {"silu": 0, "gelu_tanh": 1}
 
 
 @triton.jit
+def gated(gate, up, ACTIVATION: tl.constexpr):
+    """act(gate) * up in fp32 (ACTIVATION: 0 = silu, 1 = gelu_tanh); shared with the gated
+    GEMM's epilogue (gated_gemm.py)."""
+    gate = gate.to(tl.float32)
+    if ACTIVATION == 0:
+        act = gate / (1.0 + tl.exp(-gate))
+    else:
+        inner = 0.7978845608028654 * (gate + 0.044715 * gate * gate * gate)  # sqrt(2/pi)
+        # tanh(u) = 1 - 2 / (exp(2u) + 1): exact limits at +-inf, no libdevice needed.
+        tanh = 1.0 - 2.0 / (tl.exp(2.0 * inner) + 1.0)
+        act = 0.5 * gate * (1.0 + tanh)
+    return act * up.to(tl.float32)
+
+
+@triton.jit
 def _act_and_mul_kernel(
     out_ptr,            # [num_rows, d] contiguous
     x_ptr,              # [num_rows, 2 * d], row stride stride_x
@@ -36,16 +51,10 @@ def _act_and_mul_kernel(
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < d
-    gate = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
-    up = tl.load(x_ptr + row * stride_x + d + cols, mask=mask, other=0.0).to(tl.float32)
-    if ACTIVATION == 0:
-        act = gate / (1.0 + tl.exp(-gate))
-    else:
-        inner = 0.7978845608028654 * (gate + 0.044715 * gate * gate * gate)  # sqrt(2/pi)
-        # tanh(u) = 1 - 2 / (exp(2u) + 1): exact limits at +-inf, no libdevice needed.
-        tanh = 1.0 - 2.0 / (tl.exp(2.0 * inner) + 1.0)
-        act = 0.5 * gate * (1.0 + tanh)
-    tl.store(out_ptr + row * d + cols, (act * up).to(out_ptr.dtype.element_ty), mask=mask)
+    gate = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0)
+    up = tl.load(x_ptr + row * stride_x + d + cols, mask=mask, other=0.0)
+    tl.store(out_ptr + row * d + cols, gated(gate, up, ACTIVATION).to(out_ptr.dtype.element_ty),
+             mask=mask)
 
 
 def act_and_mul(x: torch.Tensor, activation: str) -> torch.Tensor:

@@ -4,7 +4,9 @@ A method creates the layer's weights and applies them. The default keeps a float
 (`UnquantizedMethod`); quantized formats (GGUF blocks kept raw, AWQ, ...) install their own,
 so a backend swaps kernels per layer without forking the model files. The attributes a
 method may rely on: `in_features`, `out_features`, `bias` (a Parameter or None), and
-whatever its `create_weights` / the loader put there.
+whatever its `create_weights` / the loader put there. A fused gate|up projection's method may
+also offer `apply_gated(layer, x, activation)` -> act(gate) * up, or None where it does not
+apply (GatedMLP calls it first).
 """
 
 from __future__ import annotations

@@ -26,6 +26,12 @@ class GatedMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gate_up_proj is not None:
+            # A backend's method may fuse the activation into the GEMM (the cuda backend's
+            # GatedGemmMethod for prefill batches on Hopper); None: it does not here.
+            fused = getattr(self.gate_up_proj.method, "apply_gated", None)
+            out = fused(self.gate_up_proj, x, self.activation) if fused is not None else None
+            if out is not None:
+                return self.down_proj(out)
             gate_up = self.gate_up_proj(x)  # [T, 2 * inter]
         else:
             gate_up = torch.cat([self.gate_proj(x), self.up_proj(x)], dim=-1)
