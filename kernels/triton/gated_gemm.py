@@ -6,9 +6,10 @@ output (940 MB a layer) and act_and_mul reads it back and writes half of it; on 
 runs at its power cap there, the pair took 5.82 ms a layer against 5.47 ms for this kernel
 (`benchmarks/triton_kernels.py --only gated_gemm`, docs/benchmarks.md, session 10). Each
 program keeps a tile's gate and up columns in two fp32 accumulators and stores act(gate) * up.
-Operands move through tensor descriptors (TMA bulk copies): with pointer loads the same tiles
-ran 20-50% slower than cuBLAS. Hence Hopper (sm_90) only, and batches of at least MIN_ROWS
-rows (at 4,096 rows it was within 1-3% of cuBLAS + act_and_mul; smaller batches keep them).
+Operands move through tensor descriptors (TMA bulk copies): with pointer loads the best tile
+ran 15% slower than cuBLAS + act_and_mul. Hence Hopper (sm_90) only, and batches of at least
+MIN_ROWS rows (at 4,096 rows it was 3% faster and 8% slower than cuBLAS + act_and_mul in two
+runs; smaller batches keep those). End to end on the H100, (c) +0.5% and (b) +0.2% (session 10).
 
 The fused weight is [gate; up] (`layers.fusion`'s gate_up_proj): a program reads gate rows
 [n, n + BLOCK_N) and up rows [N + n, N + n + BLOCK_N), so the weight needs no repacking.
