@@ -181,6 +181,12 @@ def linear(x: torch.Tensor, weight: torch.Tensor,
     return y.to(x.dtype)
 
 
+def gated_linear(x: torch.Tensor, weight: torch.Tensor, activation: str) -> torch.Tensor:
+    """act(x @ gate^T) * (x @ up^T) for weight = [gate; up], all in fp32 and rounded once to
+    x's dtype (the gated GEMM's contract: gate|up is never rounded on its own)."""
+    return act_and_mul(F.linear(x.float(), weight.float()), activation).to(x.dtype)
+
+
 def gguf_linear(x: torch.Tensor, raw: np.ndarray, qtype: int) -> torch.Tensor:
     """x [..., in] @ W.T in float64, W dequantized by the `gguf` package from raw GGUF blocks.
 

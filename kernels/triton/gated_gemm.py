@@ -79,13 +79,16 @@ def _gated_gemm_kernel(
 
 def gated_gemm_suits(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether gated_gemm runs this product here: a Hopper GPU (or the interpreter), a
-    prefill-sized half-precision batch, rows whose byte strides TMA can take (16-byte
-    multiples)."""
+    prefill-sized half-precision batch, rows whose byte strides and bases TMA can take
+    (16-byte multiples), a contiguous weight."""
     if x.dim() != 2 or x.shape[0] < MIN_ROWS or x.dtype not in (torch.float16, torch.bfloat16):
         return False
     if weight.dtype != x.dtype or weight.shape[0] % 2 or weight.shape[1] != x.shape[1]:
         return False
     if x.shape[1] % 8 or (weight.shape[0] // 2) % 8 or x.stride(1) != 1 or x.stride(0) % 8:
+        return False
+    # TMA also needs 16-byte aligned bases; a strided weight would be copied on every call.
+    if x.data_ptr() % 16 or weight.data_ptr() % 16 or not weight.is_contiguous():
         return False
     if interpreting():
         return True
