@@ -9,7 +9,8 @@ program keeps a tile's gate and up columns in two fp32 accumulators and stores a
 Operands move through tensor descriptors (TMA bulk copies): with pointer loads the best tile
 ran 15% slower than cuBLAS + act_and_mul. Hence Hopper (sm_90) only, and batches of at least
 MIN_ROWS rows (at 4,096 rows it was 3% faster and 8% slower than cuBLAS + act_and_mul in two
-runs; smaller batches keep those). End to end on the H100, (c) +0.5% and (b) +0.2% (session 10).
+runs; smaller batches keep those). End to end on the H100: (c) +0.3% on the means of five
+pairs, within its spread; (b) +0.2% (session 10).
 
 The fused weight is [gate; up] (`layers.fusion`'s gate_up_proj): a program reads gate rows
 [n, n + BLOCK_N) and up rows [N + n, N + n + BLOCK_N), so the weight needs no repacking.
