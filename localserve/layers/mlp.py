@@ -27,8 +27,10 @@ class GatedMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gate_up_proj is not None:
             # A backend's method may fuse the activation into the GEMM (the cuda backend's
-            # GatedGemmMethod for prefill batches on Hopper); None: it does not here.
-            fused = getattr(self.gate_up_proj.method, "apply_gated", None)
+            # GatedGemmMethod for prefill batches on Hopper); None: it does not here. The
+            # fused module need not be a Linear (the C backend's multi-weight GGUF matmul).
+            method = getattr(self.gate_up_proj, "method", None)
+            fused = getattr(method, "apply_gated", None)
             out = fused(self.gate_up_proj, x, self.activation) if fused is not None else None
             if out is not None:
                 return self.down_proj(out)
