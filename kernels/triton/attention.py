@@ -84,7 +84,7 @@ def choose_launch(*, num_seqs: int, num_kv_heads: int, group: int, head_dim: int
     # `triton_kernels.py --only prefill_chunk` (Llama-3-8B heads), against 128 x 64 tiles of 8
     # warps: a 16,384-token chunk of 81 prompts of ~200 tokens 236 vs 364 us; 8 x 512 tokens
     # 101 vs 129; 1 x 4,096 (64-key tiles) 467 vs 585.
-    h100_tuned = not small_tiles and not (nvidia is not None and nvidia < (9, 0))
+    h100_tuned = not rdna(arch) and (nvidia is None or nvidia >= (9, 0))
     max_rows = 64 if (decode_like or head_dim_pad > 128 or h100_tuned) else 128
     if elem_bytes > 2:
         max_rows = 16 if head_dim_pad > 128 or rdna(arch) else 32

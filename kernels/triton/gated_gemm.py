@@ -78,18 +78,22 @@ def _gated_gemm_kernel(
     out_desc.store([off_m, off_n], gated(acc_g, acc_u, ACTIVATION).to(out_desc.dtype))
 
 
+def _tma_layout(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """x [M, K] and weight [2N, K] as tensor descriptors take them without a copy: K and N
+    multiples of 8, x's rows and both bases 16-byte aligned, the weight contiguous."""
+    if x.dim() != 2 or weight.dim() != 2 or weight.shape[1] != x.shape[1]:
+        return False
+    return (weight.shape[0] % 16 == 0 and x.shape[1] % 8 == 0 and x.stride(1) == 1
+            and x.stride(0) % 8 == 0 and x.data_ptr() % 16 == 0 and weight.data_ptr() % 16 == 0
+            and weight.is_contiguous())
+
+
 def gated_gemm_suits(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether gated_gemm runs this product here: a Hopper GPU (or the interpreter), a
-    prefill-sized half-precision batch, rows whose byte strides and bases TMA can take
-    (16-byte multiples), a contiguous weight."""
+    prefill-sized half-precision batch, operands laid out as TMA takes them."""
     if x.dim() != 2 or x.shape[0] < MIN_ROWS or x.dtype not in (torch.float16, torch.bfloat16):
         return False
-    if weight.dtype != x.dtype or weight.shape[0] % 2 or weight.shape[1] != x.shape[1]:
-        return False
-    if x.shape[1] % 8 or (weight.shape[0] // 2) % 8 or x.stride(1) != 1 or x.stride(0) % 8:
-        return False
-    # TMA also needs 16-byte aligned bases; a strided weight would be copied on every call.
-    if x.data_ptr() % 16 or weight.data_ptr() % 16 or not weight.is_contiguous():
+    if weight.dtype != x.dtype or not _tma_layout(x, weight):
         return False
     if interpreting():
         return True
@@ -116,12 +120,12 @@ def gated_gemm(x: torch.Tensor, weight: torch.Tensor, activation: str,
     if activation not in ACTIVATIONS:
         raise ValueError(f"unknown activation {activation!r}; expected one of "
                          f"{sorted(ACTIVATIONS)}")
+    if not _tma_layout(x, weight):
+        raise ValueError(f"gated_gemm needs a contiguous weight [2N, K] for x [M, K] with K and "
+                         f"N multiples of 8 and rows and bases 16-byte aligned; got x "
+                         f"{tuple(x.shape)} (strides {x.stride()}), weight {tuple(weight.shape)}"
+                         f" (strides {weight.stride()})")
     (m, k), n = x.shape, weight.shape[0] // 2
-    if weight.shape != (2 * n, k) or k % 8 or n % 8 or x.stride(1) != 1 or x.stride(0) % 8:
-        raise ValueError(f"gated_gemm needs weight [2N, K] for x [M, K] with K and N multiples "
-                         f"of 8 and rows 16-byte aligned; got x {tuple(x.shape)} (strides "
-                         f"{x.stride()}), weight {tuple(weight.shape)}")
-    weight = weight.contiguous()
     out = empty((m, n), x.dtype, x.device)
     if m == 0:
         return out
