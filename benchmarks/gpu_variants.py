@@ -16,10 +16,12 @@ decode graphs launch it for max_model_len keys, so (a) then runs 4 splits, not 1
 max_num_batched_tokens; 16,384 by default on an 80 GB GPU: the prefill chunk size),
 ":prefill128" gives prefill attention the 128 x 64 tiles of 8 warps used before session 9
 (kernels/triton/attention.py), ":gemvall" runs every decode linear of <= 8 rows through the
-Triton gemv (the 8B's gate/up too, which keeps cuBLAS by default: backends/cuda/linear.py), and
+Triton gemv (the 8B's gate/up too, which keeps cuBLAS by default: backends/cuda/linear.py),
 ":pdlgemvall" does so with programmatic dependent launch on, so each layer is one PDL chain,
-and ":nogatedgemm" has prefill MLPs run cuBLAS + act_and_mul instead of the gated GEMM
-(kernels/triton/gated_gemm.py, Hopper, since session 10).
+":nogatedgemm" has prefill MLPs run cuBLAS + act_and_mul instead of the gated GEMM
+(kernels/triton/gated_gemm.py, Hopper, since session 10), and ":noprefetch" / ":prefetch4" /
+":prefetch16" have the decode gemv ask L2 for 0 / 4 / 16 weight tiles ahead (8 by default since
+session 11: kernels/triton/gemv.py).
 """
 
 from __future__ import annotations
@@ -112,7 +114,7 @@ def variant_setting(variant: str) -> contextlib.AbstractContextManager:
     from localserve.backends.cuda.runner import CudaModelRunner
     from localserve.config import EngineConfig
     from localserve.engine import engine as engine_module
-    from localserve.kernels.triton import attention, gated_gemm, sampling
+    from localserve.kernels.triton import attention, gated_gemm, gemv, sampling
     from localserve.kernels.triton._common import pdl_override
     from localserve.kernels.triton.cache import kv_cache_pages
 
@@ -140,6 +142,9 @@ def variant_setting(variant: str) -> contextlib.AbstractContextManager:
         "pdlgemvall": lambda: both(pdl_override(True), all_linears_through_gemv(linear)),
         "nogatedgemm": lambda: mock.patch.object(gated_gemm, "MIN_ROWS", 1 << 62),
         **{f"tokens{n}": lambda n=n: step_tokens(EngineConfig, n) for n in (4096, 8192, 32768)},
+        **{f"prefetch{n}": lambda n=n: mock.patch.object(gemv, "L2_PREFETCH_TILES", n)
+           for n in (4, 16)},
+        "noprefetch": lambda: mock.patch.object(gemv, "L2_PREFETCH_TILES", 0),
     }
     if variant not in settings:
         raise SystemExit(f"unknown variant {variant!r} (known: {', '.join(settings)[2:]})")

@@ -8,6 +8,10 @@ its [BLOCK_N, K] slice of W exactly once: N / BLOCK_N programs, whatever M is. R
 padded to the 16 that `tl.dot` needs; the products are free next to the weight traffic.
 Launched with programmatic dependent launch (opt-in, `_common.pdl_launch`), each program
 loads its first weight tile before it waits for the kernel that writes x.
+
+On NVIDIA GPUs each program also asks L2 to fetch its weight tiles a few tiles ahead of the
+pipeline (`prefetch.global.L2`), the first ones before that wait: more bytes in flight than the
+pipeline's stages hold, and under PDL the stream starts while the previous kernel still runs.
 """
 
 from __future__ import annotations
@@ -46,12 +50,17 @@ class GemvConfig:
     # dependent launch the weight stream then starts while that kernel still runs (weights
     # are no kernel's output). None: whenever the launch uses PDL.
     weights_first: bool | None = None
+    # Weight tiles each program asks L2 for ahead of its loads (0: none; NVIDIA only, see
+    # prefetch_tiles). None: L2_PREFETCH_TILES.
+    l2_prefetch: int | None = None
 
 
 # 256-wide K tiles spill on Turing (sm_75: no asynchronous copies, 16x8x8 MMAs; 2 KB a thread in
 # half precision) and on RDNA Radeons (gfx11xx: up to 1,700 VGPRs); 64 fits both
 # (test_triton_compile.py compiles every launch for those targets).
 SMALL_K_CONFIG = GemvConfig(block_k=64)
+L2_PREFETCH_TILES = 8
+LINE_BYTES = 128  # an L2 line: one prefetch each
 
 
 def default_config(x: torch.Tensor) -> GemvConfig:
@@ -74,12 +83,36 @@ def _config_for(arch: str | None, dtype: torch.dtype, shared_bytes: int) -> Gemv
     return cfg if stages == cfg.num_stages else replace(cfg, num_stages=max(1, stages))
 
 
+def prefetch_tiles(device: torch.device, cfg: GemvConfig) -> int:
+    """The config's L2 prefetch distance (L2_PREFETCH_TILES if unset) on NVIDIA GPUs and NVIDIA
+    `arch_override` targets, else 0: AMD has no `prefetch.global.L2`, and the interpreter runs
+    no PTX."""
+    if nvidia_capability(gpu_arch(device)) is None:
+        return 0
+    return L2_PREFETCH_TILES if cfg.l2_prefetch is None else cfg.l2_prefetch
+
+
 @triton.jit
 def _load_tile(rows, k, row_ok, K, EVEN_K: tl.constexpr):
     """[rows, BLOCK_K] elements at columns k of the row pointers `rows` (0 outside)."""
     if EVEN_K:
         return tl.load(rows + k[None, :], mask=row_ok[:, None], other=0.0)
     return tl.load(rows + k[None, :], mask=row_ok[:, None] & (k < K)[None, :], other=0.0)
+
+
+@triton.jit
+def _prefetch_l2(ptrs):
+    """Asks L2 for the line holding each address of `ptrs`; nothing waits for it."""
+    tl.inline_asm_elementwise("prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptrs],
+                              dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
+def _prefetch_tile(line_rows, line_cols, k, K):
+    """Prefetches the weight tile whose first column is `k`: `line_rows` [BLOCK_N, 1] point at
+    the program's weight rows (those past N clamped to the last real one), `line_cols`
+    [1, lines] are each line's first column in a tile; lines past K clamp to the row's end."""
+    _prefetch_l2(line_rows + tl.minimum(k + line_cols, K - 1))
 
 
 # M (the decode batch) is not specialised: M == 1 would be its own variant, compiled the first
@@ -97,6 +130,8 @@ def _gemv_kernel(
     EVEN_K: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     WEIGHTS_FIRST: tl.constexpr,
+    PREFETCH: tl.constexpr,   # tiles ahead asked of L2 (0: no prefetch)
+    LINE: tl.constexpr,       # elements in an L2 line
     USE_PDL: tl.constexpr,
 ):
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -107,6 +142,11 @@ def _gemv_kernel(
     w_rows = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn      # [BLOCK_N, 1]
     x_rows = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm      # [BLOCK_M, 1]
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    if PREFETCH:
+        line_rows = w_ptr + tl.minimum(offs_n, N - 1).to(tl.int64)[:, None] * stride_wn
+        line_cols = (tl.arange(0, BLOCK_K // LINE) * LINE)[None, :]
+        for d in tl.static_range(PREFETCH):  # before the wait: weights are no kernel's output
+            _prefetch_tile(line_rows, line_cols, d * BLOCK_K, K)
     k_start = 0
     if WEIGHTS_FIRST:  # the first tile's weights before the wait, its x after
         w = _load_tile(w_rows, offs_k, n_ok, K, EVEN_K)
@@ -117,6 +157,8 @@ def _gemv_kernel(
     else:
         pdl_wait(USE_PDL)
     for k0 in range(k_start, K, BLOCK_K):
+        if PREFETCH:  # (branch-free: past the end it asks again for the row's last line)
+            _prefetch_tile(line_rows, line_cols, k0 + PREFETCH * BLOCK_K, K)
         k = k0 + offs_k
         w = _load_tile(w_rows, k, n_ok, K, EVEN_K)
         x = _load_tile(x_rows, k, m_ok, K, EVEN_K)
@@ -154,6 +196,8 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
     cfg = config or default_config(x)
     pdl = pdl_launch(x.device)
     weights_first = pdl["USE_PDL"] if cfg.weights_first is None else cfg.weights_first
+    prefetch = prefetch_tiles(x.device, cfg)
+    line = max(1, LINE_BYTES // x.element_size())
     y = empty((m, n), x.dtype, x.device)
     if m == 0 or n == 0:
         return y
@@ -166,7 +210,8 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
         BLOCK_K=cfg.block_k, EVEN_K=k % cfg.block_k == 0,
         # fp32 inputs: exact products (no TF32), as F.linear computes them.
         DOT_PRECISION="ieee" if x.dtype == torch.float32 else None,
-        WEIGHTS_FIRST=weights_first, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        WEIGHTS_FIRST=weights_first, PREFETCH=prefetch if cfg.block_k >= line else 0,
+        LINE=min(line, cfg.block_k), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         **pdl,
     )
     return y

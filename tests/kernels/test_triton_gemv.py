@@ -13,8 +13,14 @@ import torch
 pytest.importorskip("triton")
 
 from localserve.kernels import reference
-from localserve.kernels.triton._common import poisoned_outputs
-from localserve.kernels.triton.gemv import SMALL_K_CONFIG, GemvConfig, gemv
+from localserve.kernels.triton._common import arch_override, poisoned_outputs
+from localserve.kernels.triton.gemv import (
+    L2_PREFETCH_TILES,
+    SMALL_K_CONFIG,
+    GemvConfig,
+    gemv,
+    prefetch_tiles,
+)
 from localserve.kernels.triton.testing import (
     ELEMENTWISE_TOL,
     device,
@@ -32,6 +38,10 @@ CONFIGS = [GemvConfig(), GemvConfig(block_n=16, block_k=128, num_warps=4, num_st
            GemvConfig(block_n=64, block_k=64, num_warps=8, num_stages=3),
            # The first weight tile loaded ahead (what PDL launches do), K tiles even or not.
            GemvConfig(weights_first=True), GemvConfig(block_k=64, weights_first=True),
+           # L2 prefetch distances: none, short, and longer than K (clamped to the row's end;
+           # NVIDIA only: prefetch_tiles gives 0 under the interpreter and on AMD).
+           GemvConfig(l2_prefetch=0), GemvConfig(l2_prefetch=1, weights_first=True),
+           GemvConfig(block_k=64, l2_prefetch=64),
            SMALL_K_CONFIG]
 
 
@@ -52,7 +62,8 @@ def test_matches_reference(m, n, k, dtype, seed):
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{c.block_n}x{c.block_k}"
-                         + ("-weights-first" if c.weights_first else ""))
+                         + ("-weights-first" if c.weights_first else "")
+                         + ("" if c.l2_prefetch is None else f"-prefetch{c.l2_prefetch}"))
 @pytest.mark.parametrize("n,k", [SHAPES[-2], SHAPES[-1], (24, 100)])
 def test_every_tile_config_is_exact_enough(config, n, k, seed):
     """The tile sizes a tuner may pick all give the same answer (partial tiles included:
@@ -86,6 +97,20 @@ def test_rejects_bad_input():
         gemv(x, torch.randn(4, 8, device=DEV, dtype=torch.float16))
     with pytest.raises(ValueError, match="bias"):
         gemv(x, torch.randn(4, 8, device=DEV), torch.randn(5, device=DEV))
+
+
+def test_l2_prefetch_only_where_ptx_runs():
+    """NVIDIA targets prefetch (the config's distance, else the default); AMD has no such
+    instruction and the interpreter no PTX, so they launch without."""
+    cpu = torch.device("cpu")
+    for arch in ("sm_90", "sm_75"):
+        with arch_override(arch):
+            assert prefetch_tiles(cpu, GemvConfig()) == L2_PREFETCH_TILES > 0
+            assert prefetch_tiles(cpu, GemvConfig(l2_prefetch=3)) == 3
+    with arch_override("gfx942"):
+        assert prefetch_tiles(cpu, GemvConfig(l2_prefetch=3)) == 0
+    if not torch.cuda.is_available():
+        assert prefetch_tiles(cpu, GemvConfig(l2_prefetch=3)) == 0
 
 
 def test_decode_gemv_method_routes_by_rows_and_weight():
