@@ -19,9 +19,8 @@ max_num_batched_tokens; 16,384 by default on an 80 GB GPU: the prefill chunk siz
 Triton gemv (the 8B's gate/up too, which keeps cuBLAS by default: backends/cuda/linear.py),
 ":pdlgemvall" does so with programmatic dependent launch on, so each layer is one PDL chain,
 ":nogatedgemm" has prefill MLPs run cuBLAS + act_and_mul instead of the gated GEMM
-(kernels/triton/gated_gemm.py, Hopper, since session 10), and ":noprefetch" / ":prefetch4" /
-":prefetch16" have the decode gemv ask L2 for 0 / 4 / 16 weight tiles ahead (8 by default since
-session 11: kernels/triton/gemv.py).
+(kernels/triton/gated_gemm.py, Hopper, since session 10), and ":gemvtma" has the decode gemv
+read its weight tiles through TMA (kernels/triton/gemv.py: USE_TMA, Hopper).
 """
 
 from __future__ import annotations
@@ -142,9 +141,7 @@ def variant_setting(variant: str) -> contextlib.AbstractContextManager:
         "pdlgemvall": lambda: both(pdl_override(True), all_linears_through_gemv(linear)),
         "nogatedgemm": lambda: mock.patch.object(gated_gemm, "MIN_ROWS", 1 << 62),
         **{f"tokens{n}": lambda n=n: step_tokens(EngineConfig, n) for n in (4096, 8192, 32768)},
-        **{f"prefetch{n}": lambda n=n: mock.patch.object(gemv, "L2_PREFETCH_TILES", n)
-           for n in (4, 16)},
-        "noprefetch": lambda: mock.patch.object(gemv, "L2_PREFETCH_TILES", 0),
+        "gemvtma": lambda: mock.patch.object(gemv, "USE_TMA", True),
     }
     if variant not in settings:
         raise SystemExit(f"unknown variant {variant!r} (known: {', '.join(settings)[2:]})")

@@ -31,7 +31,7 @@ from triton_attention_bench import AttentionSections  # this folder's modules
 from triton_bench_core import Bench, Row, print_table
 
 # Sections that run only when --only names them.
-EXPERIMENTS = {"gated_gemm", "gemv_prefetch"}
+EXPERIMENTS = {"gated_gemm", "gemv_tma"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         ("decode_paths", attention.decode_paths), ("decode_layout", attention.decode_layout),
         ("decode_order", attention.decode_order), ("prefill_chunk", attention.prefill_chunk),
         ("gated_gemm", lambda: gated_gemm_section(bench)),
-        ("gemv_prefetch", kernels.gemv_prefetch),
+        ("gemv_tma", kernels.gemv_tma),
     ]
     for name, run in sections:
         if name in only or (not only and name not in EXPERIMENTS):
@@ -276,16 +276,19 @@ class KernelSections:
                                 f"s={cfg.num_stages}; {cub.ms / row.ms:.2f}x cuBLAS")
                     self.b.add(row)
 
-    def gemv_prefetch(self) -> None:
-        """The gemv's L2 prefetch distance at M = 1 (`GemvConfig.l2_prefetch`): alone, and
-        behind an RMSNorm in a PDL chain, a decode layer's pattern (a short kernel, then a
-        weight stream whose first tiles the prefetch asks for before the wait)."""
+    def gemv_tma(self) -> None:
+        """The gemv's weight tiles through TMA (`GemvConfig.tma`, Hopper) against pointer loads
+        at M = 1: alone, and behind an RMSNorm in a PDL chain (a decode layer's pattern)."""
         torch = self.b.torch
         from localserve.kernels.triton._common import pdl_override
         from localserve.kernels.triton.gemv import GemvConfig, gemv
 
-        print("gemv_prefetch", flush=True)
+        print("gemv_tma", flush=True)
         pdl = not self.b.smoke and torch.cuda.get_device_capability()[0] >= 9
+        configs = [GemvConfig(), GemvConfig(tma=True), GemvConfig(tma=True, num_stages=6),
+                   GemvConfig(tma=True, num_stages=8), GemvConfig(block_k=128, tma=True,
+                                                                  num_stages=8),
+                   GemvConfig(block_n=64, block_k=128, tma=True, num_stages=6)]
         for label, n, k in self.gemv_shapes()[:5]:
             copies = max(2, -(-160 * 2**20 // (n * k * self.b.elem)))  # > L2 together
             ws = [torch.randn(n, k, device=self.b.dev, dtype=self.b.dtype) / k ** 0.5
@@ -293,9 +296,10 @@ class KernelSections:
             x = torch.randn(1, k, device=self.b.dev, dtype=self.b.dtype)
             g = torch.randn(k, device=self.b.dev, dtype=self.b.dtype)
             nbytes = n * k * self.b.elem + (n + k) * self.b.elem
-            for d in (0, 2, 4, 8, 16):
-                cfg = GemvConfig(l2_prefetch=d)
-                row = Row("gemv, L2 prefetch", f"{label} M=1 {n}x{k} D={d}")
+            for cfg in configs:
+                name = (f"BN={cfg.block_n} BK={cfg.block_k} s={cfg.num_stages}"
+                        + (" TMA" if cfg.tma else ""))
+                row = Row("gemv", f"{label} M=1 {n}x{k} {name}")
                 self.b.check(row, gemv(x, ws[0], config=cfg), self.b.ref.linear(x, ws[0]),
                              self.b.elementwise_tol())
                 row.ms = self.replay_ms([lambda w=w, cfg=cfg: gemv(x, w, config=cfg)  # noqa: B023
@@ -304,7 +308,7 @@ class KernelSections:
                 self.b.add(row)
                 if not pdl:
                     continue
-                chain = Row("rms_norm + gemv, PDL", f"{label} M=1 {n}x{k} D={d}")
+                chain = Row("rms_norm + gemv, PDL", f"{label} M=1 {n}x{k} {name}")
                 with pdl_override(True):
                     chain.ms = self.replay_ms([
                         lambda w=w, cfg=cfg: gemv(self.b.k.rms_norm(x, g, 1e-6)[0], w,  # noqa: B023

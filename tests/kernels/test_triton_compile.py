@@ -183,12 +183,9 @@ for spec in specs:
             os.unlink(f.name)
             spills = [int(n) for n in re.findall(r"(\d+) bytes spill stores", info)]
             regs = [int(n) for n in re.findall(r"Used (\d+) registers", info)]
-            ptx = compiled.asm["ptx"]
             result.update(spill_bytes=sum(spills), registers=max(regs, default=-1),
-                          griddepcontrol="griddepcontrol.wait" in ptx,
-                          launch_pdl=compiled.metadata.launch_pdl,
-                          l2_prefetches=ptx.count("prefetch.global.L2"),
-                          async_copies=ptx.count("cp.async"))
+                          griddepcontrol="griddepcontrol.wait" in compiled.asm["ptx"],
+                          launch_pdl=compiled.metadata.launch_pdl)
         else:  # AMD: registers spilled to scratch memory (SGPRs spill to VGPR lanes: cheap)
             spills = re.findall(r"\.vgpr_spill_count:\s*(\d+)", compiled.asm["amdgcn"])
             regs = re.findall(r"\.vgpr_count:\s*(\d+)", compiled.asm["amdgcn"])
@@ -265,20 +262,3 @@ def test_shared_memory_fits_every_target(compiled):
             f"{SHARED_LIMIT[r['target']]}" for r in compiled
             if r["ok"] and r["shared"] > SHARED_LIMIT[r["target"]]]
     assert not over, "\n".join(over)
-
-
-def test_gemv_prefetches_and_keeps_its_pipeline(compiled):
-    """The gemv's NVIDIA builds ask L2 for weights ahead (the unrolled tiles before the wait and
-    one in the loop), and the prefetch in the K loop leaves its loads asynchronous copies on
-    sm_80+ (the pipeline that streams the weights; Triton 3.6 pipelines only whole K tiles,
-    with or without the prefetch, so builds for a K that leaves a partial tile are skipped)."""
-    builds = [r for r in compiled if r["ok"] and r["kernel"] == "_gemv_kernel"
-              and TARGETS[r["target"]][0] == "cuda"]
-    assert builds
-    for r in builds:
-        distance = r["constexprs"]["PREFETCH"]
-        assert distance > 0, r
-        # (one instruction per line a thread holds, per tile)
-        assert r["l2_prefetches"] and r["l2_prefetches"] % (distance + 1) == 0, r
-        if TARGETS[r["target"]][1] >= 80 and r["constexprs"]["EVEN_K"]:
-            assert r["async_copies"] > 0, (r["target"], str(r["constexprs"]))
