@@ -80,12 +80,17 @@ def bench_a(args, results, table) -> None:
     jit.report("(a)")
     ttft, total = sorted(ttfts)[1], sorted(totals)[1]
     tok_s = 127 / (total - ttft)
-    if args.phases:  # one more 128-token call, watched: does the GPU wait for the host?
-        phases = Phases(llm)
-        t = time.perf_counter()
-        llm.generate([prompt], g128)
-        wall = time.perf_counter() - t
-        phases.report(f"(a) {wall * 1e3:.1f} ms", wall)
+    if args.phases or args.clocks:  # one more 128-token call, watched: does the GPU wait
+        phases = Phases(llm) if args.phases else None  # for the host? at which SM clock?
+        with Clocks() if args.clocks else contextlib.nullcontext() as clocks:
+            for _ in range(1 if phases else 5):  # (nvidia-smi samples every 100 ms)
+                t = time.perf_counter()
+                llm.generate([prompt], g128)
+                wall = time.perf_counter() - t
+        if phases:
+            phases.report(f"(a) {wall * 1e3:.1f} ms", wall)
+        if clocks:
+            clocks.report("(a)")
     runner = llm.engine.runner
     roofline = args.bw / runner.weight_bytes
     results["a"] = {"decode_tok_s": tok_s, "ttft_ms": ttft * 1e3, "roofline_tok_s": roofline,
@@ -303,7 +308,8 @@ def main() -> None:
     ap.add_argument("--hf", action="store_true")
     ap.add_argument("--no-async", action="store_true", help="step synchronously (A/B)")
     ap.add_argument("--phases", action="store_true", help="host time per engine phase")
-    ap.add_argument("--clocks", action="store_true", help="(c): nvidia-smi clocks and power")
+    ap.add_argument("--clocks", action="store_true",
+                    help="(a), (c): nvidia-smi clocks and power")
     ap.add_argument("--kernel-table", action="store_true", help="(b), (c): GPU time per kernel")
     ap.add_argument("--quick", action="store_true", help="smaller (b) and (c)")
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny shapes, reference backend")
