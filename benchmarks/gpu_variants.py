@@ -19,8 +19,9 @@ max_num_batched_tokens; 16,384 by default on an 80 GB GPU: the prefill chunk siz
 Triton gemv (the 8B's gate/up too, which keeps cuBLAS by default: backends/cuda/linear.py),
 ":pdlgemvall" does so with programmatic dependent launch on, so each layer is one PDL chain,
 ":nogatedgemm" has prefill MLPs run cuBLAS + act_and_mul instead of the gated GEMM
-(kernels/triton/gated_gemm.py, Hopper, since session 10), and ":gemvtma" has the decode gemv
-read its weight tiles through TMA (kernels/triton/gemv.py: USE_TMA, Hopper).
+(kernels/triton/gated_gemm.py, Hopper, since session 10), :gemvtma" has the decode gemv
+read its weight tiles through TMA (kernels/triton/gemv.py: USE_TMA, Hopper), , and ":first2" has it
+load 2 weight tiles (not 1) before its PDL wait (gemv.FIRST_TILES).
 """
 
 from __future__ import annotations
@@ -142,6 +143,7 @@ def variant_setting(variant: str) -> contextlib.AbstractContextManager:
         "nogatedgemm": lambda: mock.patch.object(gated_gemm, "MIN_ROWS", 1 << 62),
         **{f"tokens{n}": lambda n=n: step_tokens(EngineConfig, n) for n in (4096, 8192, 32768)},
         "gemvtma": lambda: mock.patch.object(gemv, "USE_TMA", True),
+        "first2": lambda: mock.patch.object(gemv, "FIRST_TILES", 2),
     }
     if variant not in settings:
         raise SystemExit(f"unknown variant {variant!r} (known: {', '.join(settings)[2:]})")

@@ -48,6 +48,8 @@ class GemvConfig:
     # dependent launch the weight stream then starts while that kernel still runs (weights
     # are no kernel's output). None: whenever the launch uses PDL.
     weights_first: bool | None = None
+    # How many K tiles of weights come before that wait (pointer loads; TMA loads one).
+    first_tiles: int = 1
     # Weight tiles through a tensor descriptor (TMA, sm_90+; see tma_takes).
     tma: bool = False
 
@@ -58,6 +60,7 @@ class GemvConfig:
 SMALL_K_CONFIG = GemvConfig(block_k=64)
 # Hopper's default: weight tiles through TMA (set from the H100 A/B in docs/benchmarks.md).
 USE_TMA = False
+FIRST_TILES = 1  # the default GemvConfig.first_tiles
 
 
 def default_config(x: torch.Tensor) -> GemvConfig:
@@ -65,14 +68,16 @@ def default_config(x: torch.Tensor) -> GemvConfig:
     holds: each stage past the first buffers a [BLOCK_N + 16, BLOCK_K] tile of W and x (24 KB
     in bf16, 48 KB in fp32), and AMD's 64 KB LDS (or an RTX 40xx's 99 KB in fp32) cannot hold
     the 3 buffers of 4 stages that an H100's 227 KB can. Hopper takes TMA where USE_TMA."""
-    return _config_for(gpu_arch(x.device), x.dtype, shared_memory_limit(x.device), USE_TMA)
+    return _config_for(gpu_arch(x.device), x.dtype, shared_memory_limit(x.device), USE_TMA,
+                       FIRST_TILES)
 
 
 @functools.cache  # eager decode calls the gemv per layer per step
 def _config_for(arch: str | None, dtype: torch.dtype, shared_bytes: int,
-                use_tma: bool = False) -> GemvConfig:
+                use_tma: bool = False, first_tiles: int = 1) -> GemvConfig:
     capability = nvidia_capability(arch)
-    cfg = GemvConfig(tma=use_tma and capability == (9, 0) and dtype != torch.float32)
+    cfg = GemvConfig(tma=use_tma and capability == (9, 0) and dtype != torch.float32,
+                     first_tiles=first_tiles)
     if rdna(arch) or (capability is not None and capability < (8, 0)
                       and dtype != torch.float32):
         cfg = SMALL_K_CONFIG
@@ -122,6 +127,7 @@ def _gemv_kernel(
     EVEN_K: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     WEIGHTS_FIRST: tl.constexpr,
+    FIRST_TILES: tl.constexpr,  # K tiles loaded before the wait (WEIGHTS_FIRST)
     TMA: tl.constexpr,
     USE_PDL: tl.constexpr,
 ):
@@ -135,12 +141,19 @@ def _gemv_kernel(
     x_rows = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm      # [BLOCK_M, 1]
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     k_start = 0
-    if WEIGHTS_FIRST:  # the first tile's weights before the wait, its x after
-        w = _weight_tile(w_desc, w_rows, n0, 0, offs_k, n_ok, K, EVEN_K, TMA)
-        pdl_wait(USE_PDL)
-        x = _load_tile(x_rows, offs_k, m_ok, K, EVEN_K)
-        acc = tl.dot(x, tl.trans(w), acc, input_precision=DOT_PRECISION)
-        k_start = BLOCK_K
+    if WEIGHTS_FIRST:  # the first FIRST_TILES tiles' weights before the wait, their x after
+        # (w0 / x0: the loop's w / x keep one tile's shape)
+        if FIRST_TILES == 1:
+            w0 = _weight_tile(w_desc, w_rows, n0, 0, offs_k, n_ok, K, EVEN_K, TMA)
+            pdl_wait(USE_PDL)
+            x0 = _load_tile(x_rows, offs_k, m_ok, K, EVEN_K)
+        else:  # one wider tile, masked past K
+            offs_first = tl.arange(0, FIRST_TILES * BLOCK_K)
+            w0 = _load_tile(w_rows, offs_first, n_ok, K, False)
+            pdl_wait(USE_PDL)
+            x0 = _load_tile(x_rows, offs_first, m_ok, K, False)
+        acc = tl.dot(x0, tl.trans(w0), acc, input_precision=DOT_PRECISION)
+        k_start = FIRST_TILES * BLOCK_K
     else:
         pdl_wait(USE_PDL)
     for k0 in range(k_start, K, BLOCK_K):
@@ -206,7 +219,7 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
         BLOCK_K=cfg.block_k, EVEN_K=k % cfg.block_k == 0,
         # fp32 inputs: exact products (no TF32), as F.linear computes them.
         DOT_PRECISION="ieee" if x.dtype == torch.float32 else None,
-        WEIGHTS_FIRST=weights_first, TMA=cfg.tma,
+        WEIGHTS_FIRST=weights_first, FIRST_TILES=1 if cfg.tma else cfg.first_tiles, TMA=cfg.tma,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         **pdl,
     )

@@ -32,6 +32,9 @@ CONFIGS = [GemvConfig(), GemvConfig(block_n=16, block_k=128, num_warps=4, num_st
            GemvConfig(block_n=64, block_k=64, num_warps=8, num_stages=3),
            # The first weight tile loaded ahead (what PDL launches do), K tiles even or not.
            GemvConfig(weights_first=True), GemvConfig(block_k=64, weights_first=True),
+           # More than one tile before the wait: K longer, shorter and uneven against it.
+           GemvConfig(block_k=64, weights_first=True, first_tiles=2),
+           GemvConfig(block_k=64, weights_first=True, first_tiles=4),
            # Weight tiles through a tensor descriptor (TMA on Hopper), first one ahead or not.
            GemvConfig(tma=True), GemvConfig(tma=True, weights_first=True, num_stages=8),
            SMALL_K_CONFIG]
@@ -55,7 +58,7 @@ def test_matches_reference(m, n, k, dtype, seed):
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{c.block_n}x{c.block_k}"
-                         + ("-weights-first" if c.weights_first else "")
+                         + (f"-weights-first{c.first_tiles}" if c.weights_first else "")
                          + ("-tma" if c.tma else ""))
 @pytest.mark.parametrize("n,k", [SHAPES[-2], SHAPES[-1], (24, 100)])
 def test_every_tile_config_is_exact_enough(config, n, k, seed):
