@@ -19,9 +19,9 @@ max_num_batched_tokens; 16,384 by default on an 80 GB GPU: the prefill chunk siz
 Triton gemv (the 8B's gate/up too, which keeps cuBLAS by default: backends/cuda/linear.py),
 ":pdlgemvall" does so with programmatic dependent launch on, so each layer is one PDL chain,
 ":nogatedgemm" has prefill MLPs run cuBLAS + act_and_mul instead of the gated GEMM
-(kernels/triton/gated_gemm.py, Hopper, since session 10), :gemvtma" has the decode gemv
-read its weight tiles through TMA (kernels/triton/gemv.py: USE_TMA, Hopper), , and ":first2" has it
-load 2 weight tiles (not 1) before its PDL wait (gemv.FIRST_TILES).
+(kernels/triton/gated_gemm.py, Hopper, since session 10), ":gemvtma" has the decode gemv
+read its weight tiles through TMA (kernels/triton/gemv.py: USE_TMA, Hopper), and ":first2" has
+it load 2 weight tiles (not 1) before its PDL wait (gemv.FIRST_TILES).
 """
 
 from __future__ import annotations
