@@ -66,6 +66,7 @@ def bench_a(args, results, table) -> None:
     prompt = [rng.randint(0, 10000) for _ in range(512)]
     g1 = SamplingParams(max_tokens=1, temperature=0, ignore_eos=True)
     g128 = SamplingParams(max_tokens=128, temperature=0, ignore_eos=True)
+    print(f"(a) {graph_routes(llm)}", flush=True)
     for _ in range(2):  # warm-up: compile kernels, capture the batch-1 graph
         llm.generate([prompt], g128)
     ttfts, totals = [], []

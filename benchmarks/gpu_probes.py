@@ -107,7 +107,10 @@ def graph_routes(llm) -> str:
     if graphs is None:
         return "no decode graphs"
     moved = {b: r for b, r in graphs.route.items() if r != b}
-    return f"graph buckets moved to faster ones: {moved or 'none'}"
+    small = ", ".join(f"{b}: {t * 1e3:.2f}" for b, t in sorted(graphs.replay_times.items())
+                      if b <= 8)
+    return (f"graph buckets moved to faster ones: {moved or 'none'} (ms a replay at capture, "
+            f"buckets <= 8: {small})")
 
 
 class Phases:

@@ -99,6 +99,7 @@ class DecodeGraphs:
         self.hidden = torch.zeros((n, hidden_size), dtype=dtype, device=device)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.route = {b: b for b in self.buckets}  # bucket -> the bucket whose graph runs it
+        self.replay_times: dict[int, float] = {}  # bucket -> seconds a replay, at capture
         self.pool = None
 
     def capture_all(self) -> None:
@@ -108,7 +109,8 @@ class DecodeGraphs:
         start = time.perf_counter()
         for b in reversed(self.buckets):
             self.graphs[b] = self._capture(b)
-        self.route = fastest_cover(self._replay_times())
+        self.replay_times = self._replay_times()
+        self.route = fastest_cover(self.replay_times)
         moved = {b: r for b, r in self.route.items() if r != b}
         log.info("captured %d decode graphs (batches %d..%d) in %.1fs%s", len(self.graphs),
                  self.buckets[0], self.buckets[-1], time.perf_counter() - start,
