@@ -16,12 +16,10 @@ decode graphs launch it for max_model_len keys, so (a) then runs 4 splits, not 1
 max_num_batched_tokens; 16,384 by default on an 80 GB GPU: the prefill chunk size),
 ":prefill128" gives prefill attention the 128 x 64 tiles of 8 warps used before session 9
 (kernels/triton/attention.py), ":gemvall" runs every decode linear of <= 8 rows through the
-Triton gemv (the 8B's gate/up too, which keeps cuBLAS by default: backends/cuda/linear.py),
+Triton gemv (the 8B's gate/up too, which keeps cuBLAS by default: backends/cuda/linear.py), and
 ":pdlgemvall" does so with programmatic dependent launch on, so each layer is one PDL chain,
-":nogatedgemm" has prefill MLPs run cuBLAS + act_and_mul instead of the gated GEMM
-(kernels/triton/gated_gemm.py, Hopper, since session 10), ":gemvtma" has the decode gemv
-read its weight tiles through TMA (kernels/triton/gemv.py: USE_TMA, Hopper), and ":first2" has
-it load 2 weight tiles (not 1) before its PDL wait (gemv.FIRST_TILES).
+and ":nogatedgemm" has prefill MLPs run cuBLAS + act_and_mul instead of the gated GEMM
+(kernels/triton/gated_gemm.py, Hopper, since session 10).
 """
 
 from __future__ import annotations
@@ -114,7 +112,7 @@ def variant_setting(variant: str) -> contextlib.AbstractContextManager:
     from localserve.backends.cuda.runner import CudaModelRunner
     from localserve.config import EngineConfig
     from localserve.engine import engine as engine_module
-    from localserve.kernels.triton import attention, gated_gemm, gemv, sampling
+    from localserve.kernels.triton import attention, gated_gemm, sampling
     from localserve.kernels.triton._common import pdl_override
     from localserve.kernels.triton.cache import kv_cache_pages
 
@@ -142,8 +140,6 @@ def variant_setting(variant: str) -> contextlib.AbstractContextManager:
         "pdlgemvall": lambda: both(pdl_override(True), all_linears_through_gemv(linear)),
         "nogatedgemm": lambda: mock.patch.object(gated_gemm, "MIN_ROWS", 1 << 62),
         **{f"tokens{n}": lambda n=n: step_tokens(EngineConfig, n) for n in (4096, 8192, 32768)},
-        "gemvtma": lambda: mock.patch.object(gemv, "USE_TMA", True),
-        "first2": lambda: mock.patch.object(gemv, "FIRST_TILES", 2),
     }
     if variant not in settings:
         raise SystemExit(f"unknown variant {variant!r} (known: {', '.join(settings)[2:]})")

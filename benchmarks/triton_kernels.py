@@ -31,7 +31,7 @@ from triton_attention_bench import AttentionSections  # this folder's modules
 from triton_bench_core import Bench, Row, print_table
 
 # Sections that run only when --only names them.
-EXPERIMENTS = {"gated_gemm", "gemv_tma"}
+EXPERIMENTS = {"gated_gemm", "gemv_chain"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         ("decode_paths", attention.decode_paths), ("decode_layout", attention.decode_layout),
         ("decode_order", attention.decode_order), ("prefill_chunk", attention.prefill_chunk),
         ("gated_gemm", lambda: gated_gemm_section(bench)),
-        ("gemv_tma", kernels.gemv_tma),
+        ("gemv_chain", kernels.gemv_chain),
     ]
     for name, run in sections:
         if name in only or (not only and name not in EXPERIMENTS):
@@ -276,20 +276,17 @@ class KernelSections:
                                 f"s={cfg.num_stages}; {cub.ms / row.ms:.2f}x cuBLAS")
                     self.b.add(row)
 
-    def gemv_tma(self) -> None:
-        """The gemv's weight tiles through TMA (`GemvConfig.tma`, Hopper) or pointer loads, and
-        1-4 tiles loaded before the PDL wait (`first_tiles`), at M = 1: alone, and behind an
-        RMSNorm in a PDL chain (a decode layer's pattern: only there do the early tiles load
-        while the kernel before still runs)."""
+    def gemv_chain(self) -> None:
+        """The decode gemv at M = 1 alone and behind an RMSNorm in a PDL chain (a decode
+        layer's pattern), against the time its weight bytes take at the copy bandwidth: the
+        fixed cost a launch adds. (Session 11 compared TMA weight loads, 2-4 tiles before the
+        PDL wait and L2 prefetch here: none faster; docs/benchmarks.md.)"""
         torch = self.b.torch
         from localserve.kernels.triton._common import pdl_override
-        from localserve.kernels.triton.gemv import GemvConfig, gemv
+        from localserve.kernels.triton.gemv import gemv
 
-        print("gemv_tma", flush=True)
+        print("gemv_chain", flush=True)
         pdl = not self.b.smoke and torch.cuda.get_device_capability()[0] >= 9
-        # (4 tiles of 256 spill on sm_90: 255 registers)
-        configs = [GemvConfig(), GemvConfig(tma=True), GemvConfig(first_tiles=2),
-                   GemvConfig(block_k=128, first_tiles=4), GemvConfig(block_k=128)]
         for label, n, k in self.gemv_shapes()[:5]:
             copies = max(2, -(-160 * 2**20 // (n * k * self.b.elem)))  # > L2 together
             ws = [torch.randn(n, k, device=self.b.dev, dtype=self.b.dtype) / k ** 0.5
@@ -297,24 +294,21 @@ class KernelSections:
             x = torch.randn(1, k, device=self.b.dev, dtype=self.b.dtype)
             g = torch.randn(k, device=self.b.dev, dtype=self.b.dtype)
             nbytes = n * k * self.b.elem + (n + k) * self.b.elem
-            for cfg in configs:
-                name = (f"BK={cfg.block_k} {'TMA' if cfg.tma else f'first {cfg.first_tiles}'}")
-                row = Row("gemv", f"{label} M=1 {n}x{k} {name}")
-                self.b.check(row, gemv(x, ws[0], config=cfg), self.b.ref.linear(x, ws[0]),
-                             self.b.elementwise_tol())
-                row.ms = self.replay_ms([lambda w=w, cfg=cfg: gemv(x, w, config=cfg)  # noqa: B023
-                                         for w in ws])
-                row.bytes_moved = nbytes
-                self.b.add(row)
-                if not pdl:
-                    continue
-                chain = Row("rms_norm + gemv, PDL", f"{label} M=1 {n}x{k} {name}")
-                with pdl_override(True):
-                    chain.ms = self.replay_ms([
-                        lambda w=w, cfg=cfg: gemv(self.b.k.rms_norm(x, g, 1e-6)[0], w,  # noqa: B023
-                                                  config=cfg) for w in ws])
-                chain.bytes_moved = nbytes
-                self.b.add(chain)
+            row = Row("gemv", f"{label} M=1 {n}x{k}")
+            self.b.check(row, gemv(x, ws[0]), self.b.ref.linear(x, ws[0]),
+                         self.b.elementwise_tol())
+            row.ms = self.replay_ms([lambda w=w: gemv(x, w) for w in ws])  # noqa: B023
+            row.bytes_moved = nbytes
+            self.b.add(row)
+            if not pdl:
+                continue
+            chain = Row("rms_norm + gemv, PDL", f"{label} M=1 {n}x{k}")
+            with pdl_override(True):
+                chain.ms = self.replay_ms([
+                    lambda w=w: gemv(self.b.k.rms_norm(x, g, 1e-6)[0], w)  # noqa: B023
+                    for w in ws])
+            chain.bytes_moved = nbytes
+            self.b.add(chain)
 
     def gemv_sweep(self) -> None:
         from localserve.kernels.triton.gemv import GemvConfig

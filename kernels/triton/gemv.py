@@ -7,9 +7,7 @@ H100's 132 SMs). Here each program owns BLOCK_N output columns for all M rows an
 its [BLOCK_N, K] slice of W exactly once: N / BLOCK_N programs, whatever M is. Rows are
 padded to the 16 that `tl.dot` needs; the products are free next to the weight traffic.
 Launched with programmatic dependent launch (opt-in, `_common.pdl_launch`), each program
-loads its first weight tile before it waits for the kernel that writes x. On Hopper the weight
-tiles may come through a tensor descriptor (TMA bulk copies, `GemvConfig.tma`) instead of
-per-thread loads.
+loads its first weight tile before it waits for the kernel that writes x.
 """
 
 from __future__ import annotations
@@ -48,50 +46,32 @@ class GemvConfig:
     # dependent launch the weight stream then starts while that kernel still runs (weights
     # are no kernel's output). None: whenever the launch uses PDL.
     weights_first: bool | None = None
-    # How many K tiles of weights come before that wait (pointer loads; TMA loads one).
-    first_tiles: int = 1
-    # Weight tiles through a tensor descriptor (TMA, sm_90+; see tma_takes).
-    tma: bool = False
 
 
 # 256-wide K tiles spill on Turing (sm_75: no asynchronous copies, 16x8x8 MMAs; 2 KB a thread in
 # half precision) and on RDNA Radeons (gfx11xx: up to 1,700 VGPRs); 64 fits both
 # (test_triton_compile.py compiles every launch for those targets).
 SMALL_K_CONFIG = GemvConfig(block_k=64)
-# Hopper's default: weight tiles through TMA (set from the H100 A/B in docs/benchmarks.md).
-USE_TMA = False
-FIRST_TILES = 1  # the default GemvConfig.first_tiles
 
 
 def default_config(x: torch.Tensor) -> GemvConfig:
     """The tiles for x's GPU generation, with as many pipeline stages as its shared memory
     holds: each stage past the first buffers a [BLOCK_N + 16, BLOCK_K] tile of W and x (24 KB
     in bf16, 48 KB in fp32), and AMD's 64 KB LDS (or an RTX 40xx's 99 KB in fp32) cannot hold
-    the 3 buffers of 4 stages that an H100's 227 KB can. Hopper takes TMA where USE_TMA."""
-    return _config_for(gpu_arch(x.device), x.dtype, shared_memory_limit(x.device), USE_TMA,
-                       FIRST_TILES)
+    the 3 buffers of 4 stages that an H100's 227 KB can."""
+    return _config_for(gpu_arch(x.device), x.dtype, shared_memory_limit(x.device))
 
 
 @functools.cache  # eager decode calls the gemv per layer per step
-def _config_for(arch: str | None, dtype: torch.dtype, shared_bytes: int,
-                use_tma: bool = False, first_tiles: int = 1) -> GemvConfig:
+def _config_for(arch: str | None, dtype: torch.dtype, shared_bytes: int) -> GemvConfig:
     capability = nvidia_capability(arch)
-    cfg = GemvConfig(tma=use_tma and capability == (9, 0) and dtype != torch.float32,
-                     first_tiles=first_tiles)
+    cfg = GemvConfig()
     if rdna(arch) or (capability is not None and capability < (8, 0)
                       and dtype != torch.float32):
         cfg = SMALL_K_CONFIG
     stage_bytes = (cfg.block_n + MAX_ROWS) * cfg.block_k * dtype.itemsize
     stages = min(cfg.num_stages, 1 + shared_bytes // stage_bytes)
     return cfg if stages == cfg.num_stages else replace(cfg, num_stages=max(1, stages))
-
-
-def tma_takes(weight: torch.Tensor) -> bool:
-    """A tensor descriptor reads `weight` in place: contiguous rows, 16-byte aligned base and
-    row stride."""
-    size = weight.element_size()
-    return (weight.stride(1) == 1 and weight.stride(0) * size % 16 == 0
-            and weight.data_ptr() % 16 == 0)
 
 
 @triton.jit
@@ -102,15 +82,6 @@ def _load_tile(rows, k, row_ok, K, EVEN_K: tl.constexpr):
     return tl.load(rows + k[None, :], mask=row_ok[:, None] & (k < K)[None, :], other=0.0)
 
 
-@triton.jit
-def _weight_tile(w_desc, w_rows, n0, k0, offs_k, n_ok, K, EVEN_K: tl.constexpr,
-                 TMA: tl.constexpr):
-    """The [BLOCK_N, BLOCK_K] weight tile at rows n0.., columns k0.. (0 outside)."""
-    if TMA:
-        return w_desc.load([n0, k0])
-    return _load_tile(w_rows, k0 + offs_k, n_ok, K, EVEN_K)
-
-
 # M (the decode batch) is not specialised: M == 1 would be its own variant, compiled the first
 # time a single sequence decodes (seen inside a timed H200 run).
 @triton.jit(do_not_specialize=["M"])
@@ -118,7 +89,6 @@ def _gemv_kernel(
     y_ptr,              # [M, N], row stride stride_ym
     x_ptr,              # [M, K], row stride stride_xm
     w_ptr,              # [N, K], row stride stride_wn
-    w_desc,             # its tensor descriptor, block [BLOCK_N, BLOCK_K] (TMA), else None
     b_ptr,              # [N] (HAS_BIAS)
     M, N, K,
     stride_ym, stride_xm, stride_wn,
@@ -127,12 +97,9 @@ def _gemv_kernel(
     EVEN_K: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     WEIGHTS_FIRST: tl.constexpr,
-    FIRST_TILES: tl.constexpr,  # K tiles loaded before the wait (WEIGHTS_FIRST)
-    TMA: tl.constexpr,
     USE_PDL: tl.constexpr,
 ):
-    n0 = tl.program_id(0) * BLOCK_N
-    offs_n = n0 + tl.arange(0, BLOCK_N)
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
     offs_k = tl.arange(0, BLOCK_K)
     n_ok = offs_n < N
@@ -141,24 +108,18 @@ def _gemv_kernel(
     x_rows = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm      # [BLOCK_M, 1]
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     k_start = 0
-    if WEIGHTS_FIRST:  # the first FIRST_TILES tiles' weights before the wait, their x after
-        # (w0 / x0: the loop's w / x keep one tile's shape)
-        if FIRST_TILES == 1:
-            w0 = _weight_tile(w_desc, w_rows, n0, 0, offs_k, n_ok, K, EVEN_K, TMA)
-            pdl_wait(USE_PDL)
-            x0 = _load_tile(x_rows, offs_k, m_ok, K, EVEN_K)
-        else:  # one wider tile, masked past K
-            offs_first = tl.arange(0, FIRST_TILES * BLOCK_K)
-            w0 = _load_tile(w_rows, offs_first, n_ok, K, False)
-            pdl_wait(USE_PDL)
-            x0 = _load_tile(x_rows, offs_first, m_ok, K, False)
-        acc = tl.dot(x0, tl.trans(w0), acc, input_precision=DOT_PRECISION)
-        k_start = FIRST_TILES * BLOCK_K
+    if WEIGHTS_FIRST:  # the first tile's weights before the wait, its x after
+        w = _load_tile(w_rows, offs_k, n_ok, K, EVEN_K)
+        pdl_wait(USE_PDL)
+        x = _load_tile(x_rows, offs_k, m_ok, K, EVEN_K)
+        acc = tl.dot(x, tl.trans(w), acc, input_precision=DOT_PRECISION)
+        k_start = BLOCK_K
     else:
         pdl_wait(USE_PDL)
     for k0 in range(k_start, K, BLOCK_K):
-        w = _weight_tile(w_desc, w_rows, n0, k0, offs_k, n_ok, K, EVEN_K, TMA)
-        x = _load_tile(x_rows, k0 + offs_k, m_ok, K, EVEN_K)
+        k = k0 + offs_k
+        w = _load_tile(w_rows, k, n_ok, K, EVEN_K)
+        x = _load_tile(x_rows, k, m_ok, K, EVEN_K)
         acc = tl.dot(x, tl.trans(w), acc, input_precision=DOT_PRECISION)
     if HAS_BIAS:
         acc += tl.load(b_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
@@ -191,12 +152,6 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
     if m > MAX_ROWS:
         raise ValueError(f"gemv takes at most {MAX_ROWS} rows, got {m}: use a GEMM")
     cfg = config or default_config(x)
-    if cfg.tma and not tma_takes(weight):
-        if config is not None:
-            raise ValueError(f"a TMA gemv needs a weight with 16-byte aligned base and rows, "
-                             f"got strides {weight.stride()} at {weight.data_ptr() % 16} bytes "
-                             "past a 16-byte boundary")
-        cfg = replace(cfg, tma=False)  # the default's choice: pointer loads read it in place
     pdl = pdl_launch(x.device)
     weights_first = pdl["USE_PDL"] if cfg.weights_first is None else cfg.weights_first
     y = empty((m, n), x.dtype, x.device)
@@ -204,23 +159,14 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
         return y
     if k == 0:
         return y.zero_() if bias is None else y.copy_(bias.expand(m, n))
-    w_desc = None
-    if cfg.tma:
-        from triton.tools.tensor_descriptor import TensorDescriptor
-
-        w_desc = TensorDescriptor(weight, list(weight.shape), list(weight.stride()),
-                                  [cfg.block_n, cfg.block_k])
-    # Keywords: the interpreter unpacks a descriptor into several arguments.
     _gemv_kernel[(triton.cdiv(n, cfg.block_n),)](
-        y_ptr=y, x_ptr=x, w_ptr=weight, w_desc=w_desc,
-        b_ptr=bias if bias is not None else y, M=m, N=n, K=k,
-        stride_ym=y.stride(0), stride_xm=x.stride(0), stride_wn=weight.stride(0),
+        y, x, weight, bias if bias is not None else y, m, n, k,
+        y.stride(0), x.stride(0), weight.stride(0),
         HAS_BIAS=bias is not None, BLOCK_M=MAX_ROWS, BLOCK_N=cfg.block_n,
         BLOCK_K=cfg.block_k, EVEN_K=k % cfg.block_k == 0,
         # fp32 inputs: exact products (no TF32), as F.linear computes them.
         DOT_PRECISION="ieee" if x.dtype == torch.float32 else None,
-        WEIGHTS_FIRST=weights_first, FIRST_TILES=1 if cfg.tma else cfg.first_tiles, TMA=cfg.tma,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        WEIGHTS_FIRST=weights_first, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         **pdl,
     )
     return y
