@@ -14,7 +14,8 @@ prompts of random token ids):
  (d) start-up: engine construction to ready, cold.
 A workload named with a variant (`--only c c:pow2 ...`) runs with one setting changed, for an
 A/B in one process: the variants are listed in gpu_variants.py. The probes beside wall time
-(--phases, --kernel-table, compile counts) are in gpu_probes.py.
+(--phases, --clocks, --kernel-table, compile counts) are in gpu_probes.py; for (a), --phases
+and --clocks watch one or five more 128-token calls, outside the timed ones.
 --hf adds HF transformers as the in-run peer: for (a) plain generate (dynamic cache); for (b)
 its ContinuousBatchingManager on the first 32 requests, with localserve on the same 32.
 A table is printed last.

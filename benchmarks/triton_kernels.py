@@ -278,9 +278,9 @@ class KernelSections:
 
     def gemv_chain(self) -> None:
         """The decode gemv at M = 1 alone and behind an RMSNorm in a PDL chain (a decode
-        layer's pattern), against the time its weight bytes take at the copy bandwidth: the
-        fixed cost a launch adds. (Session 11 compared TMA weight loads, 2-4 tiles before the
-        PDL wait and L2 prefetch here: none faster; docs/benchmarks.md.)"""
+        layer's pattern): its time over its bytes at the copy bandwidth is the fixed cost a
+        launch adds. (Session 11 compared TMA weight loads, 2-4 tiles before the PDL wait
+        and L2 prefetch here: none faster; docs/benchmarks.md.)"""
         torch = self.b.torch
         from localserve.kernels.triton._common import pdl_override
         from localserve.kernels.triton.gemv import gemv
