@@ -12,6 +12,7 @@ prompts of random token ids):
      per-step roofline (weights + KV read per step / bandwidth).
  (c) Llama-3.1-8B, ShareGPT-like: 500 prompts of 100-300 ids, outputs 100-260, greedy.
  (d) start-up: engine construction to ready, cold.
+ (a16) not an issue workload: (a) for 16 sequences at once.
 A workload named with a variant (`--only c c:pow2 ...`) runs with one setting changed, for an
 A/B in one process: the variants are listed in gpu_variants.py. The probes beside wall time
 (--phases, --clocks, --kernel-table, compile counts) are in gpu_probes.py; for (a), --phases
@@ -59,30 +60,39 @@ def make_llm(config: str, args: argparse.Namespace, **kw):
     return LLM(config, **opts)
 
 
+def timed_decode(llm, prompts: list[list[int]], label: str) -> tuple[float, float, int]:
+    """(TTFT, total seconds of 128 greedy tokens, JIT compiles inside) for `prompts` at once:
+    the medians of three max_tokens=1 and three max_tokens=128 calls, after two warm-ups."""
+    from localserve import SamplingParams
+
+    g1 = SamplingParams(max_tokens=1, temperature=0, ignore_eos=True)
+    g128 = SamplingParams(max_tokens=128, temperature=0, ignore_eos=True)
+    for _ in range(2):  # warm-up: compile kernels, capture the batch-1 graph
+        llm.generate(prompts, g128)
+    ttfts, totals = [], []
+    with JitCompiles() as jit:
+        for _ in range(3):
+            t = time.perf_counter()
+            llm.generate(prompts, g1)
+            ttfts.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            llm.generate(prompts, g128)
+            totals.append(time.perf_counter() - t)
+    jit.report(label)
+    return sorted(ttfts)[1], sorted(totals)[1], len(jit.names)
+
+
 def bench_a(args, results, table) -> None:
     from localserve import SamplingParams
 
     llm = make_llm(args.llama, args, max_num_seqs=8)
     rng = random.Random(0)
     prompt = [rng.randint(0, 10000) for _ in range(512)]
-    g1 = SamplingParams(max_tokens=1, temperature=0, ignore_eos=True)
-    g128 = SamplingParams(max_tokens=128, temperature=0, ignore_eos=True)
     print(f"(a) {graph_routes(llm)}", flush=True)
-    for _ in range(2):  # warm-up: compile kernels, capture the batch-1 graph
-        llm.generate([prompt], g128)
-    ttfts, totals = [], []
-    with JitCompiles() as jit:
-        for _ in range(3):
-            t = time.perf_counter()
-            llm.generate([prompt], g1)
-            ttfts.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            llm.generate([prompt], g128)
-            totals.append(time.perf_counter() - t)
-    jit.report("(a)")
-    ttft, total = sorted(ttfts)[1], sorted(totals)[1]
+    ttft, total, compiles = timed_decode(llm, [prompt], "(a)")
     tok_s = 127 / (total - ttft)
     if args.phases or args.clocks:  # one more 128-token call, watched: does the GPU wait
+        g128 = SamplingParams(max_tokens=128, temperature=0, ignore_eos=True)
         phases = Phases(llm) if args.phases else None  # for the host? at which SM clock?
         with Clocks() if args.clocks else contextlib.nullcontext() as clocks:
             for _ in range(1 if phases else 5):  # (nvidia-smi samples every 100 ms)
@@ -96,7 +106,7 @@ def bench_a(args, results, table) -> None:
     runner = llm.engine.runner
     roofline = args.bw / runner.weight_bytes
     results["a"] = {"decode_tok_s": tok_s, "ttft_ms": ttft * 1e3, "roofline_tok_s": roofline,
-                    "jit_compiles": len(jit.names)}
+                    "jit_compiles": compiles}
     table.append(("(a) 8B batch-1 decode", f"{tok_s:.1f} tok/s, TTFT {ttft * 1e3:.1f} ms",
                   f"{tok_s / roofline:.0%} of {roofline:.0f}", VLLM["a"]))
     release(llm)
@@ -105,6 +115,22 @@ def bench_a(args, results, table) -> None:
         hf = hf_batch1(args.llama, prompt)
         results["a"]["hf_tok_s"] = hf
         table.append(("(a) HF generate (peer)", f"{hf:.1f} tok/s", f"{hf / roofline:.0%}", ""))
+
+
+def bench_a16(args, results, table) -> None:
+    """(a) for 16 sequences at once (a small team on one server; not an issue workload):
+    16 prompts of 512 ids, 128 greedy tokens each; decode tok/s = 16 * 127 / (total - TTFT)."""
+    llm = make_llm(args.llama, args, max_num_seqs=16)
+    rng = random.Random(0)
+    prompts = [[rng.randint(0, 10000) for _ in range(512)] for _ in range(16)]
+    print(f"(a16) {graph_routes(llm)}", flush=True)
+    ttft, total, compiles = timed_decode(llm, prompts, "(a16)")
+    tok_s = 16 * 127 / (total - ttft)
+    roofline = args.bw / llm.engine.runner.weight_bytes  # steps a second, weights alone
+    results["a16"] = {"decode_tok_s": tok_s, "ttft_ms": ttft * 1e3, "jit_compiles": compiles}
+    table.append(("(a16) 8B, 16 sequences", f"{tok_s:,.0f} tok/s, TTFT {ttft * 1e3:.1f} ms",
+                  f"{tok_s / 16 / roofline:.0%} of {roofline:.0f} steps/s", ""))
+    release(llm)
 
 
 def release(llm) -> None:
@@ -337,7 +363,8 @@ def main() -> None:
     table: list[tuple[str, str, str, str]] = []
     for item in args.only:
         name, _, variant = item.partition(":")
-        bench = {"a": bench_a, "b": bench_b, "c": bench_c, "d": bench_d}[name]
+        bench = {"a": bench_a, "a16": bench_a16, "b": bench_b, "c": bench_c,
+                 "d": bench_d}[name]
         rows, run = len(table), {}
         with variant_setting(variant):
             bench(args, run, table)

@@ -247,7 +247,7 @@ class KernelSections:
                 ("llama3-8b lm_head", 128256, 4096), ("qwen3-0.6b gate_up", 6144, 1024)]
 
     def gemv(self, configs: list | None = None) -> None:
-        """gemv vs torch's F.linear (cuBLAS) on decode shapes, M = 1 / 4 / 8."""
+        """gemv vs torch's F.linear (cuBLAS) on decode shapes, M = 1 / 4 / 8 / 16."""
         torch = self.b.torch
         from localserve.kernels.triton.gemv import GemvConfig, gemv
 
@@ -257,7 +257,7 @@ class KernelSections:
             copies = max(2, -(-160 * 2**20 // (n * k * self.b.elem)))  # > L2 together
             ws = [torch.randn(n, k, device=self.b.dev, dtype=self.b.dtype) / k ** 0.5
                   for _ in range(copies)]
-            for m in ([1, 4, 8] if not self.b.smoke else [1, 3]):
+            for m in ([1, 4, 8, 16] if not self.b.smoke else [1, 3]):
                 x = torch.randn(m, k, device=self.b.dev, dtype=self.b.dtype)
                 nbytes = n * k * self.b.elem + m * (n + k) * self.b.elem
                 cub = Row("F.linear (cuBLAS)", f"{label} M={m} {n}x{k}")
