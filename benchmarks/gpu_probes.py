@@ -106,11 +106,13 @@ def graph_routes(llm) -> str:
     graphs = getattr(llm.engine.runner, "graphs", None)
     if graphs is None:
         return "no decode graphs"
+    from localserve.backends.cuda.graphs import PDL_ROWS
+
     moved = {b: r for b, r in graphs.route.items() if r != b}
     small = ", ".join(f"{b}: {t * 1e3:.2f}" for b, t in sorted(graphs.replay_times.items())
-                      if b <= 8)
+                      if b <= PDL_ROWS)
     return (f"graph buckets moved to faster ones: {moved or 'none'} (ms a replay at capture, "
-            f"buckets <= 8: {small})")
+            f"gemv buckets: {small})")
 
 
 class Phases:

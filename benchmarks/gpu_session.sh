@@ -10,9 +10,9 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
   --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit 1
 python3 -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/install.log" 2>&1 \
   || { tail -20 "$OUT/install.log"; exit 1; }
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 # Which board, and its limits: (a) and (c) read ~3% apart on H100s of equal copy bandwidth.
-nvidia-smi --query-gpu=uuid,vbios_version,power.limit,clocks.max.sm,clocks.max.memory,ecc.mode.current,temperature.gpu,temperature.memory --format=csv 2>/dev/null
+nvidia-smi --format=csv --query-gpu=name,memory.total,driver_version,uuid,vbios_version,\
+power.limit,clocks.max.sm,clocks.max.memory,ecc.mode.current,temperature.gpu,temperature.memory
 python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', \
 triton.__version__, 'transformers', transformers.__version__)"
 if [[ $what == tests || $what == all ]]; then

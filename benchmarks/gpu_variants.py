@@ -19,8 +19,8 @@ max_num_batched_tokens; 16,384 by default on an 80 GB GPU: the prefill chunk siz
 Triton gemv (the 8B's gate/up too, which keeps cuBLAS by default: backends/cuda/linear.py),
 ":pdlgemvall" does so with programmatic dependent launch on, so each layer is one PDL chain,
 ":nogatedgemm" has prefill MLPs run cuBLAS + act_and_mul instead of the gated GEMM
-(kernels/triton/gated_gemm.py, Hopper, since session 10), and ":gemv16" / ":gemv8" run decode
-linears of up to 16 / 8 rows through the Triton gemv, with PDL in those decode graphs
+(kernels/triton/gated_gemm.py, Hopper, since session 10), and ":gemv16" runs decode linears of up
+to 16 rows (8 by default) through the Triton gemv, with PDL in those decode graphs
 (backends/cuda/linear.py: MAX_GEMV_ROWS, graphs.py: PDL_ROWS).
 """
 
@@ -141,9 +141,8 @@ def variant_setting(variant: str) -> contextlib.AbstractContextManager:
         "gemvall": lambda: all_linears_through_gemv(linear),
         "pdlgemvall": lambda: both(pdl_override(True), all_linears_through_gemv(linear)),
         "nogatedgemm": lambda: mock.patch.object(gated_gemm, "MIN_ROWS", 1 << 62),
-        **{f"gemv{n}": lambda n=n: both(mock.patch.object(linear, "MAX_GEMV_ROWS", n),
-                                        mock.patch.object(graphs, "PDL_ROWS", n))
-           for n in (8, 16)},
+        "gemv16": lambda: both(mock.patch.object(linear, "MAX_GEMV_ROWS", 16),
+                               mock.patch.object(graphs, "PDL_ROWS", 16)),
         **{f"tokens{n}": lambda n=n: step_tokens(EngineConfig, n) for n in (4096, 8192, 32768)},
     }
     if variant not in settings:

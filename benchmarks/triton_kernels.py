@@ -31,7 +31,7 @@ from triton_attention_bench import AttentionSections  # this folder's modules
 from triton_bench_core import Bench, Row, print_table
 
 # Sections that run only when --only names them.
-EXPERIMENTS = {"gated_gemm", "gemv_chain"}
+EXPERIMENTS = {"gated_gemm"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -95,7 +95,6 @@ def main(argv: list[str] | None = None) -> int:
         ("decode_paths", attention.decode_paths), ("decode_layout", attention.decode_layout),
         ("decode_order", attention.decode_order), ("prefill_chunk", attention.prefill_chunk),
         ("gated_gemm", lambda: gated_gemm_section(bench)),
-        ("gemv_chain", kernels.gemv_chain),
     ]
     for name, run in sections:
         if name in only or (not only and name not in EXPERIMENTS):
@@ -247,12 +246,18 @@ class KernelSections:
                 ("llama3-8b lm_head", 128256, 4096), ("qwen3-0.6b gate_up", 6144, 1024)]
 
     def gemv(self, configs: list | None = None) -> None:
-        """gemv vs torch's F.linear (cuBLAS) on decode shapes, M = 1 / 4 / 8 / 16."""
+        """gemv vs torch's F.linear (cuBLAS) on decode shapes, M = 1 / 4 / 8 / 16; at M = 1
+        on sm_90+ also the default gemv behind an RMSNorm in a PDL chain (a decode layer's
+        pattern): its time over its bytes at the copy bandwidth is the fixed cost a launch
+        adds. (Session 11 timed TMA weight loads, 2-4 tiles before the PDL wait and L2
+        prefetch this way: none faster; docs/benchmarks.md.)"""
         torch = self.b.torch
+        from localserve.kernels.triton._common import pdl_override
         from localserve.kernels.triton.gemv import GemvConfig, gemv
 
         print("gemv", flush=True)
         configs = configs or [GemvConfig()]
+        pdl = not self.b.smoke and torch.cuda.get_device_capability()[0] >= 9
         for label, n, k in self.gemv_shapes():
             copies = max(2, -(-160 * 2**20 // (n * k * self.b.elem)))  # > L2 together
             ws = [torch.randn(n, k, device=self.b.dev, dtype=self.b.dtype) / k ** 0.5
@@ -275,40 +280,15 @@ class KernelSections:
                     row.note = (f"BN={cfg.block_n} BK={cfg.block_k} w={cfg.num_warps} "
                                 f"s={cfg.num_stages}; {cub.ms / row.ms:.2f}x cuBLAS")
                     self.b.add(row)
-
-    def gemv_chain(self) -> None:
-        """The decode gemv at M = 1 alone and behind an RMSNorm in a PDL chain (a decode
-        layer's pattern): its time over its bytes at the copy bandwidth is the fixed cost a
-        launch adds. (Session 11 compared TMA weight loads, 2-4 tiles before the PDL wait
-        and L2 prefetch here: none faster; docs/benchmarks.md.)"""
-        torch = self.b.torch
-        from localserve.kernels.triton._common import pdl_override
-        from localserve.kernels.triton.gemv import gemv
-
-        print("gemv_chain", flush=True)
-        pdl = not self.b.smoke and torch.cuda.get_device_capability()[0] >= 9
-        for label, n, k in self.gemv_shapes()[:5]:
-            copies = max(2, -(-160 * 2**20 // (n * k * self.b.elem)))  # > L2 together
-            ws = [torch.randn(n, k, device=self.b.dev, dtype=self.b.dtype) / k ** 0.5
-                  for _ in range(copies)]
-            x = torch.randn(1, k, device=self.b.dev, dtype=self.b.dtype)
-            g = torch.randn(k, device=self.b.dev, dtype=self.b.dtype)
-            nbytes = n * k * self.b.elem + (n + k) * self.b.elem
-            row = Row("gemv", f"{label} M=1 {n}x{k}")
-            self.b.check(row, gemv(x, ws[0]), self.b.ref.linear(x, ws[0]),
-                         self.b.elementwise_tol())
-            row.ms = self.replay_ms([lambda w=w: gemv(x, w) for w in ws])  # noqa: B023
-            row.bytes_moved = nbytes
-            self.b.add(row)
-            if not pdl:
-                continue
-            chain = Row("rms_norm + gemv, PDL", f"{label} M=1 {n}x{k}")
-            with pdl_override(True):
-                chain.ms = self.replay_ms([
-                    lambda w=w: gemv(self.b.k.rms_norm(x, g, 1e-6)[0], w)  # noqa: B023
-                    for w in ws])
-            chain.bytes_moved = nbytes
-            self.b.add(chain)
+                if m == 1 and pdl:
+                    g = torch.randn(k, device=self.b.dev, dtype=self.b.dtype)
+                    chain = Row("rms_norm + gemv, PDL", f"{label} M=1 {n}x{k}")
+                    with pdl_override(True):
+                        chain.ms = self.replay_ms([
+                            lambda w=w: gemv(self.b.k.rms_norm(x, g, 1e-6)[0], w)  # noqa: B023
+                            for w in ws])
+                    chain.bytes_moved = nbytes
+                    self.b.add(chain)
 
     def gemv_sweep(self) -> None:
         from localserve.kernels.triton.gemv import GemvConfig

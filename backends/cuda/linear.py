@@ -45,9 +45,10 @@ class DecodeGemvMethod(UnquantizedMethod):
 
 
 class GatedGemmMethod:
-    """Wraps a fused gate|up Linear's method: `apply` is the wrapped one's, and prefill-sized
-    batches on Hopper get act(gate) * up from one Triton GEMM (`apply_gated`, which
-    GatedMLP calls first; None: the wrapped method and act_and_mul do it)."""
+    """Wraps a bias-free fused gate|up Linear's method (`install_gated_gemm` checks): `apply`
+    is the wrapped one's, and prefill-sized batches on Hopper get act(gate) * up from one
+    Triton GEMM (`apply_gated`, which GatedMLP calls first; None: the wrapped method and
+    act_and_mul do it)."""
 
     def __init__(self, inner: LinearMethod) -> None:
         from localserve.kernels.triton.gated_gemm import gated_gemm, gated_gemm_suits
@@ -66,7 +67,7 @@ class GatedGemmMethod:
 
     def apply_gated(self, layer: Linear, x: torch.Tensor, activation: str
                     ) -> torch.Tensor | None:
-        if layer.bias is None and self._suits(x, layer.weight):
+        if self._suits(x, layer.weight):
             return self._gated_gemm(x, layer.weight, activation)
         return None
 
