@@ -15,7 +15,8 @@ timed beside paged_attention as a peer. The table comes last.
 
 This file holds the command line and the write_kv, element-wise and gemv sections; the
 attention sections are in triton_attention_bench.py, the gated-GEMM experiment (`--only
-gated_gemm`) in triton_gated_gemm_bench.py, the checking, timing and table in
+gated_gemm`) in triton_gated_gemm_bench.py, the fused one-row gemvs (`--only fused_gemv`) in
+triton_fused_gemv_bench.py, the checking, timing and table in
 triton_bench_core.py.
 """
 
@@ -31,7 +32,7 @@ from triton_attention_bench import AttentionSections  # this folder's modules
 from triton_bench_core import Bench, Row, print_table
 
 # Sections that run only when --only names them.
-EXPERIMENTS = {"gated_gemm"}
+EXPERIMENTS = {"gated_gemm", "fused_gemv"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -95,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         ("decode_paths", attention.decode_paths), ("decode_layout", attention.decode_layout),
         ("decode_order", attention.decode_order), ("prefill_chunk", attention.prefill_chunk),
         ("gated_gemm", lambda: gated_gemm_section(bench)),
+        ("fused_gemv", lambda: fused_gemv_section(bench, kernels)),
     ]
     for name, run in sections:
         if name in only or (not only and name not in EXPERIMENTS):
@@ -114,6 +116,13 @@ def gated_gemm_section(bench: Bench) -> None:
     from triton_gated_gemm_bench import GatedGemmSection
 
     GatedGemmSection(bench).gated_gemm()
+
+
+def fused_gemv_section(bench: Bench, kernels: KernelSections) -> None:
+    """The one-row fused gemvs against today's launches (triton_fused_gemv_bench.py)."""
+    from triton_fused_gemv_bench import FusedGemvSection
+
+    FusedGemvSection(bench, kernels.replay_ms).fused_gemv()
 
 
 class KernelSections:

@@ -1,0 +1,237 @@
+"""One-row decode matmuls that also compute their input: y = f(x) @ W^T (+ bias) for M = 1.
+
+At batch-1 decode every kernel launch costs a few microseconds whatever it does, and the
+RMSNorm before a projection or the act-and-mul before the down projection is such a launch
+doing almost nothing. These kernels fold the input's computation into the matmul that
+streams the weight:
+
+- `norm_gemv`: y = RMSNorm(x [+ residual]) @ W^T, and the new residual x + residual. The
+  norm's 1/rms is a scalar of the row, so it is applied to the finished dot products: the
+  K loop needs only x * norm_weight, and the sum of squares accumulates beside it.
+- `act_gemv`: y = (act(gate) * up) @ W^T for the fused [gate | up] row.
+
+Unlike the batched gemv (gemv.py) there is no `tl.dot`: with one row the products are an
+element-wise multiply of a weight tile by the input vector, so the input's math is done once
+per tile on a vector, not on a 16-row padded tile (where session 9 measured that folding the
+norm into the q/k/v gemv cost more than the launch it saved).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from localserve.kernels.triton._common import (
+    FLOAT_DTYPES,
+    check_last_dim_contiguous,
+    check_same_device,
+    check_tensor,
+    empty,
+    pdl_launch,
+    pdl_wait,
+)
+from localserve.kernels.triton.activation import ACTIVATIONS, gated
+
+
+@dataclass(frozen=True)
+class VectorGemvConfig:
+    block_n: int = 32
+    block_k: int = 256
+    num_warps: int = 4
+    num_stages: int = 4
+
+
+_NONE, _NORM, _ACT = 0, 1, 2  # PROLOGUE: how a tile of the input row is computed
+
+
+@triton.jit
+def _input_tile(x_ptr, res_ptr, new_res_ptr, g_ptr, k, k_ok, K, weight_offset, first_program,
+                PROLOGUE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, ACTIVATION: tl.constexpr):
+    """(the input row's columns k as fp32 before any 1/rms, their squares' contribution)."""
+    x = tl.load(x_ptr + k, mask=k_ok, other=0.0)
+    if PROLOGUE == 2:  # act(gate) * up, rounded as the separate act_and_mul kernel rounds it
+        up = tl.load(x_ptr + K + k, mask=k_ok, other=0.0)
+        xf = gated(x, up, ACTIVATION).to(x.dtype).to(tl.float32)
+        return xf, xf  # (the second is unused without the norm)
+    if PROLOGUE == 1:
+        if HAS_RESIDUAL:  # the sum is rounded to x's dtype, as the RMSNorm kernel does
+            x = (x.to(tl.float32) + tl.load(res_ptr + k, mask=k_ok, other=0.0)
+                 .to(tl.float32)).to(x.dtype)
+            tl.store(new_res_ptr + k, x, mask=k_ok & first_program)
+        xf = x.to(tl.float32)
+        g = tl.load(g_ptr + k, mask=k_ok, other=0.0).to(tl.float32) + weight_offset
+        return xf * g, xf * xf
+    xf = x.to(tl.float32)
+    return xf, xf
+
+
+@triton.jit
+def _vector_gemv_kernel(
+    y_ptr,              # [N]
+    x_ptr,              # [K] ([2K], gate | up, for PROLOGUE 2)
+    res_ptr,            # [K] (HAS_RESIDUAL)
+    new_res_ptr,        # [K]: x + residual (HAS_RESIDUAL)
+    g_ptr,              # [K] the norm's weight (PROLOGUE 1)
+    w_ptr,              # [N, K], row stride stride_wn
+    b_ptr,              # [N] (HAS_BIAS)
+    N, K, stride_wn, eps, weight_offset,
+    PROLOGUE: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
+    ACTIVATION: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    USE_PDL: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    n_ok = offs_n < N
+    w_rows = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn
+    first_program = pid == 0
+    acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+    squares = tl.zeros([BLOCK_K], dtype=tl.float32)
+    # The first weight tile is no kernel's output: it loads before the PDL wait, so the
+    # stream starts while the kernel that writes x is finishing.
+    k_ok = offs_k < K
+    w = tl.load(w_rows + offs_k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+    pdl_wait(USE_PDL)
+    xf, sq = _input_tile(x_ptr, res_ptr, new_res_ptr, g_ptr, offs_k, k_ok, K, weight_offset,
+                         first_program, PROLOGUE, HAS_RESIDUAL, ACTIVATION)
+    acc += w.to(tl.float32) * xf[None, :]
+    if PROLOGUE == 1:
+        squares += sq
+    for k0 in range(BLOCK_K, K, BLOCK_K):
+        k = k0 + offs_k
+        k_ok = k < K
+        w = tl.load(w_rows + k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+        xf, sq = _input_tile(x_ptr, res_ptr, new_res_ptr, g_ptr, k, k_ok, K, weight_offset,
+                             first_program, PROLOGUE, HAS_RESIDUAL, ACTIVATION)
+        acc += w.to(tl.float32) * xf[None, :]
+        if PROLOGUE == 1:
+            squares += sq
+    y = tl.sum(acc, axis=1)
+    if PROLOGUE == 1:
+        y = y / tl.sqrt(tl.sum(squares, axis=0) / K + eps)
+    if HAS_BIAS:
+        y += tl.load(b_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+    tl.store(y_ptr + offs_n, y.to(y_ptr.dtype.element_ty), mask=n_ok)
+
+
+def _check_weight(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                  k: int) -> dict[str, torch.Tensor]:
+    check_tensor("weight", weight, ndim=2, dtypes=(x.dtype,))
+    check_last_dim_contiguous("weight", weight)
+    if weight.shape[1] != k:
+        raise ValueError(f"the input row has {k} features, weight {tuple(weight.shape)} "
+                         f"expects {weight.shape[1]}")
+    tensors = {"x": x, "weight": weight}
+    if bias is not None:
+        check_tensor("bias", bias, ndim=1, dtypes=FLOAT_DTYPES)
+        if bias.shape[0] != weight.shape[0]:
+            raise ValueError(f"bias has {bias.shape[0]} entries for {weight.shape[0]} outputs")
+        tensors["bias"] = bias
+    return tensors
+
+
+def _check_row(name: str, x: torch.Tensor) -> None:
+    check_tensor(name, x, ndim=2, dtypes=FLOAT_DTYPES)
+    if x.shape[0] != 1:
+        raise ValueError(f"{name} must be one row [1, features], got shape {tuple(x.shape)}")
+    if not x.is_contiguous():
+        raise ValueError(f"{name} must be contiguous")
+
+
+def _launch(y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+            k: int, config: VectorGemvConfig | None, *, prologue: int,
+            residual: torch.Tensor | None = None, new_residual: torch.Tensor | None = None,
+            norm_weight: torch.Tensor | None = None, eps: float = 0.0,
+            weight_offset: float = 0.0, activation: int = 0) -> None:
+    cfg = config or VectorGemvConfig()
+    n = weight.shape[0]
+    _vector_gemv_kernel[(triton.cdiv(n, cfg.block_n),)](
+        y, x, residual if residual is not None else x,
+        new_residual if new_residual is not None else y,
+        norm_weight if norm_weight is not None else x, weight,
+        bias if bias is not None else y, n, k, weight.stride(0), float(eps),
+        float(weight_offset),
+        PROLOGUE=prologue, HAS_RESIDUAL=residual is not None, ACTIVATION=activation,
+        HAS_BIAS=bias is not None, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_launch(x.device),
+    )
+
+
+def vector_gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                config: VectorGemvConfig | None = None) -> torch.Tensor:
+    """x [1, K] @ weight [N, K]^T (+ bias) -> [1, N] in x's dtype, fp32 accumulation."""
+    _check_row("x", x)
+    k = x.shape[1]
+    check_same_device(**_check_weight(x, weight, bias, k))
+    y = empty((1, weight.shape[0]), x.dtype, x.device)
+    if y.numel() and k:
+        _launch(y, x, weight, bias, k, config, prologue=_NONE)
+    elif y.numel():
+        y.copy_(bias.expand_as(y)) if bias is not None else y.zero_()
+    return y
+
+
+def norm_gemv(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor,
+              eps: float, weight_offset: float, weight: torch.Tensor,
+              bias: torch.Tensor | None = None, config: VectorGemvConfig | None = None,
+              ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(RMSNorm(x [+ residual]) @ weight^T (+ bias), x + residual | None) for one row.
+
+    The norm is `rms_norm(x, norm_weight, eps, residual, weight_offset)`'s (reference.py),
+    except that its output is not rounded to x's dtype before the products. x, residual:
+    [1, K] of one float dtype, contiguous; weight [N, K] in x's dtype, contiguous in K.
+    """
+    _check_row("x", x)
+    k = x.shape[1]
+    tensors = _check_weight(x, weight, bias, k)
+    check_tensor("norm_weight", norm_weight, ndim=1, dtypes=FLOAT_DTYPES)
+    if norm_weight.shape[0] != k or not norm_weight.is_contiguous():
+        raise ValueError(f"norm_weight must be contiguous with {k} elements, got "
+                         f"{tuple(norm_weight.shape)}")
+    tensors["norm_weight"] = norm_weight
+    if residual is not None:
+        _check_row("residual", residual)
+        if residual.shape != x.shape or residual.dtype != x.dtype:
+            raise ValueError(f"residual {tuple(residual.shape)} {residual.dtype} must match "
+                             f"x {tuple(x.shape)} {x.dtype}")
+        tensors["residual"] = residual
+    check_same_device(**tensors)
+    if k == 0:
+        raise ValueError("norm_gemv needs at least one feature")
+    y = empty((1, weight.shape[0]), x.dtype, x.device)
+    new_residual = empty(tuple(x.shape), x.dtype, x.device) if residual is not None else None
+    if y.numel():
+        _launch(y, x, weight, bias, k, config, prologue=_NORM, residual=residual,
+                new_residual=new_residual, norm_weight=norm_weight, eps=eps,
+                weight_offset=weight_offset)
+    elif new_residual is not None:  # no outputs, but the residual sum is still owed
+        new_residual.copy_((x.float() + residual.float()).to(x.dtype))
+    return y, new_residual
+
+
+def act_gemv(gate_up: torch.Tensor, activation: str, weight: torch.Tensor,
+             bias: torch.Tensor | None = None, config: VectorGemvConfig | None = None,
+             ) -> torch.Tensor:
+    """act_and_mul(gate_up, activation) @ weight^T (+ bias) for one row gate_up [1, 2K]."""
+    _check_row("gate_up", gate_up)
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; expected one of "
+                         f"{sorted(ACTIVATIONS)}")
+    if gate_up.shape[1] % 2:
+        raise ValueError(f"gate_up's last dim must be even (gate | up), got "
+                         f"{tuple(gate_up.shape)}")
+    k = gate_up.shape[1] // 2
+    check_same_device(**_check_weight(gate_up, weight, bias, k))
+    y = empty((1, weight.shape[0]), gate_up.dtype, gate_up.device)
+    if y.numel() and k:
+        _launch(y, gate_up, weight, bias, k, config, prologue=_ACT,
+                activation=ACTIVATIONS[activation])
+    elif y.numel():
+        y.copy_(bias.expand_as(y)) if bias is not None else y.zero_()
+    return y
