@@ -189,9 +189,11 @@ def gated_linear(x: torch.Tensor, weight: torch.Tensor, activation: str) -> torc
 
 def norm_linear(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor,
                 eps: float, weight_offset: float, weight: torch.Tensor,
-                bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                bias: torch.Tensor | None = None, gated: str | None = None,
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(linear(RMSNorm(x [+ residual])), x + residual | None) with the normed row kept in
-    fp32 (the fused norm_gemv's contract: it is never rounded on its own)."""
+    fp32 (the fused norm_gemv's contract: it is never rounded on its own); gated: an
+    activation, weight = [gate; up], and the output act(gate part) * up part, rounded once."""
     if residual is not None:
         x = (x.float() + residual.float()).to(x.dtype)
         residual = x
@@ -199,6 +201,8 @@ def norm_linear(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: tor
     normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
     normed = normed * (weight_offset + norm_weight.float())
     y = F.linear(normed, weight.float(), None if bias is None else bias.float())
+    if gated is not None:
+        y = act_and_mul(y, gated).float()
     return y.to(x.dtype), residual
 
 

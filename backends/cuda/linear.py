@@ -18,6 +18,7 @@ from torch import nn
 
 from localserve.layers.linear import Linear, LinearMethod, UnquantizedMethod
 from localserve.layers.mlp import GatedMLP
+from localserve.layers.norm import RMSNorm
 
 MAX_GEMV_ROWS = 8
 MAX_GEMV_ELEMENTS = 64 * 2**20
@@ -31,17 +32,38 @@ def gemv_suits(weight: torch.Tensor) -> bool:
 
 
 class DecodeGemvMethod(UnquantizedMethod):
-    """A float weight applied by the Triton gemv for <= MAX_GEMV_ROWS rows, else F.linear."""
+    """A half-precision weight at decode: one row through the vector gemv (fused_gemv.py),
+    which also folds in a pre-norm and a gated activation when the layer asks
+    (`apply_after_norm`); 2 to MAX_GEMV_ROWS rows through the batched gemv where it suits the
+    weight (`batched`); anything larger through F.linear (cuBLAS)."""
 
-    def __init__(self) -> None:
+    def __init__(self, batched: bool = True) -> None:
+        from localserve.kernels.triton.fused_gemv import norm_gemv, vector_gemv
         from localserve.kernels.triton.gemv import gemv
 
-        self._gemv = gemv  # bound once: apply runs per layer per step
+        self.batched = batched
+        # Bound once: apply runs per layer per step.
+        self._gemv, self._vector_gemv, self._norm_gemv = gemv, vector_gemv, norm_gemv
 
     def apply(self, layer: Linear, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 2 and x.shape[0] <= MAX_GEMV_ROWS:
+        if x.dim() == 2 and x.shape[0] == 1 and x.is_contiguous():
+            return self._vector_gemv(x, layer.weight, layer.bias)
+        if self.batched and x.dim() == 2 and x.shape[0] <= MAX_GEMV_ROWS:
             return self._gemv(x, layer.weight, layer.bias)
         return F.linear(x, layer.weight, layer.bias)
+
+    def apply_after_norm(self, layer: Linear, x: torch.Tensor, residual: torch.Tensor | None,
+                         norm: RMSNorm, gated: str | None
+                         ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """(layer(norm(x [+ residual])) — act(gate) * up when `gated` —, x + residual | None)
+        for one contiguous row of the weight's dtype; None otherwise (the caller runs the
+        norm and then the layer)."""
+        if (x.dim() != 2 or x.shape[0] != 1 or not x.is_contiguous()
+                or x.dtype != layer.weight.dtype or (gated is not None and layer.bias is not None)
+                or (residual is not None and not residual.is_contiguous())):
+            return None
+        return self._norm_gemv(x, residual, norm.weight, norm.eps, norm.offset, layer.weight,
+                               layer.bias, gated=gated)
 
 
 class GatedGemmMethod:
@@ -71,6 +93,12 @@ class GatedGemmMethod:
             return self._gated_gemm(x, layer.weight, activation)
         return None
 
+    def apply_after_norm(self, layer: Linear, x: torch.Tensor, residual: torch.Tensor | None,
+                         norm: RMSNorm, gated: str | None
+                         ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        inner = getattr(self.inner, "apply_after_norm", None)
+        return inner(layer, x, residual, norm, gated) if inner is not None else None
+
 
 def install_gated_gemm(model: nn.Module) -> int:
     """Gives every fused float gate|up projection of a GatedMLP with a gated activation the
@@ -90,12 +118,13 @@ def install_gated_gemm(model: nn.Module) -> int:
 
 
 def install_decode_gemv(model: nn.Module) -> int:
-    """Gives every float Linear whose weight suits the gemv a DecodeGemvMethod; returns how
-    many (after fusion, so fused q/k/v and gate/up are judged as one weight)."""
+    """Gives every half-precision float Linear a DecodeGemvMethod (batched where the weight
+    suits the batched gemv); returns how many (after fusion, so fused q/k/v and gate/up are
+    judged as one weight)."""
     count = 0
     for module in model.modules():
         if (isinstance(module, Linear) and type(module.method) is UnquantizedMethod
-                and gemv_suits(module.weight)):
-            module.method = DecodeGemvMethod()
+                and module.weight.dtype in (torch.float16, torch.bfloat16)):
+            module.method = DecodeGemvMethod(batched=gemv_suits(module.weight))
             count += 1
     return count

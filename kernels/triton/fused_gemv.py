@@ -18,6 +18,7 @@ norm into the q/k/v gemv cost more than the launch it saved).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +31,7 @@ from localserve.kernels.triton._common import (
     check_same_device,
     check_tensor,
     empty,
+    next_pow2,
     pdl_launch,
     pdl_wait,
 )
@@ -42,6 +44,13 @@ class VectorGemvConfig:
     block_k: int = 256
     num_warps: int = 4
     num_stages: int = 4
+
+
+@functools.cache
+def vector_config(n: int, k: int) -> VectorGemvConfig:
+    """The tiles for an [n, k] weight (PROVISIONAL: to be set from the H100 sweep)."""
+    return VectorGemvConfig(block_n=16, block_k=min(1024, next_pow2(max(k, 64))),
+                            num_warps=8, num_stages=1)
 
 
 _NONE, _NORM, _ACT = 0, 1, 2  # PROLOGUE: how a tile of the input row is computed
@@ -69,18 +78,34 @@ def _input_tile(x_ptr, res_ptr, new_res_ptr, g_ptr, k, k_ok, K, weight_offset, f
 
 
 @triton.jit
+def _accumulate(acc, acc_u, squares, w, u, x_ptr, res_ptr, new_res_ptr, g_ptr, k, k_ok, K,
+                weight_offset, first_program, PROLOGUE: tl.constexpr,
+                HAS_RESIDUAL: tl.constexpr, ACTIVATION: tl.constexpr, GATED: tl.constexpr):
+    """One K tile: the input's columns k times the weight tile w (and the up tile u)."""
+    xf, sq = _input_tile(x_ptr, res_ptr, new_res_ptr, g_ptr, k, k_ok, K, weight_offset,
+                         first_program, PROLOGUE, HAS_RESIDUAL, ACTIVATION)
+    acc += w.to(tl.float32) * xf[None, :]
+    if GATED:
+        acc_u += u.to(tl.float32) * xf[None, :]
+    if PROLOGUE == 1:
+        squares += sq
+    return acc, acc_u, squares
+
+
+@triton.jit
 def _vector_gemv_kernel(
     y_ptr,              # [N]
     x_ptr,              # [K] ([2K], gate | up, for PROLOGUE 2)
     res_ptr,            # [K] (HAS_RESIDUAL)
     new_res_ptr,        # [K]: x + residual (HAS_RESIDUAL)
     g_ptr,              # [K] the norm's weight (PROLOGUE 1)
-    w_ptr,              # [N, K], row stride stride_wn
+    w_ptr,              # [N, K] ([2N, K], gate rows then up rows, if GATED); row stride stride_wn
     b_ptr,              # [N] (HAS_BIAS)
     N, K, stride_wn, eps, weight_offset,
     PROLOGUE: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr,
     ACTIVATION: tl.constexpr,
+    GATED: tl.constexpr,        # y = act(x @ gate^T) * (x @ up^T)
     HAS_BIAS: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     USE_PDL: tl.constexpr,
@@ -90,33 +115,46 @@ def _vector_gemv_kernel(
     offs_k = tl.arange(0, BLOCK_K)
     n_ok = offs_n < N
     w_rows = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn
+    u_rows = w_rows + N * stride_wn  # GATED: the up rows of the same outputs
     first_program = pid == 0
     acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+    acc_u = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
     squares = tl.zeros([BLOCK_K], dtype=tl.float32)
     # The first weight tile is no kernel's output: it loads before the PDL wait, so the
     # stream starts while the kernel that writes x is finishing.
     k_ok = offs_k < K
-    w = tl.load(w_rows + offs_k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+    w_ok = n_ok[:, None] & k_ok[None, :]
+    w = tl.load(w_rows + offs_k[None, :], mask=w_ok, other=0.0)
+    u = w
+    if GATED:
+        u = tl.load(u_rows + offs_k[None, :], mask=w_ok, other=0.0)
     pdl_wait(USE_PDL)
-    xf, sq = _input_tile(x_ptr, res_ptr, new_res_ptr, g_ptr, offs_k, k_ok, K, weight_offset,
-                         first_program, PROLOGUE, HAS_RESIDUAL, ACTIVATION)
-    acc += w.to(tl.float32) * xf[None, :]
-    if PROLOGUE == 1:
-        squares += sq
+    acc, acc_u, squares = _accumulate(
+        acc, acc_u, squares, w, u, x_ptr, res_ptr, new_res_ptr, g_ptr, offs_k,
+        k_ok, K, weight_offset, first_program, PROLOGUE, HAS_RESIDUAL, ACTIVATION, GATED)
     for k0 in range(BLOCK_K, K, BLOCK_K):
         k = k0 + offs_k
         k_ok = k < K
-        w = tl.load(w_rows + k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
-        xf, sq = _input_tile(x_ptr, res_ptr, new_res_ptr, g_ptr, k, k_ok, K, weight_offset,
-                             first_program, PROLOGUE, HAS_RESIDUAL, ACTIVATION)
-        acc += w.to(tl.float32) * xf[None, :]
-        if PROLOGUE == 1:
-            squares += sq
+        w_ok = n_ok[:, None] & k_ok[None, :]
+        w = tl.load(w_rows + k[None, :], mask=w_ok, other=0.0)
+        u = w
+        if GATED:
+            u = tl.load(u_rows + k[None, :], mask=w_ok, other=0.0)
+        acc, acc_u, squares = _accumulate(
+            acc, acc_u, squares, w, u, x_ptr, res_ptr, new_res_ptr, g_ptr, k,
+            k_ok, K, weight_offset, first_program, PROLOGUE, HAS_RESIDUAL, ACTIVATION, GATED)
     y = tl.sum(acc, axis=1)
+    if GATED:
+        y_u = tl.sum(acc_u, axis=1)
     if PROLOGUE == 1:
-        y = y / tl.sqrt(tl.sum(squares, axis=0) / K + eps)
+        inv_rms = 1.0 / tl.sqrt(tl.sum(squares, axis=0) / K + eps)
+        y = y * inv_rms
+        if GATED:
+            y_u = y_u * inv_rms
     if HAS_BIAS:
         y += tl.load(b_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+    if GATED:
+        y = gated(y, y_u, ACTIVATION)
     tl.store(y_ptr + offs_n, y.to(y_ptr.dtype.element_ty), mask=n_ok)
 
 
@@ -148,9 +186,9 @@ def _launch(y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.
             k: int, config: VectorGemvConfig | None, *, prologue: int,
             residual: torch.Tensor | None = None, new_residual: torch.Tensor | None = None,
             norm_weight: torch.Tensor | None = None, eps: float = 0.0,
-            weight_offset: float = 0.0, activation: int = 0) -> None:
-    cfg = config or VectorGemvConfig()
-    n = weight.shape[0]
+            weight_offset: float = 0.0, activation: int = 0, gated: bool = False) -> None:
+    n = y.shape[1]
+    cfg = config or vector_config(n, k)
     _vector_gemv_kernel[(triton.cdiv(n, cfg.block_n),)](
         y, x, residual if residual is not None else x,
         new_residual if new_residual is not None else y,
@@ -158,9 +196,25 @@ def _launch(y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.
         bias if bias is not None else y, n, k, weight.stride(0), float(eps),
         float(weight_offset),
         PROLOGUE=prologue, HAS_RESIDUAL=residual is not None, ACTIVATION=activation,
-        HAS_BIAS=bias is not None, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+        GATED=gated, HAS_BIAS=bias is not None, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_launch(x.device),
     )
+
+
+def _activation_id(activation: str) -> int:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; expected one of "
+                         f"{sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[activation]
+
+
+def _outputs(weight: torch.Tensor, gated: str | None) -> int:
+    """Output columns: the weight's rows, or half of them for a gated [gate; up] weight."""
+    if gated is None:
+        return weight.shape[0]
+    if weight.shape[0] % 2:
+        raise ValueError(f"a gated weight stacks gate and up rows: {weight.shape[0]} is odd")
+    return weight.shape[0] // 2
 
 
 def vector_gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
@@ -179,13 +233,16 @@ def vector_gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 
 def norm_gemv(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor,
               eps: float, weight_offset: float, weight: torch.Tensor,
-              bias: torch.Tensor | None = None, config: VectorGemvConfig | None = None,
+              bias: torch.Tensor | None = None, gated: str | None = None,
+              config: VectorGemvConfig | None = None,
               ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(RMSNorm(x [+ residual]) @ weight^T (+ bias), x + residual | None) for one row.
 
     The norm is `rms_norm(x, norm_weight, eps, residual, weight_offset)`'s (reference.py),
     except that its output is not rounded to x's dtype before the products. x, residual:
     [1, K] of one float dtype, contiguous; weight [N, K] in x's dtype, contiguous in K.
+    gated: an activation ('silu', 'gelu_tanh'): weight is [gate; up] ([2N, K], no bias) and
+    the output act(normed @ gate^T) * (normed @ up^T) [1, N] (the gated MLP's first half).
     """
     _check_row("x", x)
     k = x.shape[1]
@@ -201,15 +258,18 @@ def norm_gemv(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch
             raise ValueError(f"residual {tuple(residual.shape)} {residual.dtype} must match "
                              f"x {tuple(x.shape)} {x.dtype}")
         tensors["residual"] = residual
+    if gated is not None and bias is not None:
+        raise ValueError("a gated projection takes no bias")
+    activation = _activation_id(gated) if gated is not None else 0
     check_same_device(**tensors)
     if k == 0:
         raise ValueError("norm_gemv needs at least one feature")
-    y = empty((1, weight.shape[0]), x.dtype, x.device)
+    y = empty((1, _outputs(weight, gated)), x.dtype, x.device)
     new_residual = empty(tuple(x.shape), x.dtype, x.device) if residual is not None else None
     if y.numel():
         _launch(y, x, weight, bias, k, config, prologue=_NORM, residual=residual,
                 new_residual=new_residual, norm_weight=norm_weight, eps=eps,
-                weight_offset=weight_offset)
+                weight_offset=weight_offset, activation=activation, gated=gated is not None)
     elif new_residual is not None:  # no outputs, but the residual sum is still owed
         new_residual.copy_((x.float() + residual.float()).to(x.dtype))
     return y, new_residual
@@ -220,9 +280,7 @@ def act_gemv(gate_up: torch.Tensor, activation: str, weight: torch.Tensor,
              ) -> torch.Tensor:
     """act_and_mul(gate_up, activation) @ weight^T (+ bias) for one row gate_up [1, 2K]."""
     _check_row("gate_up", gate_up)
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {activation!r}; expected one of "
-                         f"{sorted(ACTIVATIONS)}")
+    act = _activation_id(activation)
     if gate_up.shape[1] % 2:
         raise ValueError(f"gate_up's last dim must be even (gate | up), got "
                          f"{tuple(gate_up.shape)}")
@@ -230,8 +288,7 @@ def act_gemv(gate_up: torch.Tensor, activation: str, weight: torch.Tensor,
     check_same_device(**_check_weight(gate_up, weight, bias, k))
     y = empty((1, weight.shape[0]), gate_up.dtype, gate_up.device)
     if y.numel() and k:
-        _launch(y, gate_up, weight, bias, k, config, prologue=_ACT,
-                activation=ACTIVATIONS[activation])
+        _launch(y, gate_up, weight, bias, k, config, prologue=_ACT, activation=act)
     elif y.numel():
         y.copy_(bias.expand_as(y)) if bias is not None else y.zero_()
     return y
