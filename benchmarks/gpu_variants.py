@@ -22,10 +22,8 @@ Triton gemv (the 8B's gate/up too, which keeps cuBLAS by default: backends/cuda/
 (kernels/triton/gated_gemm.py, Hopper, since session 10), and ":gemv16" runs decode linears of up
 to 16 rows (8 by default) through the Triton gemv, with PDL in those decode graphs
 (backends/cuda/linear.py: MAX_GEMV_ROWS, graphs.py: PDL_ROWS). Since session 12 one decode
-row goes through the vector gemv with the pre-norms (and the MLP's activation) folded into the
-q/k/v and gate/up projections (kernels/triton/fused_gemv.py): ":nofold" keeps the vector gemv
-but runs each norm as its own kernel, ":session11" runs one row as session 11 did (batched
-gemv, cuBLAS for the 8B's gate/up, separate norms and activation).
+row goes through the vector gemv (kernels/triton/vector_gemv.py); ":session11" runs it as
+session 11 did (the batched gemv, cuBLAS for the 8B's gate/up).
 """
 
 from __future__ import annotations
@@ -102,8 +100,10 @@ def all_linears_through_gemv(linear) -> contextlib.AbstractContextManager:
 
 
 def one_row_as_in_session_11(linear) -> contextlib.AbstractContextManager:
-    """DecodeGemvMethod as before session 12: no norm folding, and one row through the
-    batched gemv where the weight suits it, else F.linear."""
+    """DecodeGemvMethod as before session 12: one row through the batched gemv where the
+    weight suits it, else F.linear."""
+    from unittest import mock
+
     import torch.nn.functional as F
 
     def apply(self, layer, x):
@@ -111,18 +111,7 @@ def one_row_as_in_session_11(linear) -> contextlib.AbstractContextManager:
             return self._gemv(x, layer.weight, layer.bias)
         return F.linear(x, layer.weight, layer.bias)
 
-    return both(norms_unfolded(linear), mock_patch(linear.DecodeGemvMethod, "apply", apply))
-
-
-def norms_unfolded(linear) -> contextlib.AbstractContextManager:
-    """No pre-norm folded into a projection: each RMSNorm is its own kernel."""
-    return mock_patch(linear.DecodeGemvMethod, "apply_after_norm", lambda self, *args: None)
-
-
-def mock_patch(target, name: str, value) -> contextlib.AbstractContextManager:
-    from unittest import mock
-
-    return mock.patch.object(target, name, value)
+    return mock.patch.object(linear.DecodeGemvMethod, "apply", apply)
 
 
 @contextlib.contextmanager
@@ -171,7 +160,6 @@ def variant_setting(variant: str) -> contextlib.AbstractContextManager:
         "nogatedgemm": lambda: mock.patch.object(gated_gemm, "MIN_ROWS", 1 << 62),
         "gemv16": lambda: both(mock.patch.object(linear, "MAX_GEMV_ROWS", 16),
                                mock.patch.object(graphs, "PDL_ROWS", 16)),
-        "nofold": lambda: norms_unfolded(linear),
         "session11": lambda: one_row_as_in_session_11(linear),
         **{f"tokens{n}": lambda n=n: step_tokens(EngineConfig, n) for n in (4096, 8192, 32768)},
     }

@@ -1,5 +1,5 @@
 """The fused-gemv section of benchmarks/triton_kernels.py (`--only fused_gemv`): batch-1 decode
-linears that compute their own input (kernels/triton/fused_gemv.py) against the launches they
+linears that compute their own input (kernels/triton/vector_gemv.py) against the launches they
 replace, in a PDL chain replayed as a CUDA graph over weight copies larger than L2.
 
 Rows, per Llama-3-8B / Qwen3-0.6B shape at M = 1:
@@ -21,13 +21,13 @@ import torch
 from triton_bench_core import Bench, Row  # this folder's module
 
 from localserve.kernels.triton._common import pdl_override
-from localserve.kernels.triton.fused_gemv import (
+from localserve.kernels.triton.gemv import gemv
+from localserve.kernels.triton.vector_gemv import (
     VectorGemvConfig,
     act_gemv,
     norm_gemv,
     vector_gemv,
 )
-from localserve.kernels.triton.gemv import gemv
 
 CONFIGS = [VectorGemvConfig(*c) for c in (
     (32, 256, 4, 4), (16, 1024, 8, 1), (8, 512, 4, 4), (16, 512, 4, 3), (8, 1024, 4, 1),

@@ -1,13 +1,19 @@
-"""Decode-sized matmuls through the Triton gemv where it beats cuBLAS.
+"""Decode-sized matmuls through the Triton gemvs where they beat cuBLAS.
 
 At decode a linear layer sees a handful of rows and streams its whole weight; cuBLAS tiles
 some of those shapes poorly (a 4096 x 4096 projection runs on 64 of an H100's 132 SMs).
-`benchmarks/triton_kernels.py --sweep --only gemv` on the H100 (CUDA-graph replays, weights
-rotated past L2), at 1 to 8 rows: gemv took 0.86-0.90x cuBLAS's time on Llama-3-8B's
-o_proj, 0.95-0.99x on qkv and down, 0.90-0.92x on the LM head, but 1.01-1.03x on the 235 MB
-gate_up. Hence the rule:
-up to 8 rows, half-precision weights of at most 64 Mi elements or a vocabulary-sized head.
-fp32 weights (reference checks) keep cuBLAS's exact fp32 path. Larger batches are GEMMs.
+
+One row (batch-1 decode) goes through the vector gemv (kernels/triton/vector_gemv.py) for
+every half-precision weight: `benchmarks/triton_kernels.py --only fused_gemv` on the H100
+(session 12) timed it faster than cuBLAS and the batched gemv on every Llama-3-8B shape,
+the 235 MB gate_up included, and (a) ran at 185.0 / 185.1 tok/s against 172.0 with session
+11's routing, on the same machine (docs/benchmarks.md).
+
+2 to 8 rows: `--sweep --only gemv` (session 4) timed the batched gemv at 0.86-0.90x cuBLAS's
+time on o_proj, 0.95-0.99x on qkv and down, 0.90-0.92x on the LM head, but 1.01-1.03x on the
+gate_up. Hence the rule there: half-precision weights of at most 64 Mi elements or a
+vocabulary-sized head. fp32 weights (reference checks) keep cuBLAS's exact fp32 path. Larger
+batches are GEMMs.
 """
 
 from __future__ import annotations
@@ -18,7 +24,6 @@ from torch import nn
 
 from localserve.layers.linear import Linear, LinearMethod, UnquantizedMethod
 from localserve.layers.mlp import GatedMLP
-from localserve.layers.norm import RMSNorm
 
 MAX_GEMV_ROWS = 8
 MAX_GEMV_ELEMENTS = 64 * 2**20
@@ -32,18 +37,16 @@ def gemv_suits(weight: torch.Tensor) -> bool:
 
 
 class DecodeGemvMethod(UnquantizedMethod):
-    """A half-precision weight at decode: one row through the vector gemv (fused_gemv.py),
-    which also folds in a pre-norm and a gated activation when the layer asks
-    (`apply_after_norm`); 2 to MAX_GEMV_ROWS rows through the batched gemv where it suits the
-    weight (`batched`); anything larger through F.linear (cuBLAS)."""
+    """A half-precision weight at decode: one row through the vector gemv, 2 to MAX_GEMV_ROWS
+    rows through the batched gemv where it suits the weight (`batched`), anything larger
+    through F.linear (cuBLAS)."""
 
     def __init__(self, batched: bool = True) -> None:
-        from localserve.kernels.triton.fused_gemv import norm_gemv, vector_gemv
         from localserve.kernels.triton.gemv import gemv
+        from localserve.kernels.triton.vector_gemv import vector_gemv
 
         self.batched = batched
-        # Bound once: apply runs per layer per step.
-        self._gemv, self._vector_gemv, self._norm_gemv = gemv, vector_gemv, norm_gemv
+        self._gemv, self._vector_gemv = gemv, vector_gemv  # bound once: apply runs per layer
 
     def apply(self, layer: Linear, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 2 and x.shape[0] == 1 and x.is_contiguous():
@@ -51,19 +54,6 @@ class DecodeGemvMethod(UnquantizedMethod):
         if self.batched and x.dim() == 2 and x.shape[0] <= MAX_GEMV_ROWS:
             return self._gemv(x, layer.weight, layer.bias)
         return F.linear(x, layer.weight, layer.bias)
-
-    def apply_after_norm(self, layer: Linear, x: torch.Tensor, residual: torch.Tensor | None,
-                         norm: RMSNorm, gated: str | None
-                         ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-        """(layer(norm(x [+ residual])) — act(gate) * up when `gated` —, x + residual | None)
-        for one contiguous row of the weight's dtype; None otherwise (the caller runs the
-        norm and then the layer)."""
-        if (x.dim() != 2 or x.shape[0] != 1 or not x.is_contiguous()
-                or x.dtype != layer.weight.dtype or (gated is not None and layer.bias is not None)
-                or (residual is not None and not residual.is_contiguous())):
-            return None
-        return self._norm_gemv(x, residual, norm.weight, norm.eps, norm.offset, layer.weight,
-                               layer.bias, gated=gated)
 
 
 class GatedGemmMethod:
@@ -92,12 +82,6 @@ class GatedGemmMethod:
         if self._suits(x, layer.weight):
             return self._gated_gemm(x, layer.weight, activation)
         return None
-
-    def apply_after_norm(self, layer: Linear, x: torch.Tensor, residual: torch.Tensor | None,
-                         norm: RMSNorm, gated: str | None
-                         ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-        inner = getattr(self.inner, "apply_after_norm", None)
-        return inner(layer, x, residual, norm, gated) if inner is not None else None
 
 
 def install_gated_gemm(model: nn.Module) -> int:

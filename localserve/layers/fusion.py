@@ -13,7 +13,6 @@ import torch
 from torch import nn
 
 from localserve.layers.linear import Linear, UnquantizedMethod
-from localserve.layers.norm import RMSNorm
 
 GROUPS = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
 
@@ -84,49 +83,9 @@ def project_qkv(attn: nn.Module, x: torch.Tensor
     Fused outputs are strided views of one tensor, not copies: a copy is a kernel launch per
     part per layer on a GPU, and the consumers (rotary, the KV write, norms) accept strides."""
     if attn.qkv_proj is not None:
-        return _split_qkv(attn, attn.qkv_proj(x))
+        q, k, v = attn.qkv_proj(x).split(attn.qkv_sizes, dim=-1)
+    else:
+        q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
     t = x.shape[0]
-    return (attn.q_proj(x).view(t, attn.num_heads, attn.head_dim),
-            attn.k_proj(x).view(t, attn.num_kv_heads, attn.head_dim),
-            attn.v_proj(x).view(t, attn.num_kv_heads, attn.head_dim))
-
-
-def _split_qkv(attn: nn.Module, qkv: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    q, k, v = qkv.split(attn.qkv_sizes, dim=-1)
-    t = qkv.shape[0]
     return (q.view(t, attn.num_heads, attn.head_dim), k.view(t, attn.num_kv_heads, attn.head_dim),
             v.view(t, attn.num_kv_heads, attn.head_dim))
-
-
-# ---- a pre-norm folded into the projection after it ------------------------------------------
-# At batch-1 decode a backend's method may compute RMSNorm(x + residual) inside the matmul
-# that reads it (`apply_after_norm`, the cuda backend's one-row gemv): one launch fewer per
-# norm, where a launch costs about what the norm's work does.
-
-def project_after_norm(proj: nn.Module, norm: RMSNorm, x: torch.Tensor,
-                       residual: torch.Tensor | None, gated: str | None = None
-                       ) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(proj(norm(x [+ residual])), the new residual: x + residual, or x without one) from one
-    kernel where proj's method folds the norm in; with `gated` (an activation) proj is a
-    fused [gate; up] projection and the output act(gate) * up. None where the method cannot
-    (the caller then runs the norm and the projection)."""
-    fused = getattr(getattr(proj, "method", None), "apply_after_norm", None)
-    out = fused(proj, x, residual, norm, gated) if fused is not None else None
-    if out is None:
-        return None
-    y, summed = out
-    return y, x if summed is None else summed
-
-
-def project_qkv_after_norm(attn: nn.Module, norm: RMSNorm, x: torch.Tensor,
-                           residual: torch.Tensor | None
-                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """project_qkv(attn, norm(x [+ residual])) and the new residual, the norm folded into a
-    fused qkv_proj where its method can."""
-    if attn.qkv_proj is not None:
-        fused = project_after_norm(attn.qkv_proj, norm, x, residual)
-        if fused is not None:
-            return (*_split_qkv(attn, fused[0]), fused[1])
-    normed, residual = norm.add_and_norm(x, residual)
-    return (*project_qkv(attn, normed), residual)

@@ -9,9 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from localserve.layers.fusion import project_after_norm
 from localserve.layers.linear import Linear
-from localserve.layers.norm import RMSNorm
 from localserve.layers.ops import DEFAULT_LAYER_OPS, LayerOps
 
 
@@ -40,14 +38,3 @@ class GatedMLP(nn.Module):
         else:
             gate_up = torch.cat([self.gate_proj(x), self.up_proj(x)], dim=-1)
         return self.down_proj(self.layer_ops.act_and_mul(gate_up, self.activation))
-
-    def forward_after_norm(self, norm: RMSNorm, x: torch.Tensor, residual: torch.Tensor | None
-                           ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(self(norm(x [+ residual])), the new residual), the norm and the activation folded
-        into the gate/up projection where its method can (`project_after_norm`)."""
-        if self.gate_up_proj is not None:
-            fused = project_after_norm(self.gate_up_proj, norm, x, residual, self.activation)
-            if fused is not None:
-                return self.down_proj(fused[0]), fused[1]
-        normed, residual = norm.add_and_norm(x, residual)
-        return self(normed), residual

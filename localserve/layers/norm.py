@@ -25,12 +25,12 @@ class RMSNorm(nn.Module):
         out, _ = self.layer_ops.rms_norm(x, self.weight, self.eps, None, self.offset)
         return out
 
-    def add_and_norm(self, x: torch.Tensor, residual: torch.Tensor | None
+    def add_and_norm(self, x: torch.Tensor, residual: torch.Tensor
                      ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(norm(x + residual), x + residual): the fused pre-norm residual add ([T, dim]);
-        without a residual (a first layer) (norm(x), x)."""
+        """(norm(x + residual), x + residual): the fused pre-norm residual add ([T, dim])."""
         out, summed = self.layer_ops.rms_norm(x, self.weight, self.eps, residual, self.offset)
-        return out, x if summed is None else summed
+        assert summed is not None
+        return out, summed
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}, offset={self.offset}"

@@ -13,7 +13,7 @@ from torch import nn
 
 from localserve.layers.attention import Attention
 from localserve.layers.embedding import VocabEmbedding
-from localserve.layers.fusion import declare_qkv, project_qkv, project_qkv_after_norm
+from localserve.layers.fusion import declare_qkv, project_qkv
 from localserve.layers.mlp import GatedMLP
 from localserve.layers.norm import RMSNorm
 from localserve.layers.rotary import RotaryEmbedding
@@ -34,14 +34,11 @@ class Gemma3Attention(nn.Module):
                               arch.attn_logit_softcapping)
 
     def forward(self, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return self.attend(positions, *project_qkv(self, x))
-
-    def attend(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
-               v: torch.Tensor) -> torch.Tensor:
-        """o_proj(attention) of projected q [T, heads, hd], k and v [T, kv_heads, hd]."""
+        num_tokens = x.shape[0]
+        q, k, v = project_qkv(self, x)
         out = self.attn.forward_rope(positions, q, k, v, self.rotary, self.q_norm,
                                      self.k_norm)  # [T, num_heads, head_dim]
-        return self.o_proj(out.reshape(q.shape[0], self.num_heads * self.head_dim))
+        return self.o_proj(out.reshape(num_tokens, self.num_heads * self.head_dim))
 
 
 class Gemma3DecoderLayer(nn.Module):
@@ -58,13 +55,15 @@ class Gemma3DecoderLayer(nn.Module):
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor,
                 residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         # `hidden` is the previous layer's post-MLP output not yet added to `residual`.
-        # Each pre-norm goes with the projection after it: a backend may fold it in.
-        q, k, v, residual = project_qkv_after_norm(self.self_attn, self.input_layernorm,
-                                                   hidden, residual)
-        hidden = self.post_attention_layernorm(self.self_attn.attend(positions, q, k, v))
-        hidden, residual = self.mlp.forward_after_norm(self.pre_feedforward_layernorm, hidden,
-                                                       residual)
-        return self.post_feedforward_layernorm(hidden), residual
+        if residual is None:
+            residual = hidden
+            hidden = self.input_layernorm(hidden)
+        else:
+            hidden, residual = self.input_layernorm.add_and_norm(hidden, residual)
+        hidden = self.post_attention_layernorm(self.self_attn(positions, hidden))
+        hidden, residual = self.pre_feedforward_layernorm.add_and_norm(hidden, residual)
+        hidden = self.post_feedforward_layernorm(self.mlp(hidden))
+        return hidden, residual
 
 
 class Gemma3Model(nn.Module):

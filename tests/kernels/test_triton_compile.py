@@ -37,7 +37,6 @@ from localserve.kernels.triton import (  # noqa: E402
     activation,
     attention,
     cache,
-    fused_gemv,
     gemv,
     norm,
     paged_attention,
@@ -47,6 +46,7 @@ from localserve.kernels.triton import (  # noqa: E402
     rotary,
     rotary_embedding,
     sampling,
+    vector_gemv,
     write_kv,
 )
 from localserve.kernels.triton._common import arch_override, pdl_override  # noqa: E402
@@ -61,7 +61,7 @@ PTXAS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
 KERNELS = [(attention, "paged_attention_kernel"), (attention, "reduce_splits_kernel"),
            (cache, "_write_kv_kernel"), (norm, "_rms_norm_kernel"),
            (rotary, "_rotary_kernel"), (activation, "_act_and_mul_kernel"),
-           (gemv, "_gemv_kernel"), (fused_gemv, "_vector_gemv_kernel"),
+           (gemv, "_gemv_kernel"), (vector_gemv, "_vector_gemv_kernel"),
            (rope_cache, "_rope_cache_kernel"),
            (sampling, "_gumbel_argmax_kernel"), (sampling, "_pick_first_max_kernel")]
 
@@ -140,20 +140,14 @@ def _launch_every_kernel(half: torch.dtype) -> None:
     gemv.gemv(torch.empty(8, 1000, dtype=half), torch.empty(64, 1000, dtype=half),
               torch.empty(64, dtype=half))
     gemv.gemv(torch.empty(2, 512), torch.empty(64, 512))
-    # One-row decode: Llama-3-8B's q/k/v after its norm, gate/up gated after its norm (two
-    # weight tiles in flight), down after the activation, the LM head; Gemma 3 270M's
-    # 640-wide rows with bias.
-    row, res, g = (torch.empty(1, 4096, dtype=half), torch.empty(1, 4096, dtype=half),
-                   torch.empty(4096, dtype=half))
-    fused_gemv.norm_gemv(row, res, g, 1e-6, 0.0, torch.empty(6144, 4096, dtype=half))
-    fused_gemv.norm_gemv(row, res, g, 1e-6, 0.0, torch.empty(28672, 4096, dtype=half),
-                         gated="silu")
-    fused_gemv.act_gemv(torch.empty(1, 28672, dtype=half), "silu",
-                        torch.empty(4096, 14336, dtype=half))
-    fused_gemv.vector_gemv(row, torch.empty(128256, 4096, dtype=half))
-    fused_gemv.norm_gemv(torch.empty(1, 640, dtype=half), None, torch.empty(640, dtype=half),
-                         1e-6, 1.0, torch.empty(1024, 640, dtype=half),
-                         torch.empty(1024, dtype=half))
+    # One-row decode through the vector gemv: Llama-3-8B's q/k/v, down and LM head, Gemma 3
+    # 270M's 640-wide rows with bias.
+    row = torch.empty(1, 4096, dtype=half)
+    vector_gemv.vector_gemv(row, torch.empty(6144, 4096, dtype=half))
+    vector_gemv.vector_gemv(torch.empty(1, 14336, dtype=half), torch.empty(4096, 14336, dtype=half))
+    vector_gemv.vector_gemv(row, torch.empty(128256, 4096, dtype=half))
+    vector_gemv.vector_gemv(torch.empty(1, 640, dtype=half), torch.empty(1024, 640, dtype=half),
+                            torch.empty(1024, dtype=half))
     # q/k norm + rotary + KV write: Llama-3-8B (no norm), Gemma-3 head_dim 256 with norm and
     # partial rotary.
     positions = torch.arange(8)

@@ -1,19 +1,20 @@
-"""One-row decode matmuls that also compute their input: y = f(x) @ W^T (+ bias) for M = 1.
+"""The one-row decode matmul: y = x @ W^T (+ bias) for x [1, K], with no `tl.dot`.
 
-At batch-1 decode every kernel launch costs a few microseconds whatever it does, and the
-RMSNorm before a projection or the act-and-mul before the down projection is such a launch
-doing almost nothing. These kernels fold the input's computation into the matmul that
-streams the weight:
+At batch-1 decode a linear layer streams its whole weight for one row, so only bandwidth
+counts. With one row the products are an element-wise multiply of a weight tile by the input
+vector and a sum along K, so there is nothing to pad to tensor-core tiles (the batched gemv,
+gemv.py, pads the row to 16). Tiles of 8 output rows by up to 2,048 columns, 8 warps and no
+software pipeline won the H100 sweep (`benchmarks/triton_kernels.py --only fused_gemv`,
+session 12): each thread keeps eight 16-byte weight loads in flight per tile, and the many
+small programs even out the finish. It beat cuBLAS and the batched gemv on every Llama-3-8B
+shape; (a) went from 172.0 to 185.0 tok/s (docs/benchmarks.md).
 
-- `norm_gemv`: y = RMSNorm(x [+ residual]) @ W^T, and the new residual x + residual. The
-  norm's 1/rms is a scalar of the row, so it is applied to the finished dot products: the
-  K loop needs only x * norm_weight, and the sum of squares accumulates beside it.
-- `act_gemv`: y = (act(gate) * up) @ W^T for the fused [gate | up] row.
-
-Unlike the batched gemv (gemv.py) there is no `tl.dot`: with one row the products are an
-element-wise multiply of a weight tile by the input vector, so the input's math is done once
-per tile on a vector, not on a 16-row padded tile (where session 9 measured that folding the
-norm into the q/k/v gemv cost more than the launch it saved).
+Also here, measured and not used by the engine: `norm_gemv` folds the RMSNorm (+ residual)
+before a projection into it (1/rms is a scalar of the row, applied to the finished dot
+products; the K loop needs only x * norm_weight) and can apply the gated activation as the
+gate/up's epilogue; `act_gemv` folds act-and-mul into the down projection. They save a launch
+each, but their per-tile input math cost more: (a) 181.8 / 182.1 tok/s with the norms and the
+activation folded, 185.0 / 185.1 without. The gated form also spills on RDNA3 (gfx1100).
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from localserve.kernels.triton._common import (
     check_same_device,
     check_tensor,
     empty,
-    next_pow2,
     pdl_launch,
     pdl_wait,
 )
@@ -48,9 +48,13 @@ class VectorGemvConfig:
 
 @functools.cache
 def vector_config(n: int, k: int) -> VectorGemvConfig:
-    """The tiles for an [n, k] weight (PROVISIONAL: to be set from the H100 sweep)."""
-    return VectorGemvConfig(block_n=16, block_k=min(1024, next_pow2(max(k, 64))),
-                            num_warps=8, num_stages=1)
+    """The tiles for an [n, k] weight, the H100 sweep's fastest (session 12): 8 x 2,048 of
+    8 warps without a pipeline on all five Llama-3-8B shapes (within 0.1 us of 8 x 1,024
+    of 4 warps on the gate_up); rows of at most 1,024 (Qwen3-0.6B's, Gemma 3 270M's):
+    16 x 512 of 8 warps, 2 stages (4.8 us on Qwen3-0.6B's gate_up, 6.0-6.6 for the others)."""
+    if k <= 1024:
+        return VectorGemvConfig(block_n=16, block_k=512, num_warps=8, num_stages=2)
+    return VectorGemvConfig(block_n=8, block_k=2048, num_warps=8, num_stages=1)
 
 
 _NONE, _NORM, _ACT = 0, 1, 2  # PROLOGUE: how a tile of the input row is computed
