@@ -40,10 +40,12 @@ from localserve.kernels.triton.activation import ACTIVATIONS, gated
 
 @dataclass(frozen=True)
 class VectorGemvConfig:
-    block_n: int = 32
-    block_k: int = 256
-    num_warps: int = 4
-    num_stages: int = 4
+    """Output rows and K columns a program's weight tile spans; warps; pipeline stages."""
+
+    block_n: int = 8
+    block_k: int = 2048
+    num_warps: int = 8
+    num_stages: int = 1
 
 
 @functools.cache
@@ -79,6 +81,18 @@ def _input_tile(x_ptr, res_ptr, new_res_ptr, g_ptr, k, k_ok, K, weight_offset, f
         return xf * g, xf * xf
     xf = x.to(tl.float32)
     return xf, xf
+
+
+@triton.jit
+def _weight_tiles(w_rows, u_rows, k, n_ok, K, GATED: tl.constexpr):
+    """(the weight tile at columns k, the up tile (GATED; else the weight tile again), k < K)."""
+    k_ok = k < K
+    w_ok = n_ok[:, None] & k_ok[None, :]
+    w = tl.load(w_rows + k[None, :], mask=w_ok, other=0.0)
+    u = w
+    if GATED:
+        u = tl.load(u_rows + k[None, :], mask=w_ok, other=0.0)
+    return w, u, k_ok
 
 
 @triton.jit
@@ -126,24 +140,14 @@ def _vector_gemv_kernel(
     squares = tl.zeros([BLOCK_K], dtype=tl.float32)
     # The first weight tile is no kernel's output: it loads before the PDL wait, so the
     # stream starts while the kernel that writes x is finishing.
-    k_ok = offs_k < K
-    w_ok = n_ok[:, None] & k_ok[None, :]
-    w = tl.load(w_rows + offs_k[None, :], mask=w_ok, other=0.0)
-    u = w
-    if GATED:
-        u = tl.load(u_rows + offs_k[None, :], mask=w_ok, other=0.0)
+    w, u, k_ok = _weight_tiles(w_rows, u_rows, offs_k, n_ok, K, GATED)
     pdl_wait(USE_PDL)
     acc, acc_u, squares = _accumulate(
         acc, acc_u, squares, w, u, x_ptr, res_ptr, new_res_ptr, g_ptr, offs_k,
         k_ok, K, weight_offset, first_program, PROLOGUE, HAS_RESIDUAL, ACTIVATION, GATED)
     for k0 in range(BLOCK_K, K, BLOCK_K):
         k = k0 + offs_k
-        k_ok = k < K
-        w_ok = n_ok[:, None] & k_ok[None, :]
-        w = tl.load(w_rows + k[None, :], mask=w_ok, other=0.0)
-        u = w
-        if GATED:
-            u = tl.load(u_rows + k[None, :], mask=w_ok, other=0.0)
+        w, u, k_ok = _weight_tiles(w_rows, u_rows, k, n_ok, K, GATED)
         acc, acc_u, squares = _accumulate(
             acc, acc_u, squares, w, u, x_ptr, res_ptr, new_res_ptr, g_ptr, k,
             k_ok, K, weight_offset, first_program, PROLOGUE, HAS_RESIDUAL, ACTIVATION, GATED)

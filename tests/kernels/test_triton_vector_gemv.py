@@ -36,8 +36,8 @@ DTYPES = [torch.bfloat16, torch.float16] if FULL else [torch.float32, torch.floa
 # (N, K): q/k/v, o, down of Llama-3-8B; odd sizes that leave partial column and K blocks.
 SHAPES = ([(6144, 4096), (4096, 4096), (4096, 14336), (1000, 4100)] if FULL
           else [(64, 256), (40, 300), (24, 1100)])
-CONFIGS = [VectorGemvConfig(), VectorGemvConfig(8, 64, 4, 2), VectorGemvConfig(16, 128, 4, 1),
-           VectorGemvConfig(4, 512, 4, 1)]
+CONFIGS = [VectorGemvConfig(32, 256, 4, 4), VectorGemvConfig(8, 64, 4, 2),
+           VectorGemvConfig(16, 128, 4, 1), VectorGemvConfig(4, 512, 4, 1)]
 
 
 def _weights(n: int, k: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
