@@ -99,21 +99,6 @@ def all_linears_through_gemv(linear) -> contextlib.AbstractContextManager:
     return mock.patch.object(linear, "MAX_GEMV_ELEMENTS", 1 << 40)
 
 
-def one_row_as_in_session_11(linear) -> contextlib.AbstractContextManager:
-    """DecodeGemvMethod as before session 12: one row through the batched gemv where the
-    weight suits it, else F.linear."""
-    from unittest import mock
-
-    import torch.nn.functional as F
-
-    def apply(self, layer, x):
-        if self.batched and x.dim() == 2 and x.shape[0] <= linear.MAX_GEMV_ROWS:
-            return self._gemv(x, layer.weight, layer.bias)
-        return F.linear(x, layer.weight, layer.bias)
-
-    return mock.patch.object(linear.DecodeGemvMethod, "apply", apply)
-
-
 @contextlib.contextmanager
 def both(first: contextlib.AbstractContextManager, second: contextlib.AbstractContextManager):
     """Two settings at once."""
@@ -160,7 +145,7 @@ def variant_setting(variant: str) -> contextlib.AbstractContextManager:
         "nogatedgemm": lambda: mock.patch.object(gated_gemm, "MIN_ROWS", 1 << 62),
         "gemv16": lambda: both(mock.patch.object(linear, "MAX_GEMV_ROWS", 16),
                                mock.patch.object(graphs, "PDL_ROWS", 16)),
-        "session11": lambda: one_row_as_in_session_11(linear),
+        "session11": lambda: mock.patch.object(linear, "ONE_ROW_GEMV", False),
         **{f"tokens{n}": lambda n=n: step_tokens(EngineConfig, n) for n in (4096, 8192, 32768)},
     }
     if variant not in settings:

@@ -15,8 +15,7 @@ timed beside paged_attention as a peer. The table comes last.
 
 This file holds the command line and the write_kv, element-wise and gemv sections; the
 attention sections are in triton_attention_bench.py, the gated-GEMM experiment (`--only
-gated_gemm`) in triton_gated_gemm_bench.py, the fused one-row gemvs (`--only fused_gemv`) in
-triton_fused_gemv_bench.py, the checking, timing and table in
+gated_gemm`) in triton_gated_gemm_bench.py, the checking, timing and table in
 triton_bench_core.py.
 """
 
@@ -32,7 +31,7 @@ from triton_attention_bench import AttentionSections  # this folder's modules
 from triton_bench_core import Bench, Row, print_table
 
 # Sections that run only when --only names them.
-EXPERIMENTS = {"gated_gemm", "fused_gemv"}
+EXPERIMENTS = {"gated_gemm"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -96,7 +95,6 @@ def main(argv: list[str] | None = None) -> int:
         ("decode_paths", attention.decode_paths), ("decode_layout", attention.decode_layout),
         ("decode_order", attention.decode_order), ("prefill_chunk", attention.prefill_chunk),
         ("gated_gemm", lambda: gated_gemm_section(bench)),
-        ("fused_gemv", lambda: fused_gemv_section(bench, kernels)),
     ]
     for name, run in sections:
         if name in only or (not only and name not in EXPERIMENTS):
@@ -116,13 +114,6 @@ def gated_gemm_section(bench: Bench) -> None:
     from triton_gated_gemm_bench import GatedGemmSection
 
     GatedGemmSection(bench).gated_gemm()
-
-
-def fused_gemv_section(bench: Bench, kernels: KernelSections) -> None:
-    """The one-row fused gemvs against today's launches (triton_fused_gemv_bench.py)."""
-    from triton_fused_gemv_bench import FusedGemvSection
-
-    FusedGemvSection(bench, kernels.replay_ms).fused_gemv()
 
 
 class KernelSections:
@@ -254,15 +245,18 @@ class KernelSections:
                 ("llama3-8b gate_up", 28672, 4096), ("llama3-8b down", 4096, 14336),
                 ("llama3-8b lm_head", 128256, 4096), ("qwen3-0.6b gate_up", 6144, 1024)]
 
-    def gemv(self, configs: list | None = None) -> None:
+    def gemv(self, configs: list | None = None, vector_configs: list | None = None) -> None:
         """gemv vs torch's F.linear (cuBLAS) on decode shapes, M = 1 / 4 / 8 / 16; at M = 1
-        on sm_90+ also the default gemv behind an RMSNorm in a PDL chain (a decode layer's
+        also the one-row vector gemv (the engine's tiles, or `vector_configs`), and on sm_90+
+        the engine's one-row path behind an RMSNorm in a PDL chain (a decode layer's
         pattern): its time over its bytes at the copy bandwidth is the fixed cost a launch
         adds. (Session 11 timed TMA weight loads, 2-4 tiles before the PDL wait and L2
-        prefetch this way: none faster; docs/benchmarks.md.)"""
+        prefetch this way, session 12 norms folded into the vector gemv: none faster;
+        docs/benchmarks.md.)"""
         torch = self.b.torch
         from localserve.kernels.triton._common import pdl_override
         from localserve.kernels.triton.gemv import GemvConfig, gemv
+        from localserve.kernels.triton.vector_gemv import vector_config, vector_gemv
 
         print("gemv", flush=True)
         configs = configs or [GemvConfig()]
@@ -270,45 +264,55 @@ class KernelSections:
         for label, n, k in self.gemv_shapes():
             copies = max(2, -(-160 * 2**20 // (n * k * self.b.elem)))  # > L2 together
             ws = [torch.randn(n, k, device=self.b.dev, dtype=self.b.dtype) / k ** 0.5
-                  for _ in range(copies)]
+                  for _ in range(2 if self.b.smoke else copies)]
             for m in ([1, 4, 8, 16] if not self.b.smoke else [1, 3]):
                 x = torch.randn(m, k, device=self.b.dev, dtype=self.b.dtype)
                 nbytes = n * k * self.b.elem + m * (n + k) * self.b.elem
-                cub = Row("F.linear (cuBLAS)", f"{label} M={m} {n}x{k}")
+                shape = f"{label} M={m} {n}x{k}"
+                cub = Row("F.linear (cuBLAS)", shape)
                 cub.ms = self.replay_ms([lambda w=w: torch.nn.functional.linear(x, w)  # noqa: B023
                                          for w in ws])
                 cub.bytes_moved = nbytes
                 self.b.add(cub)
-                for cfg in configs:
-                    row = Row("gemv", f"{label} M={m} {n}x{k}")
-                    self.b.check(row, gemv(x, ws[0], config=cfg), self.b.ref.linear(x, ws[0]),
-                               self.b.elementwise_tol())
-                    row.ms = self.replay_ms([lambda w=w, cfg=cfg: gemv(x, w, config=cfg)  # noqa: B023
+                kernels = [("gemv", gemv, cfg) for cfg in configs]
+                if m == 1:
+                    kernels += [("vector_gemv", vector_gemv, cfg)
+                                for cfg in vector_configs or [vector_config(n, k)]]
+                for name, fn, cfg in kernels:
+                    row = Row(name, shape, bytes_moved=nbytes)
+                    self.b.check(row, fn(x, ws[0], config=cfg), self.b.ref.linear(x, ws[0]),
+                                 self.b.elementwise_tol())
+                    row.ms = self.replay_ms([lambda w=w, f=fn, c=cfg: f(x, w, config=c)  # noqa: B023
                                              for w in ws])
-                    row.bytes_moved = nbytes
                     row.note = (f"BN={cfg.block_n} BK={cfg.block_k} w={cfg.num_warps} "
                                 f"s={cfg.num_stages}; {cub.ms / row.ms:.2f}x cuBLAS")
                     self.b.add(row)
                 if m == 1 and pdl:
                     g = torch.randn(k, device=self.b.dev, dtype=self.b.dtype)
-                    chain = Row("rms_norm + gemv, PDL", f"{label} M=1 {n}x{k}")
+                    chain = Row("rms_norm + vector_gemv, PDL", shape)
                     with pdl_override(True):
                         chain.ms = self.replay_ms([
-                            lambda w=w: gemv(self.b.k.rms_norm(x, g, 1e-6)[0], w)  # noqa: B023
+                            lambda w=w: vector_gemv(self.b.k.rms_norm(x, g, 1e-6)[0], w)  # noqa: B023
                             for w in ws])
                     chain.bytes_moved = nbytes
                     self.b.add(chain)
 
     def gemv_sweep(self) -> None:
         from localserve.kernels.triton.gemv import GemvConfig
+        from localserve.kernels.triton.vector_gemv import VectorGemvConfig
 
         grid = [(16, 256, 4, 4), (16, 512, 4, 3), (32, 256, 4, 4), (32, 256, 8, 4),
                 (32, 512, 8, 3), (64, 128, 4, 4), (64, 256, 8, 3), (16, 1024, 8, 2),
                 (16, 256, 4, 6), (16, 512, 4, 4), (32, 128, 4, 6), (32, 512, 4, 3),
                 (64, 256, 4, 3), (128, 128, 8, 3)]
+        # The one-row gemv's: session 12's sweep (8 x 2,048, 8 warps, 1 stage won on 8B shapes).
+        vector_grid = [(32, 256, 4, 4), (16, 1024, 8, 1), (8, 512, 4, 4), (16, 512, 4, 3),
+                       (8, 1024, 4, 1), (16, 1024, 4, 1), (8, 1024, 8, 2), (32, 1024, 8, 1),
+                       (16, 2048, 8, 1), (8, 256, 4, 4), (4, 1024, 4, 1), (16, 512, 8, 2),
+                       (8, 2048, 8, 1)]
         if self.b.smoke:
-            grid = [(16, 128, 4, 2), (32, 64, 4, 2)]
-        self.gemv([GemvConfig(*g) for g in grid])
+            grid, vector_grid = [(16, 128, 4, 2), (32, 64, 4, 2)], [(8, 64, 4, 2)]
+        self.gemv([GemvConfig(*g) for g in grid], [VectorGemvConfig(*g) for g in vector_grid])
 
 
 if __name__ == "__main__":

@@ -187,32 +187,6 @@ def gated_linear(x: torch.Tensor, weight: torch.Tensor, activation: str) -> torc
     return act_and_mul(F.linear(x.float(), weight.float()), activation).to(x.dtype)
 
 
-def norm_linear(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor,
-                eps: float, weight_offset: float, weight: torch.Tensor,
-                bias: torch.Tensor | None = None, gated: str | None = None,
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(linear(RMSNorm(x [+ residual])), x + residual | None) with the normed row kept in
-    fp32 (the fused norm_gemv's contract: it is never rounded on its own); gated: an
-    activation, weight = [gate; up], and the output act(gate part) * up part, rounded once."""
-    if residual is not None:
-        x = (x.float() + residual.float()).to(x.dtype)
-        residual = x
-    xf = x.float()
-    normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    normed = normed * (weight_offset + norm_weight.float())
-    y = F.linear(normed, weight.float(), None if bias is None else bias.float())
-    if gated is not None:
-        y = act_and_mul(y, gated).float()
-    return y.to(x.dtype), residual
-
-
-def act_linear(gate_up: torch.Tensor, activation: str, weight: torch.Tensor,
-               bias: torch.Tensor | None = None) -> torch.Tensor:
-    """linear(act_and_mul(gate_up)) with the activation rounded to gate_up's dtype, as the
-    unfused kernels compute it (the fused act_gemv's contract)."""
-    return linear(act_and_mul(gate_up, activation), weight, bias)
-
-
 def gguf_linear(x: torch.Tensor, raw: np.ndarray, qtype: int) -> torch.Tensor:
     """x [..., in] @ W.T in float64, W dequantized by the `gguf` package from raw GGUF blocks.
 

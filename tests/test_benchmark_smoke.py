@@ -52,6 +52,14 @@ def test_triton_kernels_smoke_gated_gemm():
     assert "gated GEMM TMA" in text and "cuBLAS + act_and_mul" in text
 
 
+def test_triton_kernels_smoke_gemv_sweep():
+    """The gemv section checks the batched and the one-row gemv at every swept tile against
+    the reference (a failed check exits 1)."""
+    pytest.importorskip("triton")
+    text = run("triton_kernels.py", "--smoke", "--only", "gemv", "--sweep")
+    assert "vector_gemv" in text and "BN=8 BK=64 w=4 s=2" in text
+
+
 def test_gemm_shapes_projections_of_llama():
     sys.path.insert(0, str(BENCH))
     try:

@@ -4,7 +4,7 @@ At decode a linear layer sees a handful of rows and streams its whole weight; cu
 some of those shapes poorly (a 4096 x 4096 projection runs on 64 of an H100's 132 SMs).
 
 One row (batch-1 decode) goes through the vector gemv (kernels/triton/vector_gemv.py) for
-every half-precision weight: `benchmarks/triton_kernels.py --only fused_gemv` on the H100
+every half-precision weight: `benchmarks/triton_kernels.py --only gemv` on the H100
 (session 12) timed it faster than cuBLAS and the batched gemv on every Llama-3-8B shape,
 the 235 MB gate_up included, and (a) ran at 185.0 / 185.1 tok/s against 172.0 with session
 11's routing, on the same machine (docs/benchmarks.md).
@@ -26,6 +26,7 @@ from localserve.layers.linear import Linear, LinearMethod, UnquantizedMethod
 from localserve.layers.mlp import GatedMLP
 
 MAX_GEMV_ROWS = 8
+ONE_ROW_GEMV = True  # False: one row takes the 2..8-row route, as in session 11 (A/B variant)
 MAX_GEMV_ELEMENTS = 64 * 2**20
 MIN_HEAD_ROWS = 65536  # an LM head over a vocabulary: long, thin, many programs
 
@@ -49,7 +50,7 @@ class DecodeGemvMethod(UnquantizedMethod):
         self._gemv, self._vector_gemv = gemv, vector_gemv  # bound once: apply runs per layer
 
     def apply(self, layer: Linear, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 2 and x.shape[0] == 1 and x.is_contiguous():
+        if ONE_ROW_GEMV and x.dim() == 2 and x.shape[0] == 1 and x.is_contiguous():
             return self._vector_gemv(x, layer.weight, layer.bias)
         if self.batched and x.dim() == 2 and x.shape[0] <= MAX_GEMV_ROWS:
             return self._gemv(x, layer.weight, layer.bias)

@@ -127,13 +127,11 @@ def _gemv_kernel(
              acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
-def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-         config: GemvConfig | None = None) -> torch.Tensor:
-    """x [M, K] @ weight[N, K]^T (+ bias [N]) -> [M, N] in x's dtype, fp32 accumulation.
-
-    M <= 16 (decode batches); x and weight of one float dtype and contiguous in K; any row
-    strides. Same contract as F.linear for 2-D x.
-    """
+def check_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+                 ) -> tuple[int, int, int]:
+    """(M, K, N) of x [M, K] @ weight [N, K]^T (+ bias [N]), after checking F.linear's
+    contract for 2-D x: one float dtype, one device, contiguous in K (the one-row gemv,
+    vector_gemv.py, checks its arguments here too)."""
     check_tensor("x", x, ndim=2, dtypes=FLOAT_DTYPES)
     check_tensor("weight", weight, ndim=2, dtypes=(x.dtype,))
     tensors = {"x": x, "weight": weight}
@@ -149,6 +147,17 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
     if weight.shape[1] != k:
         raise ValueError(f"x has {k} features, weight {tuple(weight.shape)} expects "
                          f"{weight.shape[1]}")
+    return m, k, n
+
+
+def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+         config: GemvConfig | None = None) -> torch.Tensor:
+    """x [M, K] @ weight[N, K]^T (+ bias [N]) -> [M, N] in x's dtype, fp32 accumulation.
+
+    M <= 16 (decode batches); x and weight of one float dtype and contiguous in K; any row
+    strides. Same contract as F.linear for 2-D x.
+    """
+    m, k, n = check_linear(x, weight, bias)
     if m > MAX_ROWS:
         raise ValueError(f"gemv takes at most {MAX_ROWS} rows, got {m}: use a GEMM")
     cfg = config or default_config(x)
