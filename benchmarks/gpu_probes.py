@@ -111,8 +111,16 @@ def graph_routes(llm) -> str:
     moved = {b: r for b, r in graphs.route.items() if r != b}
     small = ", ".join(f"{b}: {t * 1e3:.2f}" for b, t in sorted(graphs.replay_times.items())
                       if b <= PDL_ROWS)
-    return (f"graph buckets moved to faster ones: {moved or 'none'} (ms a replay at capture, "
+    text = (f"graph buckets moved to faster ones: {moved or 'none'} (ms a replay at capture, "
             f"gemv buckets: {small})")
+    prefill = getattr(llm.engine.runner, "prefill_graphs", None)
+    if prefill is not None:
+        moved = {b: r for b, r in prefill.route.items() if r != b}
+        some = ", ".join(f"{b}: {prefill.replay_times[b] * 1e3:.2f}"
+                         for b in (16, 64, 128, 256, 512) if b in prefill.replay_times)
+        text += (f"; prefill graphs {prefill.buckets[0]}..{prefill.buckets[-1]} tokens, moved "
+                 f"{moved or 'none'} (ms a replay: {some})")
+    return text
 
 
 class Phases:

@@ -1,11 +1,19 @@
-"""CUDA graphs for decode steps: one graph per batch-size bucket, captured at start-up.
+"""CUDA graphs for whole forward passes: one graph per size bucket, captured at start-up.
 
-A decode step (every sequence runs one token) has a fixed shape once the batch is padded to a
-bucket, so the whole forward pass replays as one graph with no per-kernel launch cost. Inputs
-are copied into static buffers; padded rows write no KV (slot -1) and their output is dropped.
-Attention is launched for `max_model_len` keys so one capture serves every context length:
-the kernel skips the key tiles past each sequence's real length. Every graph is timed once
-after capture, and a batch runs in a larger bucket's graph when that one measured faster.
+A step has a fixed shape once it is padded to a bucket, so the forward pass replays as one
+graph with no per-kernel launch cost. Inputs are copied into static buffers; padded tokens
+write no KV (slot -1) and their output is dropped. Attention is launched for `max_model_len`
+keys so one capture serves every context length: the kernel skips the key tiles past each
+sequence's real length. Every graph is timed once after capture, and a step runs in a larger
+bucket's graph when that one measured faster.
+
+Two kinds share this machinery (`StepGraphs`) and one memory pool:
+- `DecodeGraphs`: every sequence runs one token; one bucket per batch size.
+- `PrefillGraphs`: steps with prompt tokens (a prefill, a prefill chunk beside decode rows, a
+  prompt whose prefix was cached) of up to `MAX_PREFILL_GRAPH_TOKENS` tokens; one bucket per
+  token count, each with as many sequence slots as it has tokens. Eager, such a step costs
+  its kernel launches: a 16-token prefill of the 8B took 16-19 ms against 5.4 ms for a
+  one-token decode step in a graph (`gpu_bench.py --only a`, TTFT with a cached prefix).
 """
 
 from __future__ import annotations
@@ -32,6 +40,11 @@ log = logging.getLogger(__name__)
 # where the GPU has it: their steps are chains of short memory-bound kernels (the linear layers
 # are gemvs), whose launch gaps PDL overlaps.
 PDL_ROWS = MAX_GEMV_ROWS
+
+# Prefill steps of up to this many tokens run in graphs (more pay a small share for launches).
+MAX_PREFILL_GRAPH_TOKENS = 512
+# The smallest prefill bucket: fewer tokens cost what 16 do (the GEMMs read every weight once).
+MIN_PREFILL_GRAPH_TOKENS = 16
 
 # Batches up to this many rows pad to a power of two: their step reads every weight once
 # whatever the batch, so padding them is nearly free.
@@ -78,30 +91,49 @@ def bucket_sizes(max_num_seqs: int) -> list[int]:
     return [*sizes, max_num_seqs]
 
 
-class DecodeGraphs:
+def prefill_token_buckets(max_tokens: int) -> list[int]:
+    """The token counts of prefill steps that get a graph: `bucket_sizes` from 16 tokens (a
+    step never has more sequences than tokens, so each bucket has that many sequence slots)."""
+    top = min(max_tokens, MAX_PREFILL_GRAPH_TOKENS)
+    return [b for b in bucket_sizes(top) if b >= min(top, MIN_PREFILL_GRAPH_TOKENS)]
+
+
+class StepGraphs:
+    """One CUDA graph per bucket of a step's size, with the static buffers they read."""
+
+    kind = "step"
+
     def __init__(self, model: torch.nn.Module, kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
-                 ops: AttentionOps, max_num_seqs: int, max_blocks_per_seq: int,
-                 max_model_len: int, hidden_size: int, dtype: torch.dtype,
-                 device: torch.device):
+                 ops: AttentionOps, buckets: list[int], max_tokens: int, max_seqs: int,
+                 max_blocks_per_seq: int, max_model_len: int, hidden_size: int,
+                 dtype: torch.dtype, device: torch.device, pool=None):
         self.model = model
         self.kv_caches = kv_caches
         self.ops = ops
-        self.buckets = bucket_sizes(max_num_seqs)
+        self.buckets = buckets
         self.max_model_len = max_model_len
-        n = self.buckets[-1]
         i64, i32 = torch.int64, torch.int32
-        self.input_ids = torch.zeros(n, dtype=i64, device=device)
-        self.positions = torch.zeros(n, dtype=i64, device=device)
-        self.slot_mapping = torch.full((n,), -1, dtype=i64, device=device)
-        self.block_tables = torch.zeros((n, max_blocks_per_seq), dtype=i32, device=device)
-        self.query_start_loc = torch.arange(n + 1, dtype=i32, device=device)
-        self.seq_lens = torch.ones(n, dtype=i32, device=device)
-        self.hidden = torch.zeros((n, hidden_size), dtype=dtype, device=device)
+        self.input_ids = torch.zeros(max_tokens, dtype=i64, device=device)
+        self.positions = torch.zeros(max_tokens, dtype=i64, device=device)
+        self.slot_mapping = torch.full((max_tokens,), -1, dtype=i64, device=device)
+        self.block_tables = torch.zeros((max_seqs, max_blocks_per_seq), dtype=i32, device=device)
+        self.query_start_loc = torch.arange(max_seqs + 1, dtype=i32, device=device)
+        self.seq_lens = torch.ones(max_seqs, dtype=i32, device=device)
+        self.hidden = torch.zeros((max_tokens, hidden_size), dtype=dtype, device=device)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.route = {b: b for b in self.buckets}  # bucket -> the bucket whose graph runs it
         self.replay_times: dict[int, float] = {}  # bucket -> seconds a replay, at capture
-        self.pool = None
+        self.pool = pool  # shared with the graphs captured before (replays never overlap)
 
+    # -- what a kind defines ------------------------------------------------------------------
+    def _meta(self, b: int) -> AttentionMetadata:
+        """The metadata bucket b's graph reads (views of the static buffers); b tokens."""
+        raise NotImplementedError
+
+    def _launches(self, b: int) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+    # -- capture ------------------------------------------------------------------------------
     def capture_all(self) -> None:
         """Captures every bucket, largest first (the later ones fit in the memory pool it
         leaves), so no capture stalls a request in the middle of serving. Called once,
@@ -112,13 +144,13 @@ class DecodeGraphs:
         self.replay_times = self._replay_times()
         self.route = fastest_cover(self.replay_times)
         moved = {b: r for b, r in self.route.items() if r != b}
-        log.info("captured %d decode graphs (batches %d..%d) in %.1fs%s", len(self.graphs),
+        log.info("captured %d %s graphs (%d..%d) in %.1fs%s", len(self.graphs), self.kind,
                  self.buckets[0], self.buckets[-1], time.perf_counter() - start,
-                 f"; batches of buckets {moved} run in larger, faster ones" if moved else "")
+                 f"; steps of buckets {moved} run in larger, faster ones" if moved else "")
 
     def _replay_times(self, rounds: int = 3) -> dict[int, float]:
-        """Seconds per replay of each graph (the best of `rounds`), as captured: one-key
-        contexts, so the times differ by what depends on the batch size (the GEMMs)."""
+        """Seconds per replay of each graph (the best of `rounds`), as captured: short
+        contexts, so the times differ by what depends on the step's size (the GEMMs)."""
         times = {b: float("inf") for b in self.graphs}
         marks = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
                  for _ in self.graphs]
@@ -132,17 +164,6 @@ class DecodeGraphs:
                 times[b] = min(times[b], begin.elapsed_time(end) / 1e3)
         return times
 
-    def bucket_for(self, batch: int) -> int | None:
-        """The bucket whose graph runs a batch: the smallest that holds it, or a larger one
-        that measured faster (`fastest_cover`)."""
-        b = next((b for b in self.buckets if b >= batch), None)
-        return None if b is None else self.route[b]
-
-    def _meta(self, b: int) -> AttentionMetadata:
-        return AttentionMetadata(self.slot_mapping[:b], self.block_tables[:b],
-                                 self.query_start_loc[:b + 1], self.seq_lens[:b], 1,
-                                 self.max_model_len)
-
     def _capture(self, b: int) -> torch.cuda.CUDAGraph:
         start = time.perf_counter()
         ctx = ForwardContext(self._meta(b), self.kv_caches, self.ops)
@@ -150,16 +171,54 @@ class DecodeGraphs:
             self.model(self.input_ids[:b], self.positions[:b]))
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream), forward_context(ctx), decode_launches(b):
+        with torch.cuda.stream(stream), forward_context(ctx), self._launches(b):
             run()  # warm-up: Triton compiles and autotunes outside the capture
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool), forward_context(ctx), decode_launches(b):
+        with torch.cuda.graph(graph, pool=self.pool), forward_context(ctx), self._launches(b):
             run()
         self.pool = graph.pool()
-        log.debug("captured a decode graph for batch %d in %.2fs", b,
+        log.debug("captured a %s graph for %d in %.2fs", self.kind, b,
                   time.perf_counter() - start)
         return graph
+
+    def _stage(self, input_ids: torch.Tensor, positions: torch.Tensor,
+               slot_mapping: torch.Tensor, block_tables: torch.Tensor) -> None:
+        """Copies a step's tokens into the static buffers; the tokens past them write no KV."""
+        n = input_ids.shape[0]
+        self.input_ids[:n].copy_(input_ids)
+        self.positions[:n].copy_(positions)
+        self.slot_mapping[:n].copy_(slot_mapping)
+        self.slot_mapping[n:].fill_(-1)
+        self.block_tables[:block_tables.shape[0], :block_tables.shape[1]].copy_(block_tables)
+
+
+class DecodeGraphs(StepGraphs):
+    """Decode steps, one graph per batch size; PDL for the small ones (`decode_launches`)."""
+
+    kind = "decode"
+
+    def __init__(self, model: torch.nn.Module, kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+                 ops: AttentionOps, max_num_seqs: int, max_blocks_per_seq: int,
+                 max_model_len: int, hidden_size: int, dtype: torch.dtype,
+                 device: torch.device, pool=None):
+        n = bucket_sizes(max_num_seqs)[-1]
+        super().__init__(model, kv_caches, ops, bucket_sizes(max_num_seqs), n, n,
+                         max_blocks_per_seq, max_model_len, hidden_size, dtype, device, pool)
+
+    def _meta(self, b: int) -> AttentionMetadata:
+        return AttentionMetadata(self.slot_mapping[:b], self.block_tables[:b],
+                                 self.query_start_loc[:b + 1], self.seq_lens[:b], 1,
+                                 self.max_model_len)
+
+    def _launches(self, b: int) -> contextlib.AbstractContextManager[None]:
+        return decode_launches(b)
+
+    def bucket_for(self, batch: int) -> int | None:
+        """The bucket whose graph runs a batch: the smallest that holds it, or a larger one
+        that measured faster (`fastest_cover`)."""
+        b = next((b for b in self.buckets if b >= batch), None)
+        return None if b is None else self.route[b]
 
     def run(self, input_ids: torch.Tensor, positions: torch.Tensor, slot_mapping: torch.Tensor,
             block_tables: torch.Tensor, seq_lens: torch.Tensor) -> torch.Tensor:
@@ -167,12 +226,60 @@ class DecodeGraphs:
         batch = input_ids.shape[0]
         b = self.bucket_for(batch)
         assert b is not None
-        self.input_ids[:batch].copy_(input_ids)
-        self.positions[:batch].copy_(positions)
-        self.slot_mapping[:batch].copy_(slot_mapping)
-        self.slot_mapping[batch:b].fill_(-1)
-        self.block_tables[:batch, :block_tables.shape[1]].copy_(block_tables)
+        self._stage(input_ids, positions, slot_mapping, block_tables)
         self.seq_lens[:batch].copy_(seq_lens)
         self.seq_lens[batch:b].fill_(1)
         self.graphs[b].replay()
         return self.hidden[:batch]
+
+
+class PrefillGraphs(StepGraphs):
+    """Steps with prompt tokens, one graph per token count. Bucket b has b sequence slots;
+    a step's sequences fill the first ones, the rest get no tokens (the attention kernel
+    returns at once for them), and the padded tokens belong to no sequence."""
+
+    kind = "prefill"
+
+    def __init__(self, model: torch.nn.Module, kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+                 ops: AttentionOps, max_num_batched_tokens: int, max_num_seqs: int,
+                 max_blocks_per_seq: int, max_model_len: int, hidden_size: int,
+                 dtype: torch.dtype, device: torch.device, pool=None):
+        buckets = prefill_token_buckets(max_num_batched_tokens)
+        self.max_num_seqs = max_num_seqs
+        super().__init__(model, kv_caches, ops, buckets, buckets[-1],
+                         self._slots(buckets[-1]), max_blocks_per_seq, max_model_len,
+                         hidden_size, dtype, device, pool)
+
+    def _slots(self, b: int) -> int:
+        return min(b, self.max_num_seqs)
+
+    def _meta(self, b: int) -> AttentionMetadata:
+        s = self._slots(b)
+        # The tiles for b query tokens serve any step of at most b (the kernel reads the real
+        # lengths); max_seq_len only steers split-KV for the smallest bucket.
+        return AttentionMetadata(self.slot_mapping[:b], self.block_tables[:s],
+                                 self.query_start_loc[:s + 1], self.seq_lens[:s], b,
+                                 self.max_model_len)
+
+    def bucket_for(self, num_tokens: int, num_seqs: int) -> int | None:
+        """The bucket whose graph runs a step, or None (too many tokens or sequences)."""
+        b = next((b for b in self.buckets if b >= num_tokens), None)
+        if b is None:
+            return None
+        b = self.route[b]
+        return b if num_seqs <= self._slots(b) else None
+
+    def run(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
+            num_seqs: int) -> torch.Tensor:
+        """One step of `len(input_ids)` tokens; returns hidden [num_tokens, hidden]."""
+        n = input_ids.shape[0]
+        b = self.bucket_for(n, num_seqs)
+        assert b is not None
+        s = self._slots(b)
+        self._stage(input_ids, positions, meta.slot_mapping, meta.block_tables)
+        self.query_start_loc[:num_seqs + 1].copy_(meta.query_start_loc)
+        self.query_start_loc[num_seqs + 1:s + 1].fill_(n)  # empty sequences after the last
+        self.seq_lens[:num_seqs].copy_(meta.seq_lens)
+        self.seq_lens[num_seqs:s].fill_(0)
+        self.graphs[b].replay()
+        return self.hidden[:n]

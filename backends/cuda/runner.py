@@ -6,7 +6,7 @@ import logging
 
 import torch
 
-from localserve.backends.cuda.graphs import DecodeGraphs
+from localserve.backends.cuda.graphs import DecodeGraphs, PrefillGraphs
 from localserve.backends.cuda.linear import (
     MAX_GEMV_ROWS,
     install_decode_gemv,
@@ -24,6 +24,8 @@ from localserve.sampling_params import SamplingParams
 
 log = logging.getLogger(__name__)
 GiB = 2**30
+# Short prefill steps replay graphs too (graphs.PrefillGraphs); off: they launch eagerly.
+PREFILL_GRAPHS = True
 
 
 class GpuMemoryError(ValueError):
@@ -52,6 +54,7 @@ class CudaModelRunner(TorchModelRunner):
 
         super().__init__(config, device, triton_attention_ops())
         self.graphs: DecodeGraphs | None = None
+        self.prefill_graphs: PrefillGraphs | None = None
         self.draw_kernel = gumbel_argmax
 
     def load_model(self) -> None:
@@ -154,21 +157,31 @@ class CudaModelRunner(TorchModelRunner):
             spec = self._spec()
             model_len = self.config.model.max_model_len or spec.max_position_embeddings
             model_len = min(model_len, num_blocks * self.block_size)
-            self.graphs = DecodeGraphs(
-                self.model, self.kv_caches, self.ops, self.config.scheduler.max_num_seqs,
-                -(-model_len // self.block_size), model_len, self.arch.hidden_size,
-                self.kv_dtype, self.device)
+            sched = self.config.scheduler
+            shape = (-(-model_len // self.block_size), model_len, self.arch.hidden_size,
+                     self.kv_dtype, self.device)
+            self.graphs = DecodeGraphs(self.model, self.kv_caches, self.ops,
+                                       sched.max_num_seqs, *shape)
             self.graphs.capture_all()
+            if PREFILL_GRAPHS:
+                self.prefill_graphs = PrefillGraphs(
+                    self.model, self.kv_caches, self.ops, sched.max_num_batched_tokens,
+                    sched.max_num_seqs, *shape, pool=self.graphs.pool)
+                self.prefill_graphs.capture_all()
 
     def _forward(self, scheduled: SchedulerOutput, input_ids: torch.Tensor,
                  positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        decode = meta.max_query_len == 1
-        if self.graphs is not None and decode and self.graphs.bucket_for(len(scheduled.seqs)):
-            return self.graphs.run(input_ids, positions, meta.slot_mapping, meta.block_tables,
-                                   meta.seq_lens)
+        num_seqs = len(scheduled.seqs)
+        if meta.max_query_len == 1:
+            if self.graphs is not None and self.graphs.bucket_for(num_seqs):
+                return self.graphs.run(input_ids, positions, meta.slot_mapping,
+                                       meta.block_tables, meta.seq_lens)
+        elif (self.prefill_graphs is not None
+              and self.prefill_graphs.bucket_for(input_ids.shape[0], num_seqs)):
+            return self.prefill_graphs.run(input_ids, positions, meta, num_seqs)
         return super()._forward(scheduled, input_ids, positions, meta)
 
     def shutdown(self) -> None:
-        self.graphs = None
+        self.graphs = self.prefill_graphs = None
         super().shutdown()
         torch.cuda.empty_cache()

@@ -6,6 +6,7 @@ place blocks by hand (shared prefix blocks, chunked prefill, mixed batches).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -57,10 +58,10 @@ class PagedDriver:
         self._next += n
         return ids
 
-    @torch.inference_mode()
-    def step(self, chunks: Sequence[Chunk], last_only: bool = False) -> torch.Tensor:
-        """Runs one packed forward; returns float32 logits of every token [T, vocab] (or,
-        with `last_only`, of each chunk's last token [num_chunks, vocab])."""
+    def pack(self, chunks: Sequence[Chunk]) -> tuple[torch.Tensor, torch.Tensor,
+                                                     AttentionMetadata]:
+        """One packed step's token ids, positions and attention metadata, as the runner
+        makes them."""
         bs = self.block_size
         ids: list[int] = []
         positions: list[int] = []
@@ -82,11 +83,24 @@ class PagedDriver:
             query_start_loc=torch.tensor(starts, dtype=torch.int32, device=dev),
             seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=dev),
             max_query_len=max(len(c.token_ids) for c in chunks), max_seq_len=max(seq_lens))
+        return (torch.tensor(ids, dtype=torch.int64, device=dev),
+                torch.tensor(positions, dtype=torch.int64, device=dev), meta)
+
+    @torch.inference_mode()
+    def hidden(self, chunks: Sequence[Chunk]) -> torch.Tensor:
+        """One packed forward; the final hidden states of every token [T, hidden]."""
+        ids, positions, meta = self.pack(chunks)
         with forward_context(ForwardContext(meta, self.kv_caches, self.ops)):
-            hidden = self.model(torch.tensor(ids, dtype=torch.int64, device=dev),
-                                torch.tensor(positions, dtype=torch.int64, device=dev))
+            return self.model(ids, positions)
+
+    @torch.inference_mode()
+    def step(self, chunks: Sequence[Chunk], last_only: bool = False) -> torch.Tensor:
+        """Runs one packed forward; returns float32 logits of every token [T, vocab] (or,
+        with `last_only`, of each chunk's last token [num_chunks, vocab])."""
+        hidden = self.hidden(chunks)
         if last_only:
-            hidden = hidden[[end - 1 for end in starts[1:]]]
+            ends = itertools.accumulate(len(c.token_ids) for c in chunks)
+            hidden = hidden[[end - 1 for end in ends]]
         return self.model.compute_logits(hidden).float()
 
     def greedy(self, prompt: Sequence[int], num_new: int) -> tuple[list[int], torch.Tensor]:
