@@ -10,8 +10,8 @@ bucket's graph when that one measured faster.
 Two kinds share this machinery (`StepGraphs`) and one memory pool:
 - `DecodeGraphs`: every sequence runs one token; one bucket per batch size.
 - `PrefillGraphs`: steps with prompt tokens (a prefill, a prefill chunk beside decode rows, a
-  prompt whose prefix was cached) of up to `MAX_PREFILL_GRAPH_TOKENS` tokens; one bucket per
-  token count, each with as many sequence slots as it has tokens. Eager, such a step costs
+  prompt whose prefix was cached) of up to `MAX_PREFILL_GRAPH_TOKENS` tokens and
+  `MAX_PREFILL_GRAPH_SEQS` sequences; one bucket per token count. Eager, such a step costs
   its kernel launches: a 16-token prefill of the 8B took 16-19 ms against 5.4 ms for a
   one-token decode step in a graph (`gpu_bench.py --only a`, TTFT with a cached prefix).
 """
@@ -45,6 +45,10 @@ PDL_ROWS = MAX_GEMV_ROWS
 MAX_PREFILL_GRAPH_TOKENS = 512
 # The smallest prefill bucket: fewer tokens cost what 16 do (the GEMMs read every weight once).
 MIN_PREFILL_GRAPH_TOKENS = 16
+# Sequence slots of a prefill graph at most. Each unused slot still launches one attention
+# program per KV head, which binary-searches the slots before it returns: with 512 slots that
+# is ~4,000 programs a layer for a one-prompt step. Steps of more sequences launch eagerly.
+MAX_PREFILL_GRAPH_SEQS = 64
 
 # Batches up to this many rows pad to a power of two: their step reads every weight once
 # whatever the batch, so padding them is nearly free.
@@ -234,8 +238,8 @@ class DecodeGraphs(StepGraphs):
 
 
 class PrefillGraphs(StepGraphs):
-    """Steps with prompt tokens, one graph per token count. Bucket b has b sequence slots;
-    a step's sequences fill the first ones, the rest get no tokens (the attention kernel
+    """Steps with prompt tokens, one graph per token count. Bucket b has b sequence slots (at
+    most MAX_PREFILL_GRAPH_SEQS); a step's sequences fill the first ones, the rest get no tokens (the attention kernel
     returns at once for them), and the padded tokens belong to no sequence."""
 
     kind = "prefill"
@@ -251,7 +255,7 @@ class PrefillGraphs(StepGraphs):
                          hidden_size, dtype, device, pool)
 
     def _slots(self, b: int) -> int:
-        return min(b, self.max_num_seqs)
+        return min(b, self.max_num_seqs, MAX_PREFILL_GRAPH_SEQS)
 
     def _meta(self, b: int) -> AttentionMetadata:
         s = self._slots(b)

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from localserve.backends.cuda.graphs import (
+    MAX_PREFILL_GRAPH_SEQS,
     MAX_PREFILL_GRAPH_TOKENS,
     PrefillGraphs,
     prefill_token_buckets,
@@ -126,6 +127,13 @@ def test_steps_too_large_for_a_bucket_run_eagerly():
     assert graphs.bucket_for(12, 9) is None  # more sequences than max_num_seqs slots
     graphs.route[16] = 32  # a larger graph measured faster: its slots count
     assert graphs.bucket_for(10, 8) == 32
+    many = PrefillGraphs(torch.nn.Identity(), [], ReferenceAttentionOps(),
+                         max_num_batched_tokens=4096, max_num_seqs=1024, max_blocks_per_seq=4,
+                         max_model_len=64, hidden_size=8, dtype=torch.float32,
+                         device=torch.device("cpu"))
+    assert many.bucket_for(32, 32) == 32
+    assert many.bucket_for(500, MAX_PREFILL_GRAPH_SEQS) == 512
+    assert many.bucket_for(500, MAX_PREFILL_GRAPH_SEQS + 1) is None
 
 
 class Recorder:
