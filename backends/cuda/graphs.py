@@ -239,8 +239,9 @@ class DecodeGraphs(StepGraphs):
 
 class PrefillGraphs(StepGraphs):
     """Steps with prompt tokens, one graph per token count. Bucket b has b sequence slots (at
-    most MAX_PREFILL_GRAPH_SEQS); a step's sequences fill the first ones, the rest get no tokens (the attention kernel
-    returns at once for them), and the padded tokens belong to no sequence."""
+    most MAX_PREFILL_GRAPH_SEQS); a step's sequences fill the first ones, the rest get no
+    tokens (the attention kernel returns at once for them), and the padded tokens belong to
+    no sequence."""
 
     kind = "prefill"
 
