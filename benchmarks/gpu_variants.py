@@ -23,9 +23,9 @@ Triton gemv (the 8B's gate/up too, which keeps cuBLAS by default: backends/cuda/
 to 16 rows (8 by default) through the Triton gemv, with PDL in those decode graphs
 (backends/cuda/linear.py: MAX_GEMV_ROWS, graphs.py: PDL_ROWS). Since session 12 one decode
 row goes through the vector gemv (kernels/triton/vector_gemv.py); ":session11" runs it as
-session 11 did (the batched gemv, cuBLAS for the 8B's gate/up). Since session 13 prefill steps
-of up to 512 tokens replay CUDA graphs (backends/cuda/graphs.py: PrefillGraphs);
-":noprefillgraphs" launches them eagerly, as before.
+session 11 did (the batched gemv, cuBLAS for the 8B's gate/up). ":prefillgraphs" has prefill steps
+of up to 512 tokens replay CUDA graphs (backends/cuda/graphs.py: PrefillGraphs; written in
+session 13, off by default until measured), ":noprefillgraphs" launches them eagerly.
 """
 
 from __future__ import annotations
@@ -149,6 +149,7 @@ def variant_setting(variant: str) -> contextlib.AbstractContextManager:
         "gemv16": lambda: both(mock.patch.object(linear, "MAX_GEMV_ROWS", 16),
                                mock.patch.object(graphs, "PDL_ROWS", 16)),
         "session11": lambda: mock.patch.object(linear, "ONE_ROW_GEMV", False),
+        "prefillgraphs": lambda: mock.patch.object(cuda_runner, "PREFILL_GRAPHS", True),
         "noprefillgraphs": lambda: mock.patch.object(cuda_runner, "PREFILL_GRAPHS", False),
         **{f"tokens{n}": lambda n=n: step_tokens(EngineConfig, n) for n in (4096, 8192, 32768)},
     }

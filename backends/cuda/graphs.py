@@ -12,8 +12,9 @@ Two kinds share this machinery (`StepGraphs`) and one memory pool:
 - `PrefillGraphs`: steps with prompt tokens (a prefill, a prefill chunk beside decode rows, a
   prompt whose prefix was cached) of up to `MAX_PREFILL_GRAPH_TOKENS` tokens and
   `MAX_PREFILL_GRAPH_SEQS` sequences; one bucket per token count. Eager, such a step costs
-  its kernel launches: a 16-token prefill of the 8B took 16-19 ms against 5.4 ms for a
-  one-token decode step in a graph (`gpu_bench.py --only a`, TTFT with a cached prefix).
+  its kernel launches: (a)'s TTFT, a 512-token prompt of the 8B with 496 of them cached (one
+  16-token step), read 16-19 ms in sessions 8-12, against 5.4-6 ms for a one-token decode
+  step in a graph (docs/benchmarks.md). Off by default until measured (runner.PREFILL_GRAPHS).
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 
@@ -24,8 +25,9 @@ from localserve.sampling_params import SamplingParams
 
 log = logging.getLogger(__name__)
 GiB = 2**30
-# Short prefill steps replay graphs too (graphs.PrefillGraphs); off: they launch eagerly.
-PREFILL_GRAPHS = True
+# Short prefill steps replay graphs too (graphs.PrefillGraphs) with LOCALSERVE_PREFILL_GRAPHS=1;
+# off by default until a GPU has run them (session 13 got no device time): they launch eagerly.
+PREFILL_GRAPHS = os.environ.get("LOCALSERVE_PREFILL_GRAPHS", "0") == "1"
 
 
 class GpuMemoryError(ValueError):
