@@ -97,8 +97,7 @@ def bucket_sizes(max_num_seqs: int) -> list[int]:
 
 
 def prefill_token_buckets(max_tokens: int) -> list[int]:
-    """The token counts of prefill steps that get a graph: `bucket_sizes` from 16 tokens (a
-    step never has more sequences than tokens, so each bucket has that many sequence slots)."""
+    """The token counts of prefill steps that get a graph: `bucket_sizes` from 16 tokens."""
     top = min(max_tokens, MAX_PREFILL_GRAPH_TOKENS)
     return [b for b in bucket_sizes(top) if b >= min(top, MIN_PREFILL_GRAPH_TOKENS)]
 
