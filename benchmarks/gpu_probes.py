@@ -108,14 +108,14 @@ def graph_routes(llm) -> str:
         return "no decode graphs"
     from localserve.backends.cuda.graphs import PDL_ROWS
 
-    moved = {b: r for b, r in graphs.route.items() if r != b}
+    moved = graphs.moved()
     small = ", ".join(f"{b}: {t * 1e3:.2f}" for b, t in sorted(graphs.replay_times.items())
                       if b <= PDL_ROWS)
     text = (f"graph buckets moved to faster ones: {moved or 'none'} (ms a replay at capture, "
             f"gemv buckets: {small})")
     prefill = getattr(llm.engine.runner, "prefill_graphs", None)
     if prefill is not None:
-        moved = {b: r for b, r in prefill.route.items() if r != b}
+        moved = prefill.moved()
         some = ", ".join(f"{b}: {prefill.replay_times[b] * 1e3:.2f}"
                          for b in (16, 64, 128, 256, 512) if b in prefill.replay_times)
         text += (f"; prefill graphs {prefill.buckets[0]}..{prefill.buckets[-1]} tokens, moved "

@@ -11,10 +11,11 @@ Two kinds share this machinery (`StepGraphs`) and one memory pool:
 - `DecodeGraphs`: every sequence runs one token; one bucket per batch size.
 - `PrefillGraphs`: steps with prompt tokens (a prefill, a prefill chunk beside decode rows, a
   prompt whose prefix was cached) of up to `MAX_PREFILL_GRAPH_TOKENS` tokens and
-  `MAX_PREFILL_GRAPH_SEQS` sequences; one bucket per token count. Eager, such a step costs
-  its kernel launches: (a)'s TTFT, a 512-token prompt of the 8B with 496 of them cached (one
-  16-token step), read 16-19 ms in sessions 8-12, against 5.4-6 ms for a one-token decode
-  step in a graph (docs/benchmarks.md). Off by default until measured (runner.PREFILL_GRAPHS).
+  `MAX_PREFILL_GRAPH_SEQS` sequences; one bucket per token count. Eager, such a step pays
+  for its kernel launches: (a)'s TTFT call, a 512-token prompt of the 8B with 496 tokens
+  cached (one 16-token step), read 15.7-33.9 ms in sessions 11-12 (16-19 mostly), against
+  5.4-5.8 ms for a one-token decode step in a graph (docs/benchmarks.md). Off by default
+  until measured (runner.PREFILL_GRAPHS).
 """
 
 from __future__ import annotations
@@ -47,8 +48,9 @@ MAX_PREFILL_GRAPH_TOKENS = 512
 # The smallest prefill bucket: fewer tokens cost what 16 do (the GEMMs read every weight once).
 MIN_PREFILL_GRAPH_TOKENS = 16
 # Sequence slots of a prefill graph at most. Each unused slot still launches one attention
-# program per KV head, which binary-searches the slots before it returns: with 512 slots that
-# is ~4,000 programs a layer for a one-prompt step. Steps of more sequences launch eagerly.
+# program per KV head, which binary-searches the slots before it returns: with 512 slots a
+# one-prompt step of the 8B (8 KV heads) would launch 511 x 8 such programs a layer (not
+# timed). Steps of more sequences launch eagerly.
 MAX_PREFILL_GRAPH_SEQS = 64
 
 # Batches up to this many rows pad to a power of two: their step reads every weight once
@@ -105,7 +107,7 @@ def prefill_token_buckets(max_tokens: int) -> list[int]:
 class StepGraphs:
     """One CUDA graph per bucket of a step's size, with the static buffers they read."""
 
-    kind = "step"
+    kind = ""  # "decode" or "prefill", for the log
 
     def __init__(self, model: torch.nn.Module, kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
                  ops: AttentionOps, buckets: list[int], max_tokens: int, max_seqs: int,
@@ -134,8 +136,16 @@ class StepGraphs:
         """The metadata bucket b's graph reads (views of the static buffers); b tokens."""
         raise NotImplementedError
 
+    def _stage_sequences(self, b: int, num_tokens: int, meta: AttentionMetadata) -> None:
+        """Copies the step's per-sequence metadata; fills bucket b's other sequences."""
+        raise NotImplementedError
+
     def _launches(self, b: int) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()
+
+    def moved(self) -> dict[int, int]:
+        """The buckets whose steps run in a larger bucket's graph (`fastest_cover`)."""
+        return {b: r for b, r in self.route.items() if r != b}
 
     # -- capture ------------------------------------------------------------------------------
     def capture_all(self) -> None:
@@ -147,7 +157,7 @@ class StepGraphs:
             self.graphs[b] = self._capture(b)
         self.replay_times = self._replay_times()
         self.route = fastest_cover(self.replay_times)
-        moved = {b: r for b, r in self.route.items() if r != b}
+        moved = self.moved()
         log.info("captured %d %s graphs (%d..%d) in %.1fs%s", len(self.graphs), self.kind,
                  self.buckets[0], self.buckets[-1], time.perf_counter() - start,
                  f"; steps of buckets {moved} run in larger, faster ones" if moved else "")
@@ -186,15 +196,20 @@ class StepGraphs:
                   time.perf_counter() - start)
         return graph
 
-    def _stage(self, input_ids: torch.Tensor, positions: torch.Tensor,
-               slot_mapping: torch.Tensor, block_tables: torch.Tensor) -> None:
-        """Copies a step's tokens into the static buffers; the tokens past them write no KV."""
+    def run(self, b: int, input_ids: torch.Tensor, positions: torch.Tensor,
+            meta: AttentionMetadata) -> torch.Tensor:
+        """One step in bucket b's graph (`bucket_for`); returns hidden [num_tokens, hidden].
+        The tokens past the step's write no KV."""
         n = input_ids.shape[0]
         self.input_ids[:n].copy_(input_ids)
         self.positions[:n].copy_(positions)
-        self.slot_mapping[:n].copy_(slot_mapping)
+        self.slot_mapping[:n].copy_(meta.slot_mapping)
         self.slot_mapping[n:].fill_(-1)
-        self.block_tables[:block_tables.shape[0], :block_tables.shape[1]].copy_(block_tables)
+        tables = meta.block_tables
+        self.block_tables[:tables.shape[0], :tables.shape[1]].copy_(tables)
+        self._stage_sequences(b, n, meta)
+        self.graphs[b].replay()
+        return self.hidden[:n]
 
 
 class DecodeGraphs(StepGraphs):
@@ -206,14 +221,19 @@ class DecodeGraphs(StepGraphs):
                  ops: AttentionOps, max_num_seqs: int, max_blocks_per_seq: int,
                  max_model_len: int, hidden_size: int, dtype: torch.dtype,
                  device: torch.device, pool=None):
-        n = bucket_sizes(max_num_seqs)[-1]
-        super().__init__(model, kv_caches, ops, bucket_sizes(max_num_seqs), n, n,
-                         max_blocks_per_seq, max_model_len, hidden_size, dtype, device, pool)
+        super().__init__(model, kv_caches, ops, bucket_sizes(max_num_seqs), max_num_seqs,
+                         max_num_seqs, max_blocks_per_seq, max_model_len, hidden_size, dtype,
+                         device, pool)
 
     def _meta(self, b: int) -> AttentionMetadata:
         return AttentionMetadata(self.slot_mapping[:b], self.block_tables[:b],
                                  self.query_start_loc[:b + 1], self.seq_lens[:b], 1,
                                  self.max_model_len)
+
+    def _stage_sequences(self, b: int, num_tokens: int, meta: AttentionMetadata) -> None:
+        # One token a sequence: query_start_loc stays 0, 1, 2, ... as captured.
+        self.seq_lens[:num_tokens].copy_(meta.seq_lens)
+        self.seq_lens[num_tokens:b].fill_(1)
 
     def _launches(self, b: int) -> contextlib.AbstractContextManager[None]:
         return decode_launches(b)
@@ -223,18 +243,6 @@ class DecodeGraphs(StepGraphs):
         that measured faster (`fastest_cover`)."""
         b = next((b for b in self.buckets if b >= batch), None)
         return None if b is None else self.route[b]
-
-    def run(self, input_ids: torch.Tensor, positions: torch.Tensor, slot_mapping: torch.Tensor,
-            block_tables: torch.Tensor, seq_lens: torch.Tensor) -> torch.Tensor:
-        """One decode step for `len(input_ids)` sequences; returns hidden [batch, hidden]."""
-        batch = input_ids.shape[0]
-        b = self.bucket_for(batch)
-        assert b is not None
-        self._stage(input_ids, positions, slot_mapping, block_tables)
-        self.seq_lens[:batch].copy_(seq_lens)
-        self.seq_lens[batch:b].fill_(1)
-        self.graphs[b].replay()
-        return self.hidden[:batch]
 
 
 class PrefillGraphs(StepGraphs):
@@ -274,17 +282,10 @@ class PrefillGraphs(StepGraphs):
         b = self.route[b]
         return b if num_seqs <= self._slots(b) else None
 
-    def run(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
-            num_seqs: int) -> torch.Tensor:
-        """One step of `len(input_ids)` tokens; returns hidden [num_tokens, hidden]."""
-        n = input_ids.shape[0]
-        b = self.bucket_for(n, num_seqs)
-        assert b is not None
-        s = self._slots(b)
-        self._stage(input_ids, positions, meta.slot_mapping, meta.block_tables)
+    def _stage_sequences(self, b: int, num_tokens: int, meta: AttentionMetadata) -> None:
+        num_seqs, s = meta.seq_lens.shape[0], self._slots(b)
         self.query_start_loc[:num_seqs + 1].copy_(meta.query_start_loc)
-        self.query_start_loc[num_seqs + 1:s + 1].fill_(n)  # empty sequences after the last
+        # Empty sequences after the last: they start (and end) past the step's tokens.
+        self.query_start_loc[num_seqs + 1:s + 1].fill_(num_tokens)
         self.seq_lens[:num_seqs].copy_(meta.seq_lens)
         self.seq_lens[num_seqs:s].fill_(0)
-        self.graphs[b].replay()
-        return self.hidden[:n]

@@ -174,13 +174,14 @@ class CudaModelRunner(TorchModelRunner):
     def _forward(self, scheduled: SchedulerOutput, input_ids: torch.Tensor,
                  positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         num_seqs = len(scheduled.seqs)
+        graphs: DecodeGraphs | PrefillGraphs | None
         if meta.max_query_len == 1:
-            if self.graphs is not None and self.graphs.bucket_for(num_seqs):
-                return self.graphs.run(input_ids, positions, meta.slot_mapping,
-                                       meta.block_tables, meta.seq_lens)
-        elif (self.prefill_graphs is not None
-              and self.prefill_graphs.bucket_for(input_ids.shape[0], num_seqs)):
-            return self.prefill_graphs.run(input_ids, positions, meta, num_seqs)
+            graphs, size = self.graphs, (num_seqs,)
+        else:
+            graphs, size = self.prefill_graphs, (input_ids.shape[0], num_seqs)
+        b = graphs.bucket_for(*size) if graphs is not None else None
+        if b is not None:
+            return graphs.run(b, input_ids, positions, meta)
         return super()._forward(scheduled, input_ids, positions, meta)
 
     def shutdown(self) -> None:

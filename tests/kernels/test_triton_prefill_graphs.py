@@ -88,9 +88,8 @@ def test_padded_step_matches_the_eager_step(tiny, ops_kind, new_prompt):
     # second, so the second's padded tokens hold the first one's slots unless staging clears
     # them (they must write no KV: A and C read those slots).
     a, b, c = ids(17, 1), ids(new_prompt, 2), ids(7, 3)
-    for driver in (eager, graphed):
-        tables = [driver.alloc(n) for n in (17, new_prompt, 7)]
-    ta, tb, tc = tables
+    ta, tb, tc = tables = [eager.alloc(n) for n in (17, new_prompt, 7)]
+    assert [graphed.alloc(n) for n in (17, new_prompt, 7)] == tables  # the same blocks
     steps = [[Chunk(a[:11], 0, ta), Chunk(c[:6], 0, tc)],
              [Chunk(a[11:], 11, ta), Chunk(b, 0, tb), Chunk(c[6:], 6, tc)]]
     for step in steps:
@@ -98,7 +97,7 @@ def test_padded_step_matches_the_eager_step(tiny, ops_kind, new_prompt):
         input_ids, positions, meta = graphed.pack(step)
         bucket = graphs.bucket_for(len(input_ids), len(step))
         assert bucket == (16 if len(input_ids) <= 16 else 32) or CUDA  # (a GPU may route up)
-        out = graphs.run(input_ids, positions, meta, len(step))
+        out = graphs.run(bucket, input_ids, positions, meta)
         assert out.shape == want.shape
         err = (out - want).abs().max().item()
         assert err <= REL_TOL * want.abs().max().item(), f"max err {err:.3g}"
@@ -114,11 +113,16 @@ def test_token_buckets():
     assert prefill_token_buckets(8) == [8]  # a budget under 16 tokens: one bucket of it
 
 
+def buckets_only(max_num_seqs: int) -> PrefillGraphs:
+    """Prefill graphs of a 4,096-token step budget, nothing captured (no model behind)."""
+    return PrefillGraphs(torch.nn.Identity(), [], ReferenceAttentionOps(),
+                         max_num_batched_tokens=4096, max_num_seqs=max_num_seqs,
+                         max_blocks_per_seq=4, max_model_len=64, hidden_size=8,
+                         dtype=torch.float32, device=torch.device("cpu"))
+
+
 def test_steps_too_large_for_a_bucket_run_eagerly():
-    graphs = PrefillGraphs(torch.nn.Identity(), [], ReferenceAttentionOps(),
-                           max_num_batched_tokens=4096, max_num_seqs=8, max_blocks_per_seq=4,
-                           max_model_len=64, hidden_size=8, dtype=torch.float32,
-                           device=torch.device("cpu"))
+    graphs = buckets_only(max_num_seqs=8)
     assert graphs.bucket_for(1, 1) == 16
     assert graphs.bucket_for(16, 8) == 16
     assert graphs.bucket_for(17, 2) == 32
@@ -127,10 +131,7 @@ def test_steps_too_large_for_a_bucket_run_eagerly():
     assert graphs.bucket_for(12, 9) is None  # more sequences than max_num_seqs slots
     graphs.route[16] = 32  # a larger graph measured faster: its slots count
     assert graphs.bucket_for(10, 8) == 32
-    many = PrefillGraphs(torch.nn.Identity(), [], ReferenceAttentionOps(),
-                         max_num_batched_tokens=4096, max_num_seqs=1024, max_blocks_per_seq=4,
-                         max_model_len=64, hidden_size=8, dtype=torch.float32,
-                         device=torch.device("cpu"))
+    many = buckets_only(max_num_seqs=1024)
     assert many.bucket_for(32, 32) == 32
     assert many.bucket_for(500, MAX_PREFILL_GRAPH_SEQS) == 512
     assert many.bucket_for(500, MAX_PREFILL_GRAPH_SEQS + 1) is None
@@ -145,7 +146,7 @@ class Recorder:
     def bucket_for(self, *size: int) -> int | None:
         return 1 if self.fits(*size) else None
 
-    def run(self, input_ids, *args) -> str:
+    def run(self, bucket, input_ids, *args) -> str:
         self.calls.append(len(input_ids))
         return "graph"
 
