@@ -37,6 +37,7 @@ from gpu_probes import (  # this folder's modules
     Clocks,
     JitCompiles,
     Phases,
+    StartupPhases,
     StepBytes,
     bandwidth_bytes_per_s,
     graph_routes,
@@ -344,7 +345,8 @@ def bench_d(args, results, table) -> None:
     from unittest import mock
 
     with (tempfile.TemporaryDirectory() as cache_dir,
-          mock.patch.dict(os.environ, TRITON_CACHE_DIR=cache_dir)):  # read at each compile
+          mock.patch.dict(os.environ, TRITON_CACHE_DIR=cache_dir),  # read at each compile
+          StartupPhases() if args.phases else contextlib.nullcontext()):
         t = time.perf_counter()
         llm = make_llm(args.llama, args)
         startup = time.perf_counter() - t
@@ -358,7 +360,8 @@ def main() -> None:
     ap.add_argument("--only", nargs="+", default=["d", "a", "b", "c"])
     ap.add_argument("--hf", action="store_true")
     ap.add_argument("--no-async", action="store_true", help="step synchronously (A/B)")
-    ap.add_argument("--phases", action="store_true", help="host time per engine phase")
+    ap.add_argument("--phases", action="store_true",
+                    help="host time per engine phase; (d): the start-up log and profile")
     ap.add_argument("--clocks", action="store_true",
                     help="(a), (c): nvidia-smi clocks and power")
     ap.add_argument("--kernel-table", action="store_true",

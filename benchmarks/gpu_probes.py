@@ -101,6 +101,31 @@ class JitCompiles:
         return text
 
 
+class StartupPhases:
+    """(d) --phases: the engine's start-up log (load, KV sizing, graph captures, one line per
+    graph) and the functions that took the most of it (cProfile, cumulative)."""
+
+    def __enter__(self) -> StartupPhases:
+        import cProfile
+        import logging
+
+        logging.basicConfig(format="%(relativeCreated)8.0f ms %(name)s: %(message)s")
+        logging.getLogger("localserve").setLevel(logging.INFO)
+        logging.getLogger("localserve.backends.cuda.graphs").setLevel(logging.DEBUG)
+        self.profile = cProfile.Profile()
+        self.profile.enable()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import logging
+        import pstats
+
+        self.profile.disable()
+        logging.getLogger("localserve").setLevel(logging.WARNING)
+        logging.getLogger("localserve.backends.cuda.graphs").setLevel(logging.NOTSET)
+        pstats.Stats(self.profile).sort_stats("cumulative").print_stats(35)
+
+
 def graph_routes(llm) -> str:
     """The decode-graph buckets whose batches run in a larger bucket's graph."""
     graphs = getattr(llm.engine.runner, "graphs", None)
