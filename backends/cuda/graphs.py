@@ -45,8 +45,11 @@ PDL_ROWS = MAX_GEMV_ROWS
 
 # Prefill steps of up to this many tokens run in graphs (more pay a small share for launches).
 MAX_PREFILL_GRAPH_TOKENS = 512
-# The smallest prefill bucket: fewer tokens cost what 16 do (the GEMMs read every weight once).
-MIN_PREFILL_GRAPH_TOKENS = 16
+# The smallest prefill bucket: fewer tokens cost what 32 do (the GEMMs read every weight once).
+# Not 16: its steps are decode-like for attention (MAX_DECODE_QUERY_LEN), a split-KV variant
+# compiled for that graph alone (2.2 s of a cold start, H100) and replayed slower than the
+# 32-token graph (fastest_cover routed 16 -> 32 on an H100 and an H200, session 14).
+MIN_PREFILL_GRAPH_TOKENS = 32
 # Sequence slots of a prefill graph at most. Each unused slot still launches one attention
 # program per KV head, which binary-searches the slots before it returns: with 512 slots a
 # one-prompt step of the 8B (8 KV heads) would launch 511 x 8 such programs a layer (not

@@ -66,7 +66,7 @@ def attention_ops(kind: str):
 
 
 @pytest.mark.parametrize("ops_kind", ["reference", "triton"])
-@pytest.mark.parametrize("new_prompt", [2, 7], ids=["16-token bucket", "32-token bucket"])
+@pytest.mark.parametrize("new_prompt", [2, 30], ids=["32-token bucket", "64-token bucket"])
 @torch.inference_mode()
 def test_padded_step_matches_the_eager_step(tiny, ops_kind, new_prompt):
     if CUDA and ops_kind == "reference":
@@ -84,9 +84,10 @@ def test_padded_step_matches_the_eager_step(tiny, ops_kind, new_prompt):
     else:
         graphs.graphs = {b: EagerReplay(graphs, b) for b in graphs.buckets}
     # Sequence A has 11 tokens cached (past gemma's window of 8) and runs 6 more; B is a new
-    # prompt; C decodes one token after a 6-token prompt. The first step is longer than the
-    # second, so the second's padded tokens hold the first one's slots unless staging clears
-    # them (they must write no KV: A and C read those slots).
+    # prompt; C decodes one token after a 6-token prompt. With a 2-token B both steps run in
+    # the 32-token bucket and the first is longer, so the second's padded tokens hold the first
+    # one's slots unless staging clears them (they must write no KV: A and C read those slots).
+    # A 30-token B moves the second step to the 64-token bucket.
     a, b, c = ids(17, 1), ids(new_prompt, 2), ids(7, 3)
     ta, tb, tc = tables = [eager.alloc(n) for n in (17, new_prompt, 7)]
     assert [graphed.alloc(n) for n in (17, new_prompt, 7)] == tables  # the same blocks
@@ -96,7 +97,7 @@ def test_padded_step_matches_the_eager_step(tiny, ops_kind, new_prompt):
         want = eager.hidden(step)
         input_ids, positions, meta = graphed.pack(step)
         bucket = graphs.bucket_for(len(input_ids), len(step))
-        assert bucket == (16 if len(input_ids) <= 16 else 32) or CUDA  # (a GPU may route up)
+        assert bucket == (32 if len(input_ids) <= 32 else 64) or CUDA  # (a GPU may route up)
         out = graphs.run(bucket, input_ids, positions, meta)
         assert out.shape == want.shape
         err = (out - want).abs().max().item()
@@ -105,11 +106,11 @@ def test_padded_step_matches_the_eager_step(tiny, ops_kind, new_prompt):
 
 def test_token_buckets():
     # Few graphs (start-up), at most half a bucket of padding.
-    assert prefill_token_buckets(16384) == [16, 32, 64, 96, 128, 192, 256, 384, 512]
+    assert prefill_token_buckets(16384) == [32, 64, 96, 128, 192, 256, 384, 512]
     assert prefill_token_buckets(MAX_PREFILL_GRAPH_TOKENS)[-1] == MAX_PREFILL_GRAPH_TOKENS
-    assert prefill_token_buckets(100) == [16, 32, 64, 96, 100]
-    assert prefill_token_buckets(16) == [16]
-    assert prefill_token_buckets(8) == [8]  # a budget under 16 tokens: one bucket of it
+    assert prefill_token_buckets(100) == [32, 64, 96, 100]
+    assert prefill_token_buckets(32) == [32]
+    assert prefill_token_buckets(8) == [8]  # a budget under 32 tokens: one bucket of it
 
 
 def buckets_only(max_num_seqs: int) -> PrefillGraphs:
@@ -122,16 +123,17 @@ def buckets_only(max_num_seqs: int) -> PrefillGraphs:
 
 def test_steps_too_large_for_a_bucket_run_eagerly():
     graphs = buckets_only(max_num_seqs=8)
-    assert graphs.bucket_for(1, 1) == 16
-    assert graphs.bucket_for(16, 8) == 16
-    assert graphs.bucket_for(17, 2) == 32
+    assert graphs.bucket_for(1, 1) == 32
+    assert graphs.bucket_for(32, 8) == 32
+    assert graphs.bucket_for(33, 2) == 64
     assert graphs.bucket_for(512, 8) == 512
     assert graphs.bucket_for(513, 1) is None  # more tokens than the largest bucket
     assert graphs.bucket_for(12, 9) is None  # more sequences than max_num_seqs slots
-    graphs.route[16] = 32  # a larger graph measured faster: its slots count
-    assert graphs.bucket_for(10, 8) == 32
     many = buckets_only(max_num_seqs=1024)
-    assert many.bucket_for(32, 32) == 32
+    assert many.bucket_for(20, 32) == 32
+    assert many.bucket_for(20, 33) is None  # bucket 32 has 32 slots
+    many.route[32] = 64  # a larger graph measured faster: its slots count
+    assert many.bucket_for(20, 33) == 64
     assert many.bucket_for(500, MAX_PREFILL_GRAPH_SEQS) == 512
     assert many.bucket_for(500, MAX_PREFILL_GRAPH_SEQS + 1) is None
 
