@@ -11,11 +11,11 @@ Two kinds share this machinery (`StepGraphs`) and one memory pool:
 - `DecodeGraphs`: every sequence runs one token; one bucket per batch size.
 - `PrefillGraphs`: steps with prompt tokens (a prefill, a prefill chunk beside decode rows, a
   prompt whose prefix was cached) of up to `MAX_PREFILL_GRAPH_TOKENS` tokens and
-  `MAX_PREFILL_GRAPH_SEQS` sequences; one bucket per token count. Eager, such a step pays
-  for its kernel launches: (a)'s TTFT call, a 512-token prompt of the 8B with 496 tokens
-  cached (one 16-token step), read 15.7-33.9 ms in sessions 11-12 (16-19 mostly), against
-  5.4-5.8 ms for a one-token decode step in a graph (docs/benchmarks.md). Off by default
-  until measured (runner.PREFILL_GRAPHS).
+  `MAX_PREFILL_GRAPH_SEQS` sequences; one bucket per token count. Eager, such a step is
+  bound by its kernel launches: on an H200 (session 14, docs/benchmarks.md) the 8B's
+  512-token prompt took 25.7 ms eager and 12.1 ms in a graph, and a 16-token step behind a
+  cached prefix 27.8 ms against 6.1. Off by default while the cold start they add (~2-3 s
+  of the 8B's ~15-21 s, against the issue's 20 s) is open (runner.PREFILL_GRAPHS).
 """
 
 from __future__ import annotations
@@ -65,9 +65,10 @@ BUCKETS_PER_DOUBLING = 8
 
 
 # Prefill buckets per doubling above MEMORY_BOUND_ROWS tokens. Each graph costs start-up
-# (H200, session 14: 27 prefill graphs at 8 per doubling added 7.0 s to the 8B's 15.2 s), and
-# a padded token costs little beside launching eagerly (8B replays: 128 tokens 5.2 ms, 256
-# 7.2, 512 10.3; eager, the 512-token prompt took 25.7 ms).
+# (H200, session 14: the 8B's cold start read 22.2 s with 27 prefill graphs, 8 per doubling,
+# and 15.2 s without, in two calls on one machine), and a padded token costs little beside
+# launching eagerly (8B replays: 128 tokens 5.2 ms, 256 7.2, 512 10.3; eager, the 512-token
+# prompt took 25.7 ms).
 PREFILL_BUCKETS_PER_DOUBLING = 2
 
 # A batch moves up to a larger bucket only when that graph replays this much faster: below

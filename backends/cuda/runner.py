@@ -25,8 +25,9 @@ from localserve.sampling_params import SamplingParams
 
 log = logging.getLogger(__name__)
 GiB = 2**30
-# Short prefill steps replay graphs too (graphs.PrefillGraphs) with LOCALSERVE_PREFILL_GRAPHS=1;
-# off by default until a GPU has run them (session 13 got no device time): they launch eagerly.
+# Short prefill steps replay graphs too (graphs.PrefillGraphs) with LOCALSERVE_PREFILL_GRAPHS=1:
+# correct on an H200 and halving the TTFT there (session 14), but off by default while the 8B's
+# cold start is at the 20 s without them (20.8 s on an H100 in session 14).
 PREFILL_GRAPHS = os.environ.get("LOCALSERVE_PREFILL_GRAPHS", "0") == "1"
 
 
