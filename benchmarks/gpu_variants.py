@@ -114,7 +114,7 @@ def variant_setting(variant: str) -> contextlib.AbstractContextManager:
 
     import torch
 
-    from localserve.backends.cuda import graphs, linear
+    from localserve.backends.cuda import compile_ahead, graphs, linear
     from localserve.backends.cuda import runner as cuda_runner
     from localserve.backends.cuda.runner import CudaModelRunner
     from localserve.config import EngineConfig
@@ -151,6 +151,9 @@ def variant_setting(variant: str) -> contextlib.AbstractContextManager:
         "session11": lambda: mock.patch.object(linear, "ONE_ROW_GEMV", False),
         "prefillgraphs": lambda: mock.patch.object(cuda_runner, "PREFILL_GRAPHS", True),
         "noprefillgraphs": lambda: mock.patch.object(cuda_runner, "PREFILL_GRAPHS", False),
+        "compileahead": lambda: mock.patch.object(compile_ahead, "COMPILE_AHEAD", True),
+        "pgcompileahead": lambda: both(mock.patch.object(cuda_runner, "PREFILL_GRAPHS", True),
+                                       mock.patch.object(compile_ahead, "COMPILE_AHEAD", True)),
         **{f"tokens{n}": lambda n=n: step_tokens(EngineConfig, n) for n in (4096, 8192, 32768)},
     }
     if variant not in settings:

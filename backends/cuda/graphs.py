@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable
 
 import torch
 
@@ -190,19 +189,27 @@ class StepGraphs:
                 times[b] = min(times[b], begin.elapsed_time(end) / 1e3)
         return times
 
+    def _forward(self, b: int) -> None:
+        """Bucket b's forward pass on the static buffers, as its graph records it."""
+        ctx = ForwardContext(self._meta(b), self.kv_caches, self.ops)
+        with forward_context(ctx), self._launches(b):
+            self.hidden[:b].copy_(self.model(self.input_ids[:b], self.positions[:b]))
+
+    def forward_every_bucket(self) -> None:
+        """Each bucket's forward pass, in capture order: `compile_ahead`'s dry pass."""
+        for b in reversed(self.buckets):
+            self._forward(b)
+
     def _capture(self, b: int) -> torch.cuda.CUDAGraph:
         start = time.perf_counter()
-        ctx = ForwardContext(self._meta(b), self.kv_caches, self.ops)
-        run: Callable[[], None] = lambda: self.hidden[:b].copy_(
-            self.model(self.input_ids[:b], self.positions[:b]))
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream), forward_context(ctx), self._launches(b):
-            run()  # warm-up: Triton compiles and autotunes outside the capture
+        with torch.cuda.stream(stream):
+            self._forward(b)  # warm-up: Triton compiles and autotunes outside the capture
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool), forward_context(ctx), self._launches(b):
-            run()
+        with torch.cuda.graph(graph, pool=self.pool):
+            self._forward(b)
         self.pool = graph.pool()
         log.debug("captured a %s graph for %d in %.2fs", self.kind, b,
                   time.perf_counter() - start)

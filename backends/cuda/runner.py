@@ -7,6 +7,7 @@ import os
 
 import torch
 
+from localserve.backends.cuda.compile_ahead import compile_ahead
 from localserve.backends.cuda.graphs import DecodeGraphs, PrefillGraphs
 from localserve.backends.cuda.linear import (
     MAX_GEMV_ROWS,
@@ -88,6 +89,8 @@ class CudaModelRunner(TorchModelRunner):
         spec = self._spec()
         sched = self.config.scheduler
         num_tokens = min(sched.max_num_batched_tokens, spec.max_position_embeddings)
+        # The warm-up's kernels, compiled in parallel first where turned on (compile_ahead).
+        compile_ahead(lambda: self._prompt_forward(num_tokens, self._scratch_caches(num_tokens)))
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(self.device)
@@ -116,25 +119,37 @@ class CudaModelRunner(TorchModelRunner):
                 "Lower --max-num-batched-tokens or use a smaller model.")
         return num_blocks
 
+    def _scratch_caches(self, num_tokens: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """KV caches for one `num_tokens` prompt, outside the pool (the warm-up's)."""
+        spec = self._spec()
+        shape = (-(-num_tokens // self.block_size), self.block_size, spec.num_kv_heads,
+                 spec.head_dim)
+        return [(torch.empty(shape, dtype=self.kv_dtype, device=self.device),
+                 torch.empty(shape, dtype=self.kv_dtype, device=self.device))
+                for _ in range(spec.num_layers)]
+
+    @torch.inference_mode()
+    def _prompt_forward(self, num_tokens: int,
+                        caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """Hidden states of one prompt of `num_tokens` random ids, its KV in `caches`."""
+        dev = self.device
+        meta = AttentionMetadata(
+            slot_mapping=torch.arange(num_tokens, device=dev),
+            block_tables=torch.arange(caches[0][0].shape[0], dtype=torch.int32,
+                                      device=dev)[None],
+            query_start_loc=torch.tensor([0, num_tokens], dtype=torch.int32, device=dev),
+            seq_lens=torch.tensor([num_tokens], dtype=torch.int32, device=dev),
+            max_query_len=num_tokens, max_seq_len=num_tokens)
+        ids = torch.randint(0, self._spec().vocab_size, (num_tokens,), device=dev)
+        with forward_context(ForwardContext(meta, caches, self.ops)):
+            return self.model(ids, torch.arange(num_tokens, device=dev))
+
     @torch.inference_mode()
     def _warm_up(self, num_tokens: int, num_seqs: int) -> None:
         """A forward pass of `num_tokens` prompt tokens (one sequence) plus `num_seqs` logits."""
         spec = self._spec()
-        num_blocks = -(-num_tokens // self.block_size)
-        shape = (num_blocks, self.block_size, spec.num_kv_heads, spec.head_dim)
-        caches = [(torch.empty(shape, dtype=self.kv_dtype, device=self.device),
-                   torch.empty(shape, dtype=self.kv_dtype, device=self.device))
-                  for _ in range(spec.num_layers)]
-        dev = self.device
-        meta = AttentionMetadata(
-            slot_mapping=torch.arange(num_tokens, device=dev),
-            block_tables=torch.arange(num_blocks, dtype=torch.int32, device=dev)[None],
-            query_start_loc=torch.tensor([0, num_tokens], dtype=torch.int32, device=dev),
-            seq_lens=torch.tensor([num_tokens], dtype=torch.int32, device=dev),
-            max_query_len=num_tokens, max_seq_len=num_tokens)
-        ids = torch.randint(0, spec.vocab_size, (num_tokens,), device=dev)
-        with forward_context(ForwardContext(meta, caches, self.ops)):
-            hidden = self.model(ids, torch.arange(num_tokens, device=dev))
+        caches = self._scratch_caches(num_tokens)
+        hidden = self._prompt_forward(num_tokens, caches)
         logits = self.model.compute_logits(hidden[:num_seqs])
         # The sampler's temporaries at the widest batch count too (a few [seqs, vocab] fp32
         # tensors): left out, the KV pool takes their memory and the allocator thrashes.
@@ -165,12 +180,15 @@ class CudaModelRunner(TorchModelRunner):
                      self.kv_dtype, self.device)
             self.graphs = DecodeGraphs(self.model, self.kv_caches, self.ops,
                                        sched.max_num_seqs, *shape)
-            self.graphs.capture_all()
             if PREFILL_GRAPHS:
                 self.prefill_graphs = PrefillGraphs(
                     self.model, self.kv_caches, self.ops, sched.max_num_batched_tokens,
-                    sched.max_num_seqs, *shape, pool=self.graphs.pool)
-                self.prefill_graphs.capture_all()
+                    sched.max_num_seqs, *shape)
+            kinds = [g for g in (self.graphs, self.prefill_graphs) if g is not None]
+            compile_ahead(lambda: [g.forward_every_bucket() for g in kinds])
+            for graphs in kinds:  # one memory pool: replays never overlap
+                graphs.pool = self.graphs.pool
+                graphs.capture_all()
 
     def _forward(self, scheduled: SchedulerOutput, input_ids: torch.Tensor,
                  positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:

@@ -1,0 +1,100 @@
+"""Compile the Triton kernels a start-up will launch on many threads at once, before launching.
+
+A cold start (empty Triton cache) is mostly Triton compiling two dozen kernel variants one
+after another as the warm-up and the graph captures first launch them: H100, session 14, the
+8B's start-up profile spent 6.4 s waiting on ptxas and gcc and 2.6 s in LLVM, of ~21 s
+(docs/benchmarks.md). A *dry* pass runs the same forward passes first with every Triton
+launch turned into a compile submitted to a thread pool (Triton's `AsyncCompileMode` and
+`warmup=True` launches): nothing is launched, the torch ops in between run on whatever the
+skipped kernels left in their outputs, and leaving the pass waits for the compiles, which land
+in the kernels' in-memory caches where the real launches find them. A variant the dry pass
+misses is compiled at its first real launch, as without it.
+
+Off by default (`COMPILE_AHEAD`, LOCALSERVE_COMPILE_AHEAD=1) until a GPU has timed it: written
+in session 14 after the device time was spent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+log = logging.getLogger(__name__)
+
+COMPILE_AHEAD = os.environ.get("LOCALSERVE_COMPILE_AHEAD", "0") == "1"
+# Compiles at once: each is mostly one thread in LLVM, then a ptxas (and a gcc) subprocess.
+MAX_WORKERS = 16
+
+
+def available() -> bool:
+    """Whether this Triton can compile without launching in parallel (3.5 and newer)."""
+    try:
+        import triton
+        from triton.runtime.jit import JITFunction
+    except ImportError:
+        return False
+    return hasattr(triton, "AsyncCompileMode") and hasattr(JITFunction, "run")
+
+
+def workers() -> int:
+    return max(1, min(MAX_WORKERS, os.cpu_count() or 1))
+
+
+@contextlib.contextmanager
+def dry_launches(num_workers: int | None = None) -> Iterator[None]:
+    """Inside, every Triton JIT launch compiles its kernel on a thread pool and launches
+    nothing; leaving waits for every compile, then loads each kernel and builds its launcher
+    (a C stub gcc compiles, 24 of them 3.5 s in that profile) on the pool too, which each
+    first launch would otherwise do one after another. Needs `available()`."""
+    import triton
+    from triton.runtime.jit import JITFunction
+
+    launch = JITFunction.run
+
+    def compile_only(self, *args, grid, warmup, **kwargs):
+        return launch(self, *args, grid=grid, warmup=True, **kwargs)
+
+    with ThreadPoolExecutor(num_workers or workers(), thread_name_prefix="triton-compile",
+                            **_on_this_gpu()) as pool:
+        with triton.AsyncCompileMode(pool) as mode:  # leaving it waits for the compiles
+            JITFunction.run = compile_only  # process-wide: start-up launches from one thread
+            try:
+                yield
+            finally:
+                JITFunction.run = launch
+        kernels = [k.kernel for k in mode.future_kernels.values() if k.kernel is not None]
+        for failed in pool.map(_load, kernels):
+            if failed:  # its first launch loads it again, and raises what it raises
+                log.debug("loading a compiled kernel ahead failed: %s", failed)
+
+
+def _on_this_gpu() -> dict:
+    """Pool threads start on the caller's GPU: Triton loads a kernel on the current device."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return {}
+    return {"initializer": torch.cuda.set_device, "initargs": (torch.cuda.current_device(),)}
+
+
+def _load(kernel) -> Exception | None:
+    """Loads a compiled kernel and builds its launcher, as its first launch would."""
+    try:
+        kernel._init_handles()
+    except Exception as e:  # a later launch retries (its module is still None)
+        return e
+    return None
+
+
+def compile_ahead(dry_pass: Callable[[], None]) -> bool:
+    """Runs `dry_pass` (forward passes as the start-up will run them) inside `dry_launches`
+    when COMPILE_AHEAD is on and this Triton has it; returns whether it ran. Never runs it
+    otherwise: its launches would be real, on buffers it leaves unwritten."""
+    if not (COMPILE_AHEAD and available()):
+        return False
+    with dry_launches():
+        dry_pass()
+    return True
