@@ -30,16 +30,17 @@ MAX_WORKERS = 16
 
 
 def available() -> bool:
-    """Whether this Triton can compile without launching in parallel (3.5 and newer)."""
+    """Whether this Triton compiles in parallel without launching (its AsyncCompileMode:
+    triton 3.6 has it; older ones compile at each first launch, as without a dry pass)."""
     try:
         import triton
-        from triton.runtime.jit import JITFunction
     except ImportError:
         return False
-    return hasattr(triton, "AsyncCompileMode") and hasattr(JITFunction, "run")
+    return hasattr(triton, "AsyncCompileMode")
 
 
 def workers() -> int:
+    """Compile threads: one per core, at most MAX_WORKERS."""
     return max(1, min(MAX_WORKERS, os.cpu_count() or 1))
 
 

@@ -67,30 +67,18 @@ class Recorder(torch.nn.Module):
         return torch.zeros(input_ids.shape[0], self.hidden_size)
 
 
-def test_the_runner_compiles_every_bucket_before_capturing(monkeypatch):
-    """With both graph kinds, the dry pass runs each bucket's forward (as its capture will:
-    decode buckets one token a row, prefill buckets their token count) inside dry_launches,
-    and only then are the graphs captured, the prefill ones in the decode ones' pool."""
+def runner_after_init_kv_cache(monkeypatch, log: list, prefill_graphs: bool):
+    """A CUDA runner on the CPU with a recording model and no KV pool, after init_kv_cache
+    with graph captures recorded into `log` (the prefill ones take the decode ones' pool)."""
     from localserve.config import CacheConfig, EngineConfig, SchedulerConfig
     from localserve.runner.torch_runner import TorchModelRunner
-
-    log: list = []
-
-    @contextlib.contextmanager
-    def recorded_dry_launches():
-        log.append("dry pass begins")
-        yield
-        log.append("dry pass ends")
 
     def capture_all(self):
         log.append(("capture", self.kind, self.pool))
         self.pool = ("pool", self.kind) if self.pool is None else self.pool
 
-    monkeypatch.setattr(compile_ahead, "COMPILE_AHEAD", True)
-    monkeypatch.setattr(compile_ahead, "available", lambda: True)
-    monkeypatch.setattr(compile_ahead, "dry_launches", recorded_dry_launches)
     monkeypatch.setattr(StepGraphs, "capture_all", capture_all)
-    monkeypatch.setattr(cuda_runner, "PREFILL_GRAPHS", True)
+    monkeypatch.setattr(cuda_runner, "PREFILL_GRAPHS", prefill_graphs)
     monkeypatch.setattr(TorchModelRunner, "init_kv_cache", lambda self, n: None)
     config = EngineConfig(cache=CacheConfig(block_size=4),
                           scheduler=SchedulerConfig(max_num_seqs=4, max_num_batched_tokens=64))
@@ -101,6 +89,25 @@ def test_the_runner_compiles_every_bucket_before_capturing(monkeypatch):
     runner.model = Recorder(8, log)
     runner.ops = ReferenceAttentionOps()
     runner.init_kv_cache(num_blocks=100)
+    return runner
+
+
+def test_the_runner_compiles_every_bucket_before_capturing(monkeypatch):
+    """With both graph kinds, the dry pass runs each bucket's forward (as its capture will:
+    decode buckets one token a row, prefill buckets their token count) inside dry_launches,
+    and only then are the graphs captured, the prefill ones in the decode ones' pool."""
+    log: list = []
+
+    @contextlib.contextmanager
+    def recorded_dry_launches():
+        log.append("dry pass begins")
+        yield
+        log.append("dry pass ends")
+
+    monkeypatch.setattr(compile_ahead, "COMPILE_AHEAD", True)
+    monkeypatch.setattr(compile_ahead, "available", lambda: True)
+    monkeypatch.setattr(compile_ahead, "dry_launches", recorded_dry_launches)
+    runner = runner_after_init_kv_cache(monkeypatch, log, prefill_graphs=True)
 
     assert isinstance(runner.graphs, DecodeGraphs)
     assert isinstance(runner.prefill_graphs, PrefillGraphs)
@@ -115,22 +122,8 @@ def test_the_runner_compiles_every_bucket_before_capturing(monkeypatch):
 def test_without_it_the_runner_only_captures(monkeypatch):
     monkeypatch.setattr(compile_ahead, "COMPILE_AHEAD", False)
     log: list = []
-    monkeypatch.setattr(StepGraphs, "capture_all", lambda self: log.append(self.kind))
-    monkeypatch.setattr(cuda_runner, "PREFILL_GRAPHS", False)
-    from localserve.config import CacheConfig, EngineConfig, SchedulerConfig
-    from localserve.runner.torch_runner import TorchModelRunner
-
-    monkeypatch.setattr(TorchModelRunner, "init_kv_cache", lambda self, n: None)
-    config = EngineConfig(cache=CacheConfig(block_size=4),
-                          scheduler=SchedulerConfig(max_num_seqs=4, max_num_batched_tokens=64))
-    runner = cuda_runner.CudaModelRunner(config, torch.device("cpu"))
-    runner.spec = SimpleNamespace(max_position_embeddings=32)
-    runner.arch = SimpleNamespace(hidden_size=8)
-    runner.kv_dtype, runner.kv_caches = torch.float32, []
-    runner.model = Recorder(8, log)
-    runner.ops = ReferenceAttentionOps()
-    runner.init_kv_cache(num_blocks=100)
-    assert log == ["decode"] and runner.prefill_graphs is None
+    runner = runner_after_init_kv_cache(monkeypatch, log, prefill_graphs=False)
+    assert log == [("capture", "decode", None)] and runner.prefill_graphs is None
 
 
 @pytest.mark.skipif(not CUDA, reason="compiles for the GPU and launches on it")
