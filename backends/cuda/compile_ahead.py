@@ -31,12 +31,15 @@ MAX_WORKERS = 16
 
 def available() -> bool:
     """Whether this Triton compiles in parallel without launching (its AsyncCompileMode:
-    triton 3.6 has it; older ones compile at each first launch, as without a dry pass)."""
+    triton 3.6 has it; older ones compile at each first launch, as without a dry pass). Not
+    in the interpreter, whose kernels are not JITFunctions: their launches would run."""
     try:
         import triton
+
+        from localserve.kernels.triton._common import interpreting
     except ImportError:
         return False
-    return hasattr(triton, "AsyncCompileMode")
+    return hasattr(triton, "AsyncCompileMode") and not interpreting()
 
 
 def workers() -> int:

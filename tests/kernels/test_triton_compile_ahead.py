@@ -36,12 +36,23 @@ def test_launches_inside_dry_launches_only_compile(monkeypatch):
     def run(self, *args, grid, warmup, **kwargs):
         calls.append((warmup, _async_compile.active_mode.get() is not None))
 
+    def body(x):
+        pass
+
+    kernel = JITFunction(body)  # what triton.jit makes on a GPU (here: the interpreter's)
     monkeypatch.setattr(JITFunction, "run", run)
-    assert compile_ahead.available()
     with compile_ahead.dry_launches(num_workers=2):
-        JITFunction.run(None, grid=(1,), warmup=False)
-    JITFunction.run(None, grid=(1,), warmup=False)
+        kernel[(1,)](0)  # the launch syntax the wrappers use
+    kernel[(1,)](0)
     assert calls == [(True, True), (False, False)]
+
+
+def test_not_available_in_the_interpreter(monkeypatch):
+    """Interpreted kernels are not JITFunctions: a dry pass would run them for real."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert not compile_ahead.available()
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert compile_ahead.available() == hasattr(triton, "AsyncCompileMode")
 
 
 @pytest.mark.parametrize("enabled, available", [(False, True), (True, False)])
