@@ -110,19 +110,21 @@ class StartupPhases:
         import logging
 
         logging.basicConfig(format="%(relativeCreated)8.0f ms %(name)s: %(message)s")
-        logging.getLogger("localserve").setLevel(logging.INFO)
-        logging.getLogger("localserve.backends.cuda.graphs").setLevel(logging.DEBUG)
+        wanted = {logging.getLogger(name): level for name, level in (
+            ("localserve", logging.INFO), ("localserve.backends.cuda.graphs", logging.DEBUG))}
+        self.levels = {logger: logger.level for logger in wanted}  # restored on exit
+        for logger, level in wanted.items():
+            logger.setLevel(level)
         self.profile = cProfile.Profile()
         self.profile.enable()
         return self
 
     def __exit__(self, *exc) -> None:
-        import logging
         import pstats
 
         self.profile.disable()
-        logging.getLogger("localserve").setLevel(logging.WARNING)
-        logging.getLogger("localserve.backends.cuda.graphs").setLevel(logging.NOTSET)
+        for logger, level in self.levels.items():
+            logger.setLevel(level)
         pstats.Stats(self.profile).sort_stats("cumulative").print_stats(35)
 
 
@@ -142,7 +144,7 @@ def graph_routes(llm) -> str:
     if prefill is not None:
         moved = prefill.moved()
         some = ", ".join(f"{b}: {prefill.replay_times[b] * 1e3:.2f}"
-                         for b in (16, 64, 128, 256, 512) if b in prefill.replay_times)
+                         for b in (32, 64, 128, 256, 512) if b in prefill.replay_times)
         text += (f"; prefill graphs {prefill.buckets[0]}..{prefill.buckets[-1]} tokens, moved "
                  f"{moved or 'none'} (ms a replay: {some})")
     return text

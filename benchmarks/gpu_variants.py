@@ -24,8 +24,10 @@ to 16 rows (8 by default) through the Triton gemv, with PDL in those decode grap
 (backends/cuda/linear.py: MAX_GEMV_ROWS, graphs.py: PDL_ROWS). Since session 12 one decode
 row goes through the vector gemv (kernels/triton/vector_gemv.py); ":session11" runs it as
 session 11 did (the batched gemv, cuBLAS for the 8B's gate/up). ":prefillgraphs" has prefill steps
-of up to 512 tokens replay CUDA graphs (backends/cuda/graphs.py: PrefillGraphs; written in
-session 13, off by default until measured), ":noprefillgraphs" launches them eagerly.
+of up to 512 tokens replay CUDA graphs (backends/cuda/graphs.py: PrefillGraphs; off by default
+while (d) is over its goal), ":noprefillgraphs" launches them eagerly. ":compileahead" compiles
+the start-up's kernels in parallel first (backends/cuda/compile_ahead.py, off by default,
+untimed); ":pgcompileahead" turns on both.
 """
 
 from __future__ import annotations

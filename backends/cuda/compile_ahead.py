@@ -2,8 +2,8 @@
 
 A cold start (empty Triton cache) is mostly Triton compiling two dozen kernel variants one
 after another as the warm-up and the graph captures first launch them: H100, session 14, the
-8B's start-up profile spent 6.4 s waiting on ptxas and gcc and 2.6 s in LLVM, of ~21 s
-(docs/benchmarks.md). A *dry* pass runs the same forward passes first with every Triton
+8B's profiled start-up (27.0 s under cProfile) spent 6.4 s waiting on ptxas and gcc and 2.6 s
+in LLVM (docs/benchmarks.md). A *dry* pass runs the same forward passes first with every Triton
 launch turned into a compile submitted to a thread pool (Triton's `AsyncCompileMode` and
 `warmup=True` launches): nothing is launched, the torch ops in between run on whatever the
 skipped kernels left in their outputs, and leaving the pass waits for the compiles, which land

@@ -14,8 +14,8 @@ Two kinds share this machinery (`StepGraphs`) and one memory pool:
   `MAX_PREFILL_GRAPH_SEQS` sequences; one bucket per token count. Eager, such a step is
   bound by its kernel launches: on an H200 (session 14, docs/benchmarks.md) the 8B's
   512-token prompt took 25.7 ms eager and 12.1 ms in a graph, and a 16-token step behind a
-  cached prefix 27.8 ms against 6.1. Off by default while the cold start they add (~2-3 s
-  of the 8B's ~15-21 s, against the issue's 20 s) is open (runner.PREFILL_GRAPHS).
+  cached prefix 27.8 ms against 6.1. Off by default while the 8B's cold start is over the
+  issue's 20 s without them (runner.PREFILL_GRAPHS); what the 8 graphs add is not measured.
 """
 
 from __future__ import annotations
@@ -66,8 +66,8 @@ BUCKETS_PER_DOUBLING = 8
 # Prefill buckets per doubling above MEMORY_BOUND_ROWS tokens. Each graph costs start-up
 # (H200, session 14: the 8B's cold start read 22.2 s with 27 prefill graphs, 8 per doubling,
 # and 15.2 s without, in two calls on one machine), and a padded token costs little beside
-# launching eagerly (8B replays: 128 tokens 5.2 ms, 256 7.2, 512 10.3; eager, the 512-token
-# prompt took 25.7 ms).
+# launching eagerly (H200, 8B replays: 128 tokens 5.2 ms, 256 7.2, 512 10.3; eager, the
+# 512-token prompt took 25.7 ms).
 PREFILL_BUCKETS_PER_DOUBLING = 2
 
 # A batch moves up to a larger bucket only when that graph replays this much faster: below
@@ -95,7 +95,8 @@ def decode_launches(batch: int) -> contextlib.AbstractContextManager[None]:
 
 
 def bucket_sizes(max_num_seqs: int, per_doubling: int = BUCKETS_PER_DOUBLING) -> list[int]:
-    """The decode batch sizes that get a graph; a batch runs in the smallest that holds it."""
+    """The batch sizes that get a graph (powers of two, then `per_doubling` buckets per
+    doubling above MEMORY_BOUND_ROWS); a batch runs in the smallest that holds it."""
     sizes = []
     size = 1
     while size < max_num_seqs:
@@ -108,8 +109,8 @@ def bucket_sizes(max_num_seqs: int, per_doubling: int = BUCKETS_PER_DOUBLING) ->
 
 
 def prefill_token_buckets(max_tokens: int) -> list[int]:
-    """The token counts of prefill steps that get a graph: `bucket_sizes` from 16 tokens, with
-    PREFILL_BUCKETS_PER_DOUBLING."""
+    """The token counts of prefill steps that get a graph: `bucket_sizes` from
+    MIN_PREFILL_GRAPH_TOKENS, with PREFILL_BUCKETS_PER_DOUBLING."""
     top = min(max_tokens, MAX_PREFILL_GRAPH_TOKENS)
     return [b for b in bucket_sizes(top, PREFILL_BUCKETS_PER_DOUBLING)
             if b >= min(top, MIN_PREFILL_GRAPH_TOKENS)]
