@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -61,7 +62,9 @@ def dry_launches(num_workers: int | None = None) -> Iterator[None]:
     def compile_only(self, *args, grid, warmup, **kwargs):
         return launch(self, *args, grid=grid, warmup=True, **kwargs)
 
-    with ThreadPoolExecutor(num_workers or workers(), thread_name_prefix="triton-compile",
+    start = time.perf_counter()
+    num_workers = num_workers or workers()
+    with ThreadPoolExecutor(num_workers, thread_name_prefix="triton-compile",
                             **_on_this_gpu()) as pool:
         with triton.AsyncCompileMode(pool) as mode:  # leaving it waits for the compiles
             JITFunction.run = compile_only  # process-wide: start-up launches from one thread
@@ -73,6 +76,8 @@ def dry_launches(num_workers: int | None = None) -> Iterator[None]:
         for failed in pool.map(_load, kernels):
             if failed:  # its first launch loads it again, and raises what it raises
                 log.debug("loading a compiled kernel ahead failed: %s", failed)
+    log.info("compiled and loaded %d Triton kernels ahead on %d threads in %.2f s",
+             len(kernels), num_workers, time.perf_counter() - start)
 
 
 def _on_this_gpu() -> dict:
