@@ -7,7 +7,7 @@ import os
 
 import torch
 
-from localserve.backends.cuda.compile_ahead import compile_ahead
+from localserve.backends.cuda.compile_ahead import compile_ahead, hash_triton_ahead
 from localserve.backends.cuda.graphs import DecodeGraphs, PrefillGraphs
 from localserve.backends.cuda.linear import (
     MAX_GEMV_ROWS,
@@ -56,6 +56,7 @@ class CudaModelRunner(TorchModelRunner):
     def __init__(self, config: EngineConfig, device: torch.device):
         from localserve.kernels.triton import gumbel_argmax
 
+        self._triton_key = hash_triton_ahead()  # joined before the first compile
         super().__init__(config, device, triton_attention_ops())
         self.graphs: DecodeGraphs | None = None
         self.prefill_graphs: PrefillGraphs | None = None
@@ -89,6 +90,8 @@ class CudaModelRunner(TorchModelRunner):
         spec = self._spec()
         sched = self.config.scheduler
         num_tokens = min(sched.max_num_batched_tokens, spec.max_position_embeddings)
+        if self._triton_key is not None:  # else the first compile computes it again
+            self._triton_key.join()
         # The warm-up's kernels, compiled in parallel first where turned on (compile_ahead).
         compile_ahead(lambda: self._prompt_forward(num_tokens, self._scratch_caches(num_tokens)))
         torch.cuda.synchronize()

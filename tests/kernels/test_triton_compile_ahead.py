@@ -55,6 +55,22 @@ def test_not_available_in_the_interpreter(monkeypatch):
     assert compile_ahead.available() == hasattr(triton, "AsyncCompileMode")
 
 
+def test_triton_key_hashed_on_a_thread(monkeypatch):
+    """The cache key every compile needs is computed once, off the main thread, and cached;
+    not at all under the interpreter."""
+    from triton.runtime.cache import triton_key
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert compile_ahead.hash_triton_ahead() is None
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    triton_key.cache_clear()
+    thread = compile_ahead.hash_triton_ahead()
+    assert thread is not None and thread.daemon
+    thread.join(timeout=60)
+    assert not thread.is_alive() and triton_key.cache_info().currsize == 1
+    assert triton_key().startswith(triton.__version__)
+
+
 @pytest.mark.parametrize("enabled, available", [(False, True), (True, False)])
 def test_no_dry_pass_unless_on_and_available(monkeypatch, enabled, available):
     """Its launches would be real elsewhere, on buffers the pass leaves unwritten."""
