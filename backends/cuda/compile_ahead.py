@@ -11,7 +11,8 @@ in the kernels' in-memory caches where the real launches find them. A variant th
 misses is compiled at its first real launch, as without it.
 
 Off by default (`COMPILE_AHEAD`, LOCALSERVE_COMPILE_AHEAD=1) until a GPU has timed it: written
-in session 14 after the device time was spent.
+in session 14 after the device time was spent. Always on: `hash_triton_ahead`, Triton's cache
+key hashed while the weights load (session 15; untimed on a GPU too).
 """
 
 from __future__ import annotations
