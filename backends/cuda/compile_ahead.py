@@ -32,32 +32,33 @@ COMPILE_AHEAD = os.environ.get("LOCALSERVE_COMPILE_AHEAD", "0") == "1"
 MAX_WORKERS = 16
 
 
-def available() -> bool:
-    """Whether this Triton compiles in parallel without launching (its AsyncCompileMode:
-    triton 3.6 has it; older ones compile at each first launch, as without a dry pass). Not
-    in the interpreter, whose kernels are not JITFunctions: their launches would run."""
+def _compiling_triton():
+    """The triton module where it compiles kernels; None without Triton or in its interpreter,
+    which compiles nothing and whose kernels are not JITFunctions (their launches run)."""
     try:
         import triton
 
         from localserve.kernels.triton._common import interpreting
     except ImportError:
-        return False
-    return hasattr(triton, "AsyncCompileMode") and not interpreting()
+        return None
+    return None if interpreting() else triton
+
+
+def available() -> bool:
+    """Whether this Triton compiles in parallel without launching (its AsyncCompileMode:
+    triton 3.6 has it; older ones compile at each first launch, as without a dry pass)."""
+    return hasattr(_compiling_triton(), "AsyncCompileMode")
 
 
 def hash_triton_ahead() -> threading.Thread | None:
     """Starts computing Triton's cache key on a thread, so that it overlaps loading the weights;
     join the thread before the first compile, which needs the key (the cache lookup does too).
-    The key is a sha256 of Triton's 400 MB compiler library: 1.1 s of session 14's profiled
-    H100 start-up. None under the interpreter, which compiles nothing."""
-    try:
-        from triton.runtime.cache import triton_key
+    The key is a sha256 of Triton's 415 MB compiler library: 1.1 s of session 14's profiled
+    H100 start-up. None where Triton compiles nothing."""
+    if _compiling_triton() is None:
+        return None
+    from triton.runtime.cache import triton_key
 
-        from localserve.kernels.triton._common import interpreting
-    except ImportError:
-        return None
-    if interpreting():
-        return None
     thread = threading.Thread(target=triton_key, name="triton-key", daemon=True)
     thread.start()
     return thread

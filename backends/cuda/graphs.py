@@ -61,8 +61,6 @@ MEMORY_BOUND_ROWS = 64
 # Above it, this many buckets per doubling (at most 1/8 of a step padding): the GEMMs of
 # hundreds of rows are compute-bound, and padding 300 sequences to 512 pays for 512.
 BUCKETS_PER_DOUBLING = 8
-
-
 # Prefill buckets per doubling above MEMORY_BOUND_ROWS tokens. Each graph costs start-up
 # (H200, session 14: the 8B's cold start read 22.2 s with 27 prefill graphs, 8 per doubling,
 # and 15.2 s without, in two calls on one machine), and a padded token costs little beside
