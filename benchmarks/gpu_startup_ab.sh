@@ -3,6 +3,8 @@
 # Usage (device tool, carry .whl): bash benchmarks/gpu_startup_ab.sh ROUNDS VARIANT...
 # A variant is a gpu_bench.py workload (d, d:compileahead, ...), or `old` for the tree unpacked
 # into ./old (an earlier commit: `mkdir old && git archive REV | tar -x -C old`, untracked).
+# DEADLINE=S (seconds into the script) starts no run after S, so a short lease still returns
+# whole runs and leaves time for what the call does next.
 set -uo pipefail
 rounds=$1; shift
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -17,6 +19,9 @@ if [[ -d old ]]; then
 fi
 for round in $(seq "$rounds"); do
   for v in "$@"; do
+    if [[ -n ${DEADLINE:-} && $SECONDS -gt $DEADLINE ]]; then
+      echo "deadline: no run started after ${DEADLINE}s" | tee -a "$OUT/summary.txt"; break 2
+    fi
     if [[ $v == old ]]; then
       line=$(cd old && PYTHONPATH=/tmp/oldsite:/tmp/site timeout 150 python3 \
         benchmarks/gpu_bench.py --only d 2>&1 | tee -a "$OUT/old.log" | grep "(d)" | tail -1)
