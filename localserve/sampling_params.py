@@ -5,6 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
+class InvalidSamplingParam(ValueError):
+    """A sampling parameter out of range; `param` names it (the API error's "param")."""
+
+    def __init__(self, param: str, message: str):
+        super().__init__(message)
+        self.param = param
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """How one request samples and when it stops.
@@ -44,8 +52,8 @@ class SamplingParams:
         self._validate()
 
     def _validate(self) -> None:
-        def bad(name: str, why: str) -> ValueError:
-            return ValueError(f"{name} {why}, got {getattr(self, name)!r}")
+        def bad(name: str, why: str) -> InvalidSamplingParam:
+            return InvalidSamplingParam(name, f"{name} {why}, got {getattr(self, name)!r}")
 
         if not isinstance(self.n, int) or self.n < 1:
             raise bad("n", "must be an integer >= 1")
@@ -72,9 +80,11 @@ class SamplingParams:
             raise bad("repetition_penalty", "must be > 0")
         for token, bias in self.logit_bias.items():
             if not isinstance(token, int) or token < 0:
-                raise ValueError(f"logit_bias keys must be token ids >= 0, got {token!r}")
+                raise InvalidSamplingParam(
+                    "logit_bias", f"logit_bias keys must be token ids >= 0, got {token!r}")
             if not -100 <= bias <= 100:
-                raise ValueError(f"logit_bias values must be in [-100, 100], got {bias!r}")
+                raise InvalidSamplingParam(
+                    "logit_bias", f"logit_bias values must be in [-100, 100], got {bias!r}")
         if self.logprobs is not None and not 0 <= self.logprobs <= 20:
             raise bad("logprobs", "must be in [0, 20]")
         if any(not isinstance(s, str) or not s for s in self.stop):

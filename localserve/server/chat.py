@@ -16,7 +16,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from localserve.server.errors import APIError
+from localserve.server.errors import APIError, invalid_value
 from localserve.server.generation import (
     EngineStream,
     close_all,
@@ -78,7 +78,7 @@ async def create_chat_completion(request: Request) -> Response:
     try:
         params = req.sampling_params(max_tokens=max_tokens, logprobs=req.num_logprobs)
     except ValueError as e:
-        raise APIError(400, str(e), code="invalid_value") from None
+        raise invalid_value(e) from None
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
     streams = [EngineStream(engine, state.metrics, ids, params, request_id, req.priority)]
     await until_disconnect(start_all(streams), request.receive)

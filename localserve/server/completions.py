@@ -16,7 +16,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from localserve.engine.outputs import CompletionDelta
-from localserve.server.errors import APIError
+from localserve.server.errors import APIError, invalid_value
 from localserve.server.generation import (
     EngineStream,
     check_token_ids,
@@ -70,7 +70,7 @@ async def create_completion(request: Request) -> Response:
         try:
             params = req.sampling_params(max_tokens=max_tokens, logprobs=req.logprobs)
         except ValueError as e:
-            raise APIError(400, str(e), code="invalid_value") from None
+            raise invalid_value(e) from None
         streams.append(EngineStream(engine, state.metrics, ids, params,
                                     f"{request_id}-{i}" if len(prompt_ids) > 1 else request_id,
                                     req.priority))

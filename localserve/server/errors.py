@@ -70,8 +70,13 @@ def from_engine_error(e: BaseException) -> APIError | None:
     if isinstance(e, EngineDeadError):
         return engine_dead()
     if isinstance(e, ValueError):  # SamplingParams and the engine name the bad field
-        return APIError(400, str(e), code="invalid_value")
+        return invalid_value(e)
     return None
+
+
+def invalid_value(e: ValueError) -> APIError:
+    """A 400 for a request value the engine refused, naming the parameter where it is known."""
+    return APIError(400, str(e), param=getattr(e, "param", None), code="invalid_value")
 
 
 def engine_dead() -> APIError:

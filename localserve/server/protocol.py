@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
-from localserve.sampling_params import SamplingParams
+from localserve.sampling_params import InvalidSamplingParam, SamplingParams
 
 INT64_MIN, UINT64_MAX = -(2**63), 2**64 - 1
 Seed = Annotated[int, Field(ge=INT64_MIN, le=UINT64_MAX)]
@@ -104,7 +104,8 @@ class _SamplingFields(_Request):
             try:
                 out[int(key)] = bias
             except ValueError:
-                raise ValueError(f"logit_bias keys must be token ids, got {key!r}") from None
+                raise InvalidSamplingParam(
+                    "logit_bias", f"logit_bias keys must be token ids, got {key!r}") from None
         return out
 
     def sampling_params(self, *, max_tokens: int, logprobs: int | None) -> SamplingParams:

@@ -31,17 +31,17 @@ def assert_error(r: Any, status: int, code: str | None = None, param: str | None
 
 
 @pytest.mark.parametrize("body, param", [
-    ({"prompt": "x", "temperature": -1}, None),
-    ({"prompt": "x", "top_p": 0}, None),
-    ({"prompt": "x", "top_p": 1.5}, None),
-    ({"prompt": "x", "max_tokens": 0}, None),
-    ({"prompt": "x", "min_p": 2}, None),
-    ({"prompt": "x", "presence_penalty": 5}, None),
-    ({"prompt": "x", "repetition_penalty": 0}, None),
-    ({"prompt": "x", "logprobs": 50}, None),
-    ({"prompt": "x", "logit_bias": {"abc": 1}}, None),
-    ({"prompt": "x", "logit_bias": {"5": 500}}, None),
-    ({"prompt": "x", "stop": [""]}, None),
+    ({"prompt": "x", "temperature": -1}, "temperature"),
+    ({"prompt": "x", "top_p": 0}, "top_p"),
+    ({"prompt": "x", "top_p": 1.5}, "top_p"),
+    ({"prompt": "x", "max_tokens": 0}, "max_tokens"),
+    ({"prompt": "x", "min_p": 2}, "min_p"),
+    ({"prompt": "x", "presence_penalty": 5}, "presence_penalty"),
+    ({"prompt": "x", "repetition_penalty": 0}, "repetition_penalty"),
+    ({"prompt": "x", "logprobs": 50}, "logprobs"),
+    ({"prompt": "x", "logit_bias": {"abc": 1}}, "logit_bias"),
+    ({"prompt": "x", "logit_bias": {"5": 500}}, "logit_bias"),
+    ({"prompt": "x", "stop": [""]}, "stop"),
     ({"prompt": "x", "n": 0}, "n"),
     ({"prompt": "x", "n": 1000}, "n"),
     ({"prompt": "x", "max_tokens": "many"}, "max_tokens"),
@@ -80,6 +80,7 @@ def test_sampling_params_error_names_the_field(client: TestClient) -> None:
     ({"messages": USER, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
     ({"messages": USER, "response_format": {"type": "json_object"}}, "response_format"),
     ({"messages": USER, "temperature": "hot"}, "temperature"),
+    ({"messages": USER, "top_p": 7}, "top_p"),
     ({"messages": "hello"}, "messages"),
 ])
 def test_chat_invalid_values(client: TestClient, body: dict, param: str | None) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from localserve.sampling_params import SamplingParams
+from localserve.sampling_params import InvalidSamplingParam, SamplingParams
 
 
 @pytest.mark.parametrize("field,value", [
@@ -14,8 +14,9 @@ from localserve.sampling_params import SamplingParams
     ("logprobs", 21), ("min_tokens", -1), ("stop", [""]), ("stop_token_ids", [-1]),
 ])
 def test_invalid_values_name_the_field(field, value):
-    with pytest.raises(ValueError, match=field):
+    with pytest.raises(InvalidSamplingParam, match=field) as raised:
         SamplingParams(**{field: value})
+    assert raised.value.param == field
 
 
 def test_min_tokens_above_max_tokens():
