@@ -66,7 +66,8 @@ async def create_completion(request: Request) -> Response:
     request_id = f"cmpl-{uuid.uuid4().hex}"
     streams = []
     for i, ids in enumerate(prompt_ids):
-        max_tokens = fit_max_tokens(len(ids), req.max_tokens, engine.max_model_len)
+        max_tokens = fit_max_tokens(len(ids), req.max_tokens, engine.max_model_len,
+                                    prompt_param="prompt")
         try:
             params = req.sampling_params(max_tokens=max_tokens, logprobs=req.logprobs)
         except ValueError as e:

@@ -55,17 +55,18 @@ async def until_disconnect(awaitable: Awaitable[T], receive: Receive) -> T:
 
 
 def fit_max_tokens(prompt_len: int, requested: int | None, max_model_len: int,
-                   param: str = "max_tokens") -> int:
-    """The request's max_tokens, or all the context left when it gave none; 400 if it won't fit.
+                   param: str = "max_tokens", prompt_param: str = "messages") -> int:
+    """The request's max_tokens, or all the context left when it gave none; 400 if it won't fit
+    (naming `param`, or `prompt_param` when the prompt alone fills the context).
 
     Never truncates the prompt: a prompt that does not fit is the client's to shorten.
     """
     room = max_model_len - prompt_len
+    if room < 1:  # no max_tokens would fit: the prompt is what to change
+        raise APIError(400, f"this model's maximum context length is {max_model_len} tokens; "
+                            f"the prompt has {prompt_len} tokens, leaving no room to generate",
+                       param=prompt_param, code=PromptTooLongError.code)
     if requested is None:
-        if room < 1:
-            raise APIError(400, f"this model's maximum context length is {max_model_len} "
-                                f"tokens; the prompt has {prompt_len} tokens, leaving no room "
-                                "to generate", param="messages", code=PromptTooLongError.code)
         return room
     if isinstance(requested, int) and requested >= 1 and prompt_len + requested > max_model_len:
         raise APIError(400, f"this model's maximum context length is {max_model_len} tokens; "

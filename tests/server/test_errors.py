@@ -120,11 +120,15 @@ def test_context_length_exceeded(client: TestClient, engine: FakeEngine) -> None
                                                             "max_tokens": 10}),
                        400, code="context_length_exceeded", param="max_tokens")
     assert "256" in err["message"]
-    assert_error(client.post("/v1/completions", json={"prompt": "x" * 300, "max_tokens": 1}),
-                 400, code="context_length_exceeded")
+    # A prompt that fills the context alone names the prompt, whatever max_tokens says.
+    for max_tokens in (1, None):
+        err = assert_error(client.post("/v1/completions", json={
+            "prompt": "x" * 300, "max_tokens": max_tokens}), 400,
+            code="context_length_exceeded", param="prompt")
+        assert "no room" in err["message"]
     assert_error(client.post("/v1/chat/completions", json={
-        "messages": [{"role": "user", "content": "x" * 300}]}), 400,
-        code="context_length_exceeded")
+        "messages": [{"role": "user", "content": "x" * 300}], "max_tokens": 5}), 400,
+        code="context_length_exceeded", param="messages")
     assert_error(client.post("/v1/chat/completions", json={
         "messages": USER, "max_completion_tokens": 1000}), 400,
         code="context_length_exceeded", param="max_completion_tokens")
