@@ -49,7 +49,8 @@ class Settings(BaseSettings):
     max_model_len: int | None = Field(None, ge=1, description="context length (default: model's)")
     seed: int = Field(0, description="engine seed")
     # --- engine ---
-    backend: str = Field("auto", description="auto | cuda | mlx | cpu | reference")
+    backend: Literal["auto", "cuda", "mlx", "cpu", "reference"] = Field(
+        "auto", description="the hardware backend (auto: the best this machine can run)")
     max_num_seqs: int | None = Field(
         None, ge=1, description="max sequences per step (default: by device, 64 on a CPU)")
     max_num_batched_tokens: int | None = Field(

@@ -111,6 +111,7 @@ def test_flags_are_generated_from_settings() -> None:
     (["serve", "no-such-org/no-such-model"], "localserve pull no-such-org/no-such-model"),
     (["serve", "--config", "/no/such/file.toml"], "cannot read config file"),
     (["up", "--scheduling-policy", "lifo"], "invalid choice"),
+    (["up", "--backend", "metal"], "invalid choice: 'metal'"),
     (["serve", "--max-model-len", "many"], "invalid int value"),
     (["serve", "--bogus-flag"], "unrecognized arguments"),
     (["frobnicate"], "invalid choice"),

@@ -36,6 +36,15 @@ def test_forced_backend_and_unknown_backend():
         select(engine_config(backend="mlx"), probe())
 
 
+def test_the_backend_flag_offers_every_registered_backend():
+    from typing import get_args
+
+    from localserve.backends.registry import BACKENDS
+    from localserve.settings import Settings
+
+    assert get_args(Settings.model_fields["backend"].annotation) == ("auto", *BACKENDS)
+
+
 def test_engine_config_flat_names():
     c = engine_config(max_num_seqs=3, num_kv_blocks=7, scheduling_policy="priority",
                       max_model_len=99, backend="cpu")
