@@ -78,7 +78,10 @@ async def create_chat_completion(request: Request) -> Response:
     try:
         params = req.sampling_params(max_tokens=max_tokens, logprobs=req.num_logprobs)
     except ValueError as e:
-        raise invalid_value(e) from None
+        error = invalid_value(e)
+        if error.param == "max_tokens":  # the field the client sent
+            error.param = param
+        raise error from None
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
     streams = [EngineStream(engine, state.metrics, ids, params, request_id, req.priority)]
     await until_disconnect(start_all(streams), request.receive)

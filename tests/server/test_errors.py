@@ -81,6 +81,8 @@ def test_sampling_params_error_names_the_field(client: TestClient) -> None:
     ({"messages": USER, "response_format": {"type": "json_object"}}, "response_format"),
     ({"messages": USER, "temperature": "hot"}, "temperature"),
     ({"messages": USER, "top_p": 7}, "top_p"),
+    ({"messages": USER, "max_tokens": 0}, "max_tokens"),
+    ({"messages": USER, "max_completion_tokens": 0}, "max_completion_tokens"),
     ({"messages": "hello"}, "messages"),
 ])
 def test_chat_invalid_values(client: TestClient, body: dict, param: str | None) -> None:
