@@ -16,6 +16,10 @@ import torch
 
 triton = pytest.importorskip("triton")
 
+# The kernels are decorated now, under the environment conftest set: the tests below set
+# TRITON_INTERPRET=1 for a moment, and a first import then would make every later test
+# in this process run the interpreter's kernels, on a GPU too.
+import localserve.kernels.triton  # noqa: E402, F401
 from localserve.backends.cuda import compile_ahead  # noqa: E402
 from localserve.backends.cuda import runner as cuda_runner  # noqa: E402
 from localserve.backends.cuda.graphs import DecodeGraphs, PrefillGraphs, StepGraphs  # noqa: E402
