@@ -23,11 +23,13 @@ Triton gemv (the 8B's gate/up too, which keeps cuBLAS by default: backends/cuda/
 to 16 rows (8 by default) through the Triton gemv, with PDL in those decode graphs
 (backends/cuda/linear.py: MAX_GEMV_ROWS, graphs.py: PDL_ROWS). Since session 12 one decode
 row goes through the vector gemv (kernels/triton/vector_gemv.py); ":session11" runs it as
-session 11 did (the batched gemv, cuBLAS for the 8B's gate/up). ":prefillgraphs" has prefill steps
-of up to 512 tokens replay CUDA graphs (backends/cuda/graphs.py: PrefillGraphs; off by default
-while (d) is over its goal), ":noprefillgraphs" launches them eagerly. ":compileahead" compiles
-the start-up's kernels in parallel first (backends/cuda/compile_ahead.py, off by default,
-untimed); ":pgcompileahead" turns on both.
+session 11 did (the batched gemv, cuBLAS for the 8B's gate/up). ":noprefillgraphs" launches
+prefill steps of up to 512 tokens eagerly instead of replaying CUDA graphs
+(backends/cuda/graphs.py: PrefillGraphs, on by default since session 17), ":nocompileahead"
+compiles the start-up's kernels one after another at their first launches instead of in
+parallel first (backends/cuda/compile_ahead.py, on by default since session 17), and
+":session16" turns both off, the defaults before session 17. ":prefillgraphs",
+":compileahead" and ":pgcompileahead" turn one or both on.
 """
 
 from __future__ import annotations
@@ -156,6 +158,9 @@ def variant_setting(variant: str) -> contextlib.AbstractContextManager:
         "compileahead": lambda: mock.patch.object(compile_ahead, "COMPILE_AHEAD", True),
         "pgcompileahead": lambda: both(mock.patch.object(cuda_runner, "PREFILL_GRAPHS", True),
                                        mock.patch.object(compile_ahead, "COMPILE_AHEAD", True)),
+        "nocompileahead": lambda: mock.patch.object(compile_ahead, "COMPILE_AHEAD", False),
+        "session16": lambda: both(mock.patch.object(cuda_runner, "PREFILL_GRAPHS", False),
+                                  mock.patch.object(compile_ahead, "COMPILE_AHEAD", False)),
         **{f"tokens{n}": lambda n=n: step_tokens(EngineConfig, n) for n in (4096, 8192, 32768)},
     }
     if variant not in settings:

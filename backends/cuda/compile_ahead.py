@@ -10,9 +10,10 @@ skipped kernels left in their outputs, and leaving the pass waits for the compil
 in the kernels' in-memory caches where the real launches find them. A variant the dry pass
 misses is compiled at its first real launch, as without it.
 
-Off by default (`COMPILE_AHEAD`, LOCALSERVE_COMPILE_AHEAD=1) until a GPU has timed it: written
-in session 14 after the device time was spent. Always on: `hash_triton_ahead`, Triton's cache
-key hashed while the weights load (session 15; untimed on a GPU too).
+On by default (`COMPILE_AHEAD`; LOCALSERVE_COMPILE_AHEAD=0 turns it off). H100, session 17, the
+8B's cold start in fresh processes: 9.3 and 11.5 s with it, 13.6, 14.1 and 17.6 s without
+(docs/benchmarks.md). Also always on: `hash_triton_ahead`, Triton's cache key hashed while the
+weights load (not timed apart).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 log = logging.getLogger(__name__)
 
-COMPILE_AHEAD = os.environ.get("LOCALSERVE_COMPILE_AHEAD", "0") == "1"
+COMPILE_AHEAD = os.environ.get("LOCALSERVE_COMPILE_AHEAD", "1") != "0"
 # Compiles at once: each is mostly one thread in LLVM, then a ptxas (and a gcc) subprocess.
 MAX_WORKERS = 16
 
