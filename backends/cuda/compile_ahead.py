@@ -11,9 +11,9 @@ in the kernels' in-memory caches where the real launches find them. A variant th
 misses is compiled at its first real launch, as without it.
 
 On by default (`COMPILE_AHEAD`; LOCALSERVE_COMPILE_AHEAD=0 turns it off). H100, session 17, the
-8B's cold start in fresh processes: 9.3 and 11.5 s with it, 13.6, 14.1 and 17.6 s without
-(docs/benchmarks.md). Also always on: `hash_triton_ahead`, Triton's cache key hashed while the
-weights load (not timed apart).
+8B's cold start in fresh processes, prefill graphs off: 9.3 and 11.5 s with it, 13.6, 14.1
+and 17.6 s without (docs/benchmarks.md). Also always on: `hash_triton_ahead`, Triton's cache
+key hashed while the weights load (not timed apart).
 """
 
 from __future__ import annotations
