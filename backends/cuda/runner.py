@@ -26,10 +26,8 @@ from localserve.sampling_params import SamplingParams
 
 log = logging.getLogger(__name__)
 GiB = 2**30
-# Short prefill steps replay graphs too (graphs.PrefillGraphs): the 8B's 512-token TTFT 12.3 ms
-# against 25.6 eager on an H100 (session 17), for about 2 s more cold start (the 8B's: 10.8-14.1 s
-# with them and compile-ahead, 9.3 and 11.5 s with compile-ahead alone, 13.6-17.6 s with neither).
-# LOCALSERVE_PREFILL_GRAPHS=0 turns them off.
+# Short prefill steps replay graphs too (graphs.PrefillGraphs, whose docstring gives what they
+# gain and cost); LOCALSERVE_PREFILL_GRAPHS=0 turns them off.
 PREFILL_GRAPHS = os.environ.get("LOCALSERVE_PREFILL_GRAPHS", "1") != "0"
 
 

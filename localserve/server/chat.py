@@ -74,7 +74,8 @@ async def create_chat_completion(request: Request) -> Response:
     # The template already holds the special tokens (BOS etc.); don't add them twice.
     ids = engine.tokenizer.encode(prompt, add_special_tokens=False)
     param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
-    max_tokens = fit_max_tokens(len(ids), req.requested_max_tokens, engine.max_model_len, param)
+    max_tokens = fit_max_tokens(len(ids), req.requested_max_tokens, engine.max_model_len, param,
+                                prompt_param="messages")
     try:
         params = req.sampling_params(max_tokens=max_tokens, logprobs=req.num_logprobs)
     except ValueError as e:

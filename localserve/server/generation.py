@@ -55,7 +55,7 @@ async def until_disconnect(awaitable: Awaitable[T], receive: Receive) -> T:
 
 
 def fit_max_tokens(prompt_len: int, requested: int | None, max_model_len: int,
-                   param: str = "max_tokens", prompt_param: str = "messages") -> int:
+                   param: str = "max_tokens", *, prompt_param: str) -> int:
     """The request's max_tokens, or all the context left when it gave none; 400 if it won't fit
     (naming `param`, or `prompt_param` when the prompt alone fills the context).
 
