@@ -29,9 +29,7 @@ prefill steps of up to 512 tokens eagerly instead of replaying CUDA graphs
 compiles the start-up's kernels one after another at their first launches instead of in
 parallel first (backends/cuda/compile_ahead.py, on by default since session 17), and
 ":session16" turns both off, the defaults before session 17. ":prefillgraphs",
-":compileahead" and ":pgcompileahead" turn one or both on. ":threeloops" has decode attention
-fold its key tiles in three loops (masked edge, unmasked middle, masked edge), as before
-session 18, instead of one masked loop (kernels/triton/attention.py: DECODE_ONE_LOOP).
+":compileahead" and ":pgcompileahead" turn one or both on.
 """
 
 from __future__ import annotations
@@ -161,7 +159,6 @@ def variant_setting(variant: str) -> contextlib.AbstractContextManager:
         "pgcompileahead": lambda: both(mock.patch.object(cuda_runner, "PREFILL_GRAPHS", True),
                                        mock.patch.object(compile_ahead, "COMPILE_AHEAD", True)),
         "nocompileahead": lambda: mock.patch.object(compile_ahead, "COMPILE_AHEAD", False),
-        "threeloops": lambda: mock.patch.object(attention, "DECODE_ONE_LOOP", False),
         "session16": lambda: both(mock.patch.object(cuda_runner, "PREFILL_GRAPHS", False),
                                   mock.patch.object(compile_ahead, "COMPILE_AHEAD", False)),
         **{f"tokens{n}": lambda n=n: step_tokens(EngineConfig, n) for n in (4096, 8192, 32768)},

@@ -177,15 +177,9 @@ class AttentionSections:
         for label, nh, kvh, hd, seq_lens in self.decode_shapes():
             case = self.attention_inputs(label, nh, kvh, hd, [1] * len(seq_lens), seq_lens)
             self.attention_row(case, "[decode path]")
-            self.attention_row(case, "[general path]",
-                               launch_override={"decode": False, "one_loop": False})
-            for one_loop in (False, True, False, True):  # session 18's change, A/B
-                self.attention_row(case, "[decode, one key loop]" if one_loop
-                                   else "[decode, three key loops]",
-                                   launch_override={"one_loop": one_loop})
+            self.attention_row(case, "[general path]", launch_override={"decode": False})
             for bn, stages, warps in ((32, 2, 4), (128, 2, 4), (64, 3, 4), (64, 2, 2),
-                                      (64, 2, 8), (128, 3, 4), (128, 2, 8), (128, 1, 4),
-                                      (128, 1, 8), (64, 1, 4), (256, 1, 8)):
+                                      (64, 2, 8), (128, 3, 4), (128, 2, 8)):
                 self.attention_row(case, f"[decode BN={bn} s={stages} w={warps}]",
                                    launch_override={"block_n": bn, "num_stages": stages,
                                                     "num_warps": warps})

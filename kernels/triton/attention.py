@@ -43,9 +43,6 @@ MAX_DECODE_QUERY_LEN = 16
 # (their causal diagonal, where half of each tile is masked, is most of their work).
 LONG_PREFILL_QUERY_LEN = 2048
 LOG2E = 1.4426950408889634
-# Decode programs run all their key tiles in one masked loop instead of three (masked edge,
-# unmasked middle, masked edge): a program of a few tiles keeps one K/V pipeline full.
-DECODE_ONE_LOOP = True
 
 
 @dataclass(frozen=True)
@@ -59,7 +56,6 @@ class AttentionLaunchSpec:
     num_warps: int
     num_stages: int
     decode: bool = False  # at most one query token per sequence: one program per sequence
-    one_loop: bool = False  # every key tile in one masked loop (DECODE_ONE_LOOP)
 
 
 def choose_launch(*, num_seqs: int, num_kv_heads: int, group: int, head_dim: int,
@@ -134,8 +130,7 @@ def choose_launch(*, num_seqs: int, num_kv_heads: int, group: int, head_dim: int
             block_n = 32
     return AttentionLaunchSpec(block_q=block_q, block_m=block_m, block_n=block_n,
                                num_splits=num_splits, num_warps=num_warps,
-                               num_stages=num_stages, decode=decode,
-                               one_loop=decode and DECODE_ONE_LOOP)
+                               num_stages=num_stages, decode=decode)
 
 
 def _check_inputs(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -254,7 +249,6 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         GROUP=group, GROUP_PAD=next_pow2(group), BLOCK_Q=spec.block_q, BLOCK_M=spec.block_m,
         BLOCK_N=spec.block_n, HEAD_DIM=head_dim, HEAD_DIM_PAD=next_pow2(head_dim),
         PAGE_SIZE=k_cache.shape[1], SPLIT_KV=split_kv, DECODE=spec.decode,
-        ONE_LOOP=spec.one_loop,
         USE_WINDOW=sliding_window is not None, USE_SOFT_CAP=soft_cap is not None,
         # fp32 inputs: exact products (no TF32); fp16/bf16: the target's default.
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else None,

@@ -138,7 +138,6 @@ def paged_attention_kernel(
     PAGE_SIZE: tl.constexpr,    # tokens per cache block
     SPLIT_KV: tl.constexpr,
     DECODE: tl.constexpr,       # at most one query token per sequence (grid: heads, sequences)
-    ONE_LOOP: tl.constexpr,     # all key tiles in one masked loop (else masked/full/masked)
     USE_WINDOW: tl.constexpr,
     USE_SOFT_CAP: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
@@ -212,31 +211,21 @@ def paged_attention_kernel(
     k_head = k_cache_ptr + kv_head * stride_kh
     v_head = v_cache_ptr + kv_head * stride_vh
 
-    if ONE_LOOP:
-        # Every tile in one masked loop: one software pipeline from the first K/V load to the
-        # last. Three loops drain and refill it twice, a memory latency each, which a decode
-        # program of a few tiles does not hide.
-        acc, l_i, m_i = _attend_tiles(
-            acc, l_i, m_i, q, q_pos, k_head, v_head, table, stride_kb, stride_ks, stride_vb,
-            stride_vs, tile_lo, tile_hi, kv_begin, kv_end, sliding_window, qk_scale,
-            soft_cap_log2, BLOCK_N, HEAD_DIM, HEAD_DIM_PAD, PAGE_SIZE, True, USE_WINDOW,
-            USE_SOFT_CAP, DOT_PRECISION)
-    else:
-        acc, l_i, m_i = _attend_tiles(
-            acc, l_i, m_i, q, q_pos, k_head, v_head, table, stride_kb, stride_ks, stride_vb,
-            stride_vs, tile_lo, full_lo, kv_begin, kv_end, sliding_window, qk_scale,
-            soft_cap_log2, BLOCK_N, HEAD_DIM, HEAD_DIM_PAD, PAGE_SIZE, True, USE_WINDOW,
-            USE_SOFT_CAP, DOT_PRECISION)
-        acc, l_i, m_i = _attend_tiles(
-            acc, l_i, m_i, q, q_pos, k_head, v_head, table, stride_kb, stride_ks, stride_vb,
-            stride_vs, full_lo, full_hi, kv_begin, kv_end, sliding_window, qk_scale,
-            soft_cap_log2, BLOCK_N, HEAD_DIM, HEAD_DIM_PAD, PAGE_SIZE, False, USE_WINDOW,
-            USE_SOFT_CAP, DOT_PRECISION)
-        acc, l_i, m_i = _attend_tiles(
-            acc, l_i, m_i, q, q_pos, k_head, v_head, table, stride_kb, stride_ks, stride_vb,
-            stride_vs, full_hi, tile_hi, kv_begin, kv_end, sliding_window, qk_scale,
-            soft_cap_log2, BLOCK_N, HEAD_DIM, HEAD_DIM_PAD, PAGE_SIZE, True, USE_WINDOW,
-            USE_SOFT_CAP, DOT_PRECISION)
+    acc, l_i, m_i = _attend_tiles(
+        acc, l_i, m_i, q, q_pos, k_head, v_head, table, stride_kb, stride_ks, stride_vb,
+        stride_vs, tile_lo, full_lo, kv_begin, kv_end, sliding_window, qk_scale, soft_cap_log2,
+        BLOCK_N, HEAD_DIM, HEAD_DIM_PAD, PAGE_SIZE, True, USE_WINDOW, USE_SOFT_CAP,
+        DOT_PRECISION)
+    acc, l_i, m_i = _attend_tiles(
+        acc, l_i, m_i, q, q_pos, k_head, v_head, table, stride_kb, stride_ks, stride_vb,
+        stride_vs, full_lo, full_hi, kv_begin, kv_end, sliding_window, qk_scale, soft_cap_log2,
+        BLOCK_N, HEAD_DIM, HEAD_DIM_PAD, PAGE_SIZE, False, USE_WINDOW, USE_SOFT_CAP,
+        DOT_PRECISION)
+    acc, l_i, m_i = _attend_tiles(
+        acc, l_i, m_i, q, q_pos, k_head, v_head, table, stride_kb, stride_ks, stride_vb,
+        stride_vs, full_hi, tile_hi, kv_begin, kv_end, sliding_window, qk_scale, soft_cap_log2,
+        BLOCK_N, HEAD_DIM, HEAD_DIM_PAD, PAGE_SIZE, True, USE_WINDOW, USE_SOFT_CAP,
+        DOT_PRECISION)
 
     if not SPLIT_KV:
         l_safe = tl.where(l_i > 0.0, l_i, 1.0)

@@ -161,23 +161,6 @@ def test_decode_step_with_idle_sequences(num_kv_splits, seed):
     _check(batch, 0.125, num_kv_splits=num_kv_splits)
 
 
-@pytest.mark.parametrize("one_loop", [True, False], ids=["one_loop", "three_loops"])
-@pytest.mark.parametrize("num_kv_splits", [None, 2])
-def test_decode_key_loops(one_loop, num_kv_splits, monkeypatch, seed):
-    """Decode programs fold their key tiles in one masked loop (the default) or in three, as
-    prefill does (masked edge, unmasked middle, masked edge; the A/B benchmarks' variant)."""
-    from localserve.kernels.triton import attention
-
-    monkeypatch.setattr(attention, "DECODE_ONE_LOOP", one_loop)
-    q_lens, seq_lens = CASES["decode"]
-    batch = make_paged_batch(q_lens, seq_lens, 8, 2, 64, 16, DTYPES[0], DEV)
-    spec = choose_launch(num_seqs=len(seq_lens), num_kv_heads=2, group=4, head_dim=64,
-                         max_query_len=1, max_seq_len=batch.max_seq_len, num_sms=132)
-    assert spec.decode and spec.one_loop == one_loop
-    _check(batch, 0.125, num_kv_splits=num_kv_splits)
-    _check(batch, 0.125, window=33, num_kv_splits=num_kv_splits)
-
-
 def test_strided_query_view(seed):
     """q as a view into a fused qkv projection output (token stride wider than the heads)."""
     q_lens, seq_lens = CASES["chunked"]
@@ -223,9 +206,7 @@ def test_unsplit_decode_tiles_per_gpu_generation():
     assert choose_launch(**shape).num_splits == 1 and choose_launch(**shape).decode
     split = choose_launch(**{**shape, "num_seqs": 2})
     assert split.num_splits > 1 and split.block_n == 64
-    assert choose_launch(**shape).one_loop
     assert not choose_launch(**{**shape, "max_query_len": 2}).decode
-    assert not choose_launch(**{**shape, "max_query_len": 2}).one_loop
 
 
 def test_prefill_tiles():
