@@ -19,7 +19,8 @@ if [[ $what == tests || $what == all ]]; then
   python3 -m pytest -p no:cacheprovider -q tests/kernels -k triton 2>&1 | tee "$OUT/kernel_tests.log" | tail -15
 fi
 if [[ $what == tests || $what == all || $what == parity ]]; then
-  python3 -m pytest -p no:cacheprovider -q -s -rs tests/e2e/test_tiny_engine_parity.py 2>&1 \
+  python3 -m pytest -p no:cacheprovider -q -s -rs tests/e2e/test_tiny_engine_parity.py \
+    tests/e2e/test_cuda_memory_sizing.py 2>&1 \
     | tee "$OUT/parity.log" | tail -15
 fi
 if [[ $what == kernels || $what == all ]]; then

@@ -208,4 +208,9 @@ class CudaModelRunner(TorchModelRunner):
     def shutdown(self) -> None:
         self.graphs = self.prefill_graphs = None
         super().shutdown()
+        # cuBLAS's workspaces (one a stream, 32 MiB each on Hopper) belong to no tensor; an
+        # engine built next in this process gets new ones.
+        clear_workspaces = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
+        if clear_workspaces is not None:
+            clear_workspaces()
         torch.cuda.empty_cache()
