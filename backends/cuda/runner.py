@@ -48,6 +48,40 @@ def weights_do_not_fit(free: int, total: int, dtype: torch.dtype, gguf: bool) ->
         "blocks without dequantizing them).")
 
 
+def step_does_not_fit(num_tokens: int, weights: int, total: int) -> GpuMemoryError:
+    """The refusal when the sizing warm-up (one step of `num_tokens`) ran out of memory."""
+    return GpuMemoryError(
+        f"one step of {num_tokens} tokens does not fit beside the weights ({weights / GiB:.2f}"
+        f" GiB on a {total / GiB:.1f} GiB GPU): lower --max-num-batched-tokens, or use a "
+        "smaller model")
+
+
+def kv_cache_does_not_fit(num_blocks: int, num_bytes: int) -> GpuMemoryError:
+    """The refusal when the KV pool itself could not be allocated."""
+    return GpuMemoryError(
+        f"a KV cache of {num_blocks} blocks ({num_bytes / GiB:.2f} GiB) does not fit in the "
+        "GPU's free memory: lower --gpu-memory-utilization, or --num-kv-blocks if you set it")
+
+
+def out_of_memory(error: BaseException | None) -> bool:
+    """Whether `error` is, or was raised while handling, a CUDA out-of-memory error (an OOM
+    inside a graph capture surfaces as the capture's own error, with the OOM as context)."""
+    while error is not None:
+        if isinstance(error, torch.cuda.OutOfMemoryError):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def graphs_do_not_fit(utilization: float, total: int) -> GpuMemoryError:
+    """The refusal when capturing CUDA graphs ran out of the memory the KV cache left."""
+    return GpuMemoryError(
+        f"capturing CUDA graphs ran out of GPU memory: the weights, activations and KV cache "
+        f"took --gpu-memory-utilization {utilization} of {total / GiB:.1f} GiB, and the rest "
+        "was too little for the graphs. Lower --gpu-memory-utilization, or run without graphs "
+        "(--enforce-eager).")
+
+
 class CudaModelRunner(TorchModelRunner):
     # Kernels are queued, so the engine prepares the next step while this one runs.
     capabilities = RunnerCapabilities(mixed_batches=True, overlap=True)
@@ -91,14 +125,21 @@ class CudaModelRunner(TorchModelRunner):
         num_tokens = min(sched.max_num_batched_tokens, spec.max_position_embeddings)
         if self._triton_key is not None:  # else the first compile computes it again
             self._triton_key.join()
-        # The warm-up's kernels, compiled in parallel first where turned on (compile_ahead).
-        compile_ahead(lambda: self._prompt_forward(num_tokens, self._scratch_caches(num_tokens)))
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(self.device)
-        free_before, total = torch.cuda.mem_get_info(self.device)
-        others = total - free_before - torch.cuda.memory_reserved(self.device)
-        self._warm_up(num_tokens, min(sched.max_num_seqs, num_tokens))
+        try:
+            # The warm-up's kernels, compiled in parallel first where on (compile_ahead).
+            compile_ahead(
+                lambda: self._prompt_forward(num_tokens, self._scratch_caches(num_tokens)))
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+            free_before, total = torch.cuda.mem_get_info(self.device)
+            others = total - free_before - torch.cuda.memory_reserved(self.device)
+            self._warm_up(num_tokens, min(sched.max_num_seqs, num_tokens))
+        except RuntimeError as e:
+            if not out_of_memory(e):
+                raise
+            total = torch.cuda.mem_get_info(self.device)[1]
+            raise step_does_not_fit(num_tokens, self.weight_bytes, total) from e
         peak = torch.cuda.max_memory_allocated(self.device)
         budget = total * self.config.cache.gpu_memory_utilization - others - peak
         num_blocks = int(budget // self.bytes_per_block())
@@ -172,7 +213,11 @@ class CudaModelRunner(TorchModelRunner):
         return kv_cache_pages(shape, self.kv_dtype, self.device, heads_major=True)
 
     def init_kv_cache(self, num_blocks: int) -> None:
-        super().init_kv_cache(num_blocks)
+        try:
+            super().init_kv_cache(num_blocks)
+        except torch.cuda.OutOfMemoryError as e:
+            self.kv_caches = []
+            raise kv_cache_does_not_fit(num_blocks, num_blocks * self.bytes_per_block()) from e
         if not self.config.enforce_eager:
             spec = self._spec()
             model_len = self.config.model.max_model_len or spec.max_position_embeddings
@@ -187,10 +232,17 @@ class CudaModelRunner(TorchModelRunner):
                     self.model, self.kv_caches, self.ops, sched.max_num_batched_tokens,
                     sched.max_num_seqs, *shape)
             kinds = [g for g in (self.graphs, self.prefill_graphs) if g is not None]
-            compile_ahead(lambda: [g.forward_every_bucket() for g in kinds])
-            for graphs in kinds:  # one memory pool: replays never overlap
-                graphs.pool = self.graphs.pool
-                graphs.capture_all()
+            try:
+                compile_ahead(lambda: [g.forward_every_bucket() for g in kinds])
+                for graphs in kinds:  # one memory pool: replays never overlap
+                    graphs.pool = self.graphs.pool
+                    graphs.capture_all()
+            except RuntimeError as e:
+                if not out_of_memory(e):
+                    raise
+                self.graphs = self.prefill_graphs = None
+                raise graphs_do_not_fit(self.config.cache.gpu_memory_utilization,
+                                        torch.cuda.mem_get_info(self.device)[1]) from e
 
     def _forward(self, scheduled: SchedulerOutput, input_ids: torch.Tensor,
                  positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:

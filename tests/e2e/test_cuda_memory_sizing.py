@@ -127,3 +127,46 @@ def test_weights_larger_than_the_gpu_are_refused(tmp_path):
     out = llm.generate([[1, 2, 3]], SamplingParams(max_tokens=4, ignore_eos=True))
     assert len(out[0].outputs[0].token_ids) == 4
     llm.engine.shutdown()
+
+
+def test_a_step_larger_than_the_gpu_is_refused(tmp_path):
+    """A 4M-token step: its scratch KV alone is 128 GiB, so the sizing warm-up runs out."""
+    from localserve.backends.cuda.runner import GpuMemoryError
+
+    tokens = 1 << 22
+    config = write_config(tmp_path, **{**SMALL, "max_position_embeddings": tokens})
+    with pytest.raises(GpuMemoryError) as refused:
+        build(config, max_model_len=4096, max_num_batched_tokens=tokens)
+    text = str(refused.value)
+    del refused
+    free_gpu()
+    assert f"one step of {tokens} tokens" in text and "--max-num-batched-tokens" in text
+
+
+def test_graphs_out_of_memory_are_refused_and_eager_runs(tmp_path, monkeypatch):
+    """Graph capture fits in the room the sizing warm-up's activations leave (even at
+    --gpu-memory-utilization 1.0), so an allocation larger than the GPU inside the capture
+    stands in for a GPU where it does not: the OOM surfaces inside torch's capture and must
+    still be refused with the advice, and the advice, --enforce-eager, must start."""
+    from localserve.backends.cuda import graphs
+    from localserve.backends.cuda.runner import GpuMemoryError
+
+    forward = graphs.StepGraphs._forward
+
+    def forward_then_oom(self, b: int) -> None:
+        forward(self, b)
+        if torch.cuda.is_current_stream_capturing():
+            torch.empty(2 * total_memory(), dtype=torch.uint8, device="cuda")
+
+    monkeypatch.setattr(graphs.StepGraphs, "_forward", forward_then_oom)
+    config = write_config(tmp_path, **SMALL)
+    with pytest.raises(GpuMemoryError) as refused:
+        build(config, max_model_len=4096)
+    text = str(refused.value)
+    del refused
+    free_gpu()
+    assert "capturing CUDA graphs ran out" in text and "--enforce-eager" in text
+    llm = build(config, max_model_len=4096, enforce_eager=True)
+    out = llm.generate([[1, 2, 3]] * 8, SamplingParams(max_tokens=4, ignore_eos=True))
+    assert all(len(o.outputs[0].token_ids) == 4 for o in out)
+    llm.engine.shutdown()
