@@ -344,12 +344,15 @@ def bench_d(args, results, table) -> None:
     compiled, so (d) belongs first in --only."""
     from unittest import mock
 
+    if args.triton_cache:
+        os.makedirs(args.triton_cache, exist_ok=True)
     warm = bool(args.triton_cache and os.listdir(args.triton_cache))
-    with (contextlib.nullcontext(args.triton_cache) if args.triton_cache
-          else tempfile.TemporaryDirectory()) as cache_dir, \
-            mock.patch.dict(os.environ, TRITON_CACHE_DIR=cache_dir), \
-            StartupPhases() if args.phases else contextlib.nullcontext():
-        t = time.perf_counter()  # (TRITON_CACHE_DIR is read at each compile)
+    cache = (contextlib.nullcontext(args.triton_cache) if args.triton_cache
+             else tempfile.TemporaryDirectory())
+    with (cache as cache_dir,
+          mock.patch.dict(os.environ, TRITON_CACHE_DIR=cache_dir),  # read at each compile
+          StartupPhases() if args.phases else contextlib.nullcontext()):
+        t = time.perf_counter()
         llm = make_llm(args.llama, args)
         startup = time.perf_counter() - t
     results["d"] = {"startup_s": startup, "warm_triton_cache": warm}

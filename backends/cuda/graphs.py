@@ -117,9 +117,9 @@ def prefill_token_buckets(max_tokens: int) -> list[int]:
 
 @functools.cache
 def warm_up_stream(device: int) -> torch.cuda.Stream:
-    """The one side stream on which every capture's warm-up runs. cuBLAS gets a workspace for
-    each stream it runs on (32 MiB on Hopper), kept until the process ends: a new stream a
-    capture held 33 of them, 1,056 MiB of an H100 after start-up (session 18)."""
+    """The one side stream on which every capture's warm-up runs. cuBLAS keeps a workspace
+    for each stream it has run on (32 MiB on Hopper) until the process ends: when each capture
+    made its own stream, an H100 held 33 of them after start-up, 1,056 MiB (session 18)."""
     return torch.cuda.Stream(device)
 
 
