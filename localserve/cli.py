@@ -15,7 +15,10 @@ import time
 import types
 import typing
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from localserve.platform.probe import GpuInfo
 
 from pydantic import ValidationError
 
@@ -217,7 +220,32 @@ def cmd_probe(args: argparse.Namespace) -> int:
         pool = device.ram_available * config.cache.cpu_kv_fraction
         print(f"  KV pool: {config.cache.cpu_kv_fraction:.0%} of free RAM = "
               f"{pool / 2**30:.1f} GiB = {int(pool // per_token):,} tokens")
+    elif backend_name == "cuda" and device.gpus:
+        fits = _print_gpu_pool(device.gpus[0], model, per_token,
+                               config.cache.gpu_memory_utilization)
+        code = code if fits else 1
     return code
+
+
+def _print_gpu_pool(gpu: GpuInfo, model: str, per_token: int, utilization: float) -> bool:
+    """Prints the KV pool the GPU backend would get; False when the weights leave none. An
+    upper bound: start-up also sets aside one step's activations, measured by a warm-up, and
+    logs the pool it really made."""
+    from localserve.model_store import num_parameters
+
+    gib = 2**30
+    weights = 2 * num_parameters(model)  # 16-bit on the GPU (GGUF blocks are dequantized)
+    in_use = gpu.memory_total - gpu.memory_free
+    pool = gpu.memory_total * utilization - in_use - weights
+    share = (f"{utilization:.0%} of {gpu.memory_total / gib:.1f} GiB, less {in_use / gib:.1f} "
+             f"GiB in use and {weights / gib:.2f} GiB of 16-bit weights")
+    if pool <= 0:
+        print(f"  KV pool: none ({share}): lower the other GPU work, raise "
+              "--gpu-memory-utilization, or use a smaller model")
+        return False
+    print(f"  KV pool: at most {pool / gib:.1f} GiB = {int(pool // per_token):,} tokens "
+          f"({share}; start-up also sets aside one step's activations)")
+    return True
 
 
 def cmd_models(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import math
 import os
 import struct
 from collections.abc import Callable
@@ -228,6 +229,34 @@ def model_facts(path: str | Path) -> ModelFacts:
                       int(cfg.get("num_key_value_heads") or heads),
                       int(cfg.get("head_dim") or int(cfg["hidden_size"]) // heads),
                       int(cfg.get("max_position_embeddings", 0)), _size(p))
+
+
+# A safetensors header is JSON about the tensors; anything this large is not one.
+MAX_SAFETENSORS_HEADER = 100 << 20
+
+
+def num_parameters(path: str | Path) -> int:
+    """Elements in all of a checkpoint's tensors, from the GGUF tensor table or the
+    safetensors headers (no tensor data is read): the GPU holds each as one 16-bit number."""
+    p = Path(path)
+    if p.is_file():
+        from localserve.loader.gguf_reader import GGUFFile
+
+        gguf = GGUFFile(p)
+        try:
+            return sum(math.prod(t.shape) for t in gguf.tensors.values())
+        finally:
+            gguf.close()
+    total = 0
+    for shard in sorted(p.glob("*.safetensors")):
+        with shard.open("rb") as f:
+            (size,) = struct.unpack("<Q", f.read(8))
+            if size > MAX_SAFETENSORS_HEADER:
+                raise ValueError(f"{shard}: a {size}-byte header is not a safetensors header")
+            header = json.loads(f.read(size))
+        total += sum(math.prod(t["shape"]) for name, t in header.items()
+                     if name != "__metadata__")
+    return total
 
 
 def _wanted_gguf_keys(kv: dict[str, Any]) -> bool:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
+import struct
 import subprocess
 import sys
 import threading
@@ -13,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import ClassVar
 
+import numpy as np
 import pytest
 
 from localserve import __version__
@@ -21,6 +24,7 @@ from localserve.model_store import (
     ModelNotFoundError,
     choose_files,
     model_facts,
+    num_parameters,
     read_gguf_metadata,
     resolve_model,
 )
@@ -183,6 +187,31 @@ def test_gguf_metadata_and_model_facts(tmp_path: Path) -> None:
     assert facts.weights_bytes == 100
 
 
+def test_num_parameters_reads_only_the_tensor_tables(tmp_path: Path) -> None:
+    """Counted from the GGUF tensor table and the safetensors headers, checked against the
+    gguf and safetensors packages' own readers on tiny random checkpoints."""
+    import gguf
+    from safetensors import safe_open
+
+    from tests.helpers.tiny_models import make_tiny_checkpoint
+
+    folder = make_tiny_checkpoint(tmp_path, "llama", "safetensors").path
+    expected = 0
+    for shard in folder.glob("*.safetensors"):
+        with safe_open(str(shard), "np") as f:
+            names = f.keys()  # (a safe_open handle, not a dict)
+            expected += sum(int(np.prod(f.get_slice(k).get_shape())) for k in names)
+    assert num_parameters(folder) == expected > 0
+    path = make_tiny_checkpoint(tmp_path, "llama", "gguf-q8_0").path
+    reader = gguf.GGUFReader(path)
+    assert num_parameters(path) == sum(int(t.n_elements) for t in reader.tensors) > 0
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "model.safetensors").write_bytes(struct.pack("<Q", 1 << 40) + b"{}")
+    with pytest.raises(ValueError, match="not a safetensors header"):
+        num_parameters(bad)
+
+
 def test_resolve_and_list_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                  capsys: pytest.CaptureFixture[str]) -> None:
     store = tmp_path / "store"
@@ -311,6 +340,43 @@ def test_pull(hub: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 
     code, _, err = run_cli(capsys, "pull", "org/missing", "--endpoint", hub)
     assert code == 2 and "not found" in err and "Traceback" not in err
+
+
+def test_probe_sizes_the_gpu_kv_pool(capsys: pytest.CaptureFixture[str],
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the cuda backend chosen, probe prints the KV pool the GPU would get: memory
+    utilization x total, less what is in use and the 16-bit weights, in tokens of this
+    model; and exits 1, naming fixes, when the weights leave nothing."""
+    import localserve.backends as backends
+    import localserve.platform.probe as probe_module
+    from localserve.backends import Selection
+    from localserve.config import default_model_path
+    from localserve.platform.probe import GpuInfo
+
+    class Cuda:
+        name = "cuda"
+
+    monkeypatch.setattr(backends, "select", lambda config, device: Selection(Cuda(), {}))
+    machine = probe_module.probe(include_gpus=False)
+    gib = 2**30
+
+    def with_gpu(total: int, free: int) -> None:
+        gpu = GpuInfo("nvidia", "Test GPU", total, free, (8, 9))
+        monkeypatch.setattr(probe_module, "probe",
+                            lambda include_gpus=True: dataclasses.replace(machine, gpus=(gpu,)))
+
+    model = default_model_path()
+    weights = 2 * num_parameters(model)
+    per_token = model_facts(model).kv_bytes_per_token()
+    with_gpu(8 * gib, 7 * gib)
+    code, out, err = run_cli(capsys, "probe", "--gpu-memory-utilization", "0.5")
+    assert code == 0, err
+    pool = 4 * gib - 1 * gib - weights
+    assert f"KV pool: at most {pool / gib:.1f} GiB = {int(pool // per_token):,} tokens" in out
+    assert "50% of 8.0 GiB, less 1.0 GiB in use" in out
+    with_gpu(1 * gib, 1 * gib // 2)
+    code, out, _ = run_cli(capsys, "probe")
+    assert code == 1 and "KV pool: none" in out and "smaller model" in out
 
 
 def test_probe_reports_device_backend_and_memory(capsys: pytest.CaptureFixture[str],
