@@ -234,7 +234,11 @@ def _print_gpu_pool(gpu: GpuInfo, model: str, per_token: int, utilization: float
     from localserve.model_store import num_parameters
 
     gib = 2**30
-    weights = 2 * num_parameters(model)  # 16-bit on the GPU (GGUF blocks are dequantized)
+    try:
+        weights = 2 * num_parameters(model)  # 16-bit on the GPU (GGUF blocks dequantized)
+    except (OSError, ValueError) as e:
+        print(f"  cannot count the model's weights: {e}")
+        return False
     in_use = gpu.memory_total - gpu.memory_free
     pool = gpu.memory_total * utilization - in_use - weights
     share = (f"{utilization:.0%} of {gpu.memory_total / gib:.1f} GiB, less {in_use / gib:.1f} "

@@ -250,7 +250,10 @@ def num_parameters(path: str | Path) -> int:
     total = 0
     for shard in sorted(p.glob("*.safetensors")):
         with shard.open("rb") as f:
-            (size,) = struct.unpack("<Q", f.read(8))
+            head = f.read(8)
+            if len(head) < 8:
+                raise ValueError(f"{shard} is too short to be a safetensors file")
+            (size,) = struct.unpack("<Q", head)
             if size > MAX_SAFETENSORS_HEADER:
                 raise ValueError(f"{shard}: a {size}-byte header is not a safetensors header")
             header = json.loads(f.read(size))

@@ -210,6 +210,9 @@ def test_num_parameters_reads_only_the_tensor_tables(tmp_path: Path) -> None:
     (bad / "model.safetensors").write_bytes(struct.pack("<Q", 1 << 40) + b"{}")
     with pytest.raises(ValueError, match="not a safetensors header"):
         num_parameters(bad)
+    (bad / "model.safetensors").write_bytes(b"\x01")
+    with pytest.raises(ValueError, match="too short"):
+        num_parameters(bad)
 
 
 def test_resolve_and_list_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
