@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -73,6 +75,22 @@ def out_of_memory(error: BaseException | None) -> bool:
     return False
 
 
+@contextlib.contextmanager
+def refused_when_out_of_memory(refusal: Callable[[], GpuMemoryError],
+                               release: Callable[[], None]) -> Iterator[None]:
+    """A CUDA out-of-memory error inside (or an error one caused) becomes `refusal()`, after
+    `release()` gives back what was allocated: the refusal's traceback keeps the runner, and
+    so its memory, alive as long as the caller holds the exception (e.g. to retry)."""
+    try:
+        yield
+    except RuntimeError as e:
+        if not out_of_memory(e):
+            raise
+        error = refusal()
+        release()
+        raise error from e
+
+
 def graphs_do_not_fit(utilization: float, total: int) -> GpuMemoryError:
     """The refusal when capturing CUDA graphs ran out of the memory the KV cache left."""
     return GpuMemoryError(
@@ -98,17 +116,8 @@ class CudaModelRunner(TorchModelRunner):
     def load_model(self) -> None:
         torch.cuda.set_device(self.device)
         free, total = torch.cuda.mem_get_info(self.device)
-        try:
+        with self._refused_when_out_of_memory(lambda: self._weights_refusal(free, total)):
             super().load_model()
-        except torch.cuda.OutOfMemoryError as e:
-            from localserve.config import default_model_path
-            from localserve.loader import read_arch, resolve_dtype
-            from localserve.loader.source import resolve_source
-
-            model = self.config.model
-            source = resolve_source(model.model or default_model_path(), model.load_format)
-            dtype = resolve_dtype(model.dtype, self.device, read_arch(source))
-            raise weights_do_not_fit(free, total, dtype, source.kind == "gguf") from e
         install_layer_ops(self.model, triton_layer_ops())
         fuse_projections(self.model)
         gemv = install_decode_gemv(self.model)
@@ -118,6 +127,22 @@ class CudaModelRunner(TorchModelRunner):
                  "MLPs the gated GEMM for prefill batches on Hopper", gemv, MAX_GEMV_ROWS,
                  gated)
 
+    def _refused_when_out_of_memory(self, refusal: Callable[[], GpuMemoryError]
+                                    ) -> contextlib.AbstractContextManager[None]:
+        """Start-up steps that can run out of GPU memory: refused with `refusal()`, and this
+        runner's memory given back (`shutdown`)."""
+        return refused_when_out_of_memory(refusal, self.shutdown)
+
+    def _weights_refusal(self, free: int, total: int) -> GpuMemoryError:
+        from localserve.config import default_model_path
+        from localserve.loader import read_arch, resolve_dtype
+        from localserve.loader.source import resolve_source
+
+        model = self.config.model
+        source = resolve_source(model.model or default_model_path(), model.load_format)
+        dtype = resolve_dtype(model.dtype, self.device, read_arch(source))
+        return weights_do_not_fit(free, total, dtype, source.kind == "gguf")
+
     def profile_num_blocks(self) -> int:
         """KV blocks that fit after a warm-up forward at the largest step the scheduler makes."""
         spec = self._spec()
@@ -125,21 +150,18 @@ class CudaModelRunner(TorchModelRunner):
         num_tokens = min(sched.max_num_batched_tokens, spec.max_position_embeddings)
         if self._triton_key is not None:  # else the first compile computes it again
             self._triton_key.join()
-        try:
+        total = torch.cuda.mem_get_info(self.device)[1]
+        with self._refused_when_out_of_memory(
+                lambda: step_does_not_fit(num_tokens, self.weight_bytes, total)):
             # The warm-up's kernels, compiled in parallel first where on (compile_ahead).
             compile_ahead(
                 lambda: self._prompt_forward(num_tokens, self._scratch_caches(num_tokens)))
             torch.cuda.synchronize()
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(self.device)
-            free_before, total = torch.cuda.mem_get_info(self.device)
+            free_before = torch.cuda.mem_get_info(self.device)[0]
             others = total - free_before - torch.cuda.memory_reserved(self.device)
             self._warm_up(num_tokens, min(sched.max_num_seqs, num_tokens))
-        except RuntimeError as e:
-            if not out_of_memory(e):
-                raise
-            total = torch.cuda.mem_get_info(self.device)[1]
-            raise step_does_not_fit(num_tokens, self.weight_bytes, total) from e
         peak = torch.cuda.max_memory_allocated(self.device)
         budget = total * self.config.cache.gpu_memory_utilization - others - peak
         num_blocks = int(budget // self.bytes_per_block())
@@ -213,11 +235,10 @@ class CudaModelRunner(TorchModelRunner):
         return kv_cache_pages(shape, self.kv_dtype, self.device, heads_major=True)
 
     def init_kv_cache(self, num_blocks: int) -> None:
-        try:
+        pool_bytes = num_blocks * self.bytes_per_block()
+        with self._refused_when_out_of_memory(
+                lambda: kv_cache_does_not_fit(num_blocks, pool_bytes)):
             super().init_kv_cache(num_blocks)
-        except torch.cuda.OutOfMemoryError as e:
-            self.kv_caches = []
-            raise kv_cache_does_not_fit(num_blocks, num_blocks * self.bytes_per_block()) from e
         if not self.config.enforce_eager:
             spec = self._spec()
             model_len = self.config.model.max_model_len or spec.max_position_embeddings
@@ -232,17 +253,14 @@ class CudaModelRunner(TorchModelRunner):
                     self.model, self.kv_caches, self.ops, sched.max_num_batched_tokens,
                     sched.max_num_seqs, *shape)
             kinds = [g for g in (self.graphs, self.prefill_graphs) if g is not None]
-            try:
+            total = torch.cuda.mem_get_info(self.device)[1]
+            utilization = self.config.cache.gpu_memory_utilization
+            with self._refused_when_out_of_memory(
+                    lambda: graphs_do_not_fit(utilization, total)):
                 compile_ahead(lambda: [g.forward_every_bucket() for g in kinds])
                 for graphs in kinds:  # one memory pool: replays never overlap
                     graphs.pool = self.graphs.pool
                     graphs.capture_all()
-            except RuntimeError as e:
-                if not out_of_memory(e):
-                    raise
-                self.graphs = self.prefill_graphs = None
-                raise graphs_do_not_fit(self.config.cache.gpu_memory_utilization,
-                                        torch.cuda.mem_get_info(self.device)[1]) from e
 
     def _forward(self, scheduled: SchedulerOutput, input_ids: torch.Tensor,
                  positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:

@@ -25,7 +25,8 @@ GiB = 1 << 30
 SMALL = {"hidden_size": 1024, "intermediate_size": 2048, "num_hidden_layers": 8,
          "num_attention_heads": 8, "num_key_value_heads": 8, "head_dim": 128,
          "vocab_size": 1024, "max_position_embeddings": 262_144}
-KV_BYTES_PER_TOKEN = 8 * 8 * 128 * 2 * 2
+KV_BYTES_PER_TOKEN = (2 * SMALL["num_hidden_layers"] * SMALL["num_key_value_heads"]
+                      * SMALL["head_dim"] * 2)
 
 
 def write_config(tmp_path, **shape) -> str:
@@ -65,6 +66,18 @@ def build(config: str, **kw) -> LLM:
     return LLM(config, load_format="dummy", backend="cuda", dtype="bfloat16", **kw)
 
 
+def refusal(config: str, **kw) -> str:
+    """The text of the GpuMemoryError that building this engine must end in."""
+    from localserve.backends.cuda.runner import GpuMemoryError
+
+    with pytest.raises(GpuMemoryError) as refused:
+        build(config, **kw)
+    text = str(refused.value)
+    del refused  # its traceback holds the failed engine
+    free_gpu()
+    return text
+
+
 def test_kv_pool_follows_gpu_memory_utilization(tmp_path, monkeypatch):
     """Two engines one after the other at 30% and 50%: the second pool is larger by 20% of
     the GPU's memory, in tokens of this model (the weights and activations are the same), and
@@ -91,15 +104,9 @@ def test_kv_pool_follows_gpu_memory_utilization(tmp_path, monkeypatch):
 
 def test_max_model_len_longer_than_the_pool_is_refused(tmp_path):
     """About 6 GiB for everything: the pool holds ~150k tokens, fewer than 262,144."""
-    from localserve.backends.cuda.runner import GpuMemoryError
-
     config = write_config(tmp_path, **SMALL)
     utilization = 6 * GiB / total_memory()
-    with pytest.raises(GpuMemoryError) as refused:
-        build(config, gpu_memory_utilization=utilization, max_model_len=262_144)
-    text = str(refused.value)
-    del refused
-    free_gpu()
+    text = refusal(config, gpu_memory_utilization=utilization, max_model_len=262_144)
     fits = int(text.split("the KV cache fits ")[1].split(" tokens")[0])
     assert 0 < fits < 262_144
     assert "--max-model-len 262144" in text and "raise --gpu-memory-utilization" in text
@@ -107,8 +114,6 @@ def test_max_model_len_longer_than_the_pool_is_refused(tmp_path):
 
 def test_weights_larger_than_the_gpu_are_refused(tmp_path):
     """Llama-3-70B-shaped layers, as many as make 1.3x the GPU's memory in bf16 weights."""
-    from localserve.backends.cuda.runner import GpuMemoryError
-
     hidden, inter, kv = 8192, 28672, 1024
     layer_bytes = 2 * (2 * hidden * hidden + 2 * hidden * kv + 3 * hidden * inter)
     layers = math.ceil(1.3 * total_memory() / layer_bytes)
@@ -116,11 +121,7 @@ def test_weights_larger_than_the_gpu_are_refused(tmp_path):
                           num_hidden_layers=layers, num_attention_heads=64,
                           num_key_value_heads=8, vocab_size=128256,
                           max_position_embeddings=8192)
-    with pytest.raises(GpuMemoryError) as refused:
-        build(config, max_model_len=4096)
-    text = str(refused.value)
-    del refused
-    free_gpu()
+    text = refusal(config, max_model_len=4096)
     assert "were free" in text and "smaller model" in text and "bfloat16" in text
     # Nothing of the half-loaded model stays behind: a small engine starts afterwards.
     llm = build(write_config(tmp_path, **SMALL), max_model_len=4096)
@@ -131,15 +132,9 @@ def test_weights_larger_than_the_gpu_are_refused(tmp_path):
 
 def test_a_step_larger_than_the_gpu_is_refused(tmp_path):
     """A 4M-token step: its scratch KV alone is 128 GiB, so the sizing warm-up runs out."""
-    from localserve.backends.cuda.runner import GpuMemoryError
-
     tokens = 1 << 22
     config = write_config(tmp_path, **{**SMALL, "max_position_embeddings": tokens})
-    with pytest.raises(GpuMemoryError) as refused:
-        build(config, max_model_len=4096, max_num_batched_tokens=tokens)
-    text = str(refused.value)
-    del refused
-    free_gpu()
+    text = refusal(config, max_model_len=4096, max_num_batched_tokens=tokens)
     assert f"one step of {tokens} tokens" in text and "--max-num-batched-tokens" in text
 
 
@@ -149,8 +144,6 @@ def test_graphs_out_of_memory_are_refused_and_eager_runs(tmp_path, monkeypatch):
     stands in for a GPU where it does not: the OOM surfaces inside torch's capture and must
     still be refused with the advice, and the advice, --enforce-eager, must start."""
     from localserve.backends.cuda import graphs
-    from localserve.backends.cuda.runner import GpuMemoryError
-
     forward = graphs.StepGraphs._forward
 
     def forward_then_oom(self, b: int) -> None:
@@ -160,11 +153,7 @@ def test_graphs_out_of_memory_are_refused_and_eager_runs(tmp_path, monkeypatch):
 
     monkeypatch.setattr(graphs.StepGraphs, "_forward", forward_then_oom)
     config = write_config(tmp_path, **SMALL)
-    with pytest.raises(GpuMemoryError) as refused:
-        build(config, max_model_len=4096)
-    text = str(refused.value)
-    del refused
-    free_gpu()
+    text = refusal(config, max_model_len=4096)
     assert "capturing CUDA graphs ran out" in text and "--enforce-eager" in text
     llm = build(config, max_model_len=4096, enforce_eager=True)
     out = llm.generate([[1, 2, 3]] * 8, SamplingParams(max_tokens=4, ignore_eos=True))

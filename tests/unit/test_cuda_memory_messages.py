@@ -11,6 +11,7 @@ from localserve.backends.cuda.runner import (
     graphs_do_not_fit,
     kv_cache_does_not_fit,
     out_of_memory,
+    refused_when_out_of_memory,
     step_does_not_fit,
     weights_do_not_fit,
 )
@@ -62,17 +63,44 @@ def test_refusal_numbers():
     assert "--gpu-memory-utilization 0.98 of 8.0 GiB" in text and "--enforce-eager" in text
 
 
-def test_out_of_memory_is_found_behind_the_error_it_caused():
-    """An OOM inside a graph capture surfaces as the capture's error, the OOM its context."""
-    oom = torch.cuda.OutOfMemoryError("CUDA out of memory")
-    try:
+def capture_error_after(oom: BaseException) -> RuntimeError:
+    """The error torch.cuda.graph's __exit__ raises when an OOM ended the capture: its own,
+    with the OOM as implicit context."""
+    with pytest.raises(RuntimeError, match="capture failed") as caught:
         try:
             raise oom
         except RuntimeError:
-            # Implicit context, as torch.cuda.graph's __exit__ raises it.
             raise RuntimeError("capture failed after an earlier error")  # noqa: B904
-    except RuntimeError as e:
-        assert out_of_memory(e)
+    return caught.value
+
+
+def test_out_of_memory_is_found_behind_the_error_it_caused():
+    oom = torch.cuda.OutOfMemoryError("CUDA out of memory")
+    assert out_of_memory(capture_error_after(oom))
     assert out_of_memory(oom)
-    assert not out_of_memory(RuntimeError("an illegal memory access"))
+    assert not out_of_memory(capture_error_after(RuntimeError("an illegal memory access")))
     assert not out_of_memory(None)
+
+
+@pytest.mark.parametrize("raised", ["oom", "behind_capture"])
+def test_start_up_out_of_memory_is_refused_after_releasing(raised):
+    """The runner's start-up steps: an OOM becomes the step's refusal, chained to the OOM,
+    and the runner's memory is released first (the refusal's traceback keeps the runner)."""
+    oom = torch.cuda.OutOfMemoryError("CUDA out of memory")
+    error = oom if raised == "oom" else capture_error_after(oom)
+    released = []
+    refusal = graphs_do_not_fit(0.9, 8 * GiB)
+    with pytest.raises(GpuMemoryError) as caught, \
+            refused_when_out_of_memory(lambda: refusal, lambda: released.append(True)):
+        raise error
+    assert caught.value is refusal and caught.value.__cause__ is error
+    assert released == [True]
+
+
+def test_other_start_up_errors_pass_through_unreleased():
+    released = []
+    with pytest.raises(RuntimeError, match="illegal memory access"), \
+            refused_when_out_of_memory(lambda: graphs_do_not_fit(0.9, 8 * GiB),
+                                       lambda: released.append(True)):
+        raise RuntimeError("an illegal memory access")
+    assert released == []
