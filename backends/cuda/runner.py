@@ -235,9 +235,8 @@ class CudaModelRunner(TorchModelRunner):
         return kv_cache_pages(shape, self.kv_dtype, self.device, heads_major=True)
 
     def init_kv_cache(self, num_blocks: int) -> None:
-        pool_bytes = num_blocks * self.bytes_per_block()
         with self._refused_when_out_of_memory(
-                lambda: kv_cache_does_not_fit(num_blocks, pool_bytes)):
+                lambda: kv_cache_does_not_fit(num_blocks, num_blocks * self.bytes_per_block())):
             super().init_kv_cache(num_blocks)
         if not self.config.enforce_eager:
             spec = self._spec()
@@ -253,10 +252,9 @@ class CudaModelRunner(TorchModelRunner):
                     self.model, self.kv_caches, self.ops, sched.max_num_batched_tokens,
                     sched.max_num_seqs, *shape)
             kinds = [g for g in (self.graphs, self.prefill_graphs) if g is not None]
-            total = torch.cuda.mem_get_info(self.device)[1]
-            utilization = self.config.cache.gpu_memory_utilization
-            with self._refused_when_out_of_memory(
-                    lambda: graphs_do_not_fit(utilization, total)):
+            with self._refused_when_out_of_memory(lambda: graphs_do_not_fit(
+                    self.config.cache.gpu_memory_utilization,
+                    torch.cuda.mem_get_info(self.device)[1])):
                 compile_ahead(lambda: [g.forward_every_bucket() for g in kinds])
                 for graphs in kinds:  # one memory pool: replays never overlap
                     graphs.pool = self.graphs.pool
