@@ -29,11 +29,7 @@ prefill steps of up to 512 tokens eagerly instead of replaying CUDA graphs
 compiles the start-up's kernels one after another at their first launches instead of in
 parallel first (backends/cuda/compile_ahead.py, on by default since session 17), and
 ":session16" turns both off, the defaults before session 17. ":prefillgraphs",
-":compileahead" and ":pgcompileahead" turn one or both on. Session 19: ":decode3stages"
-gives the unsplit 128-key decode tiles three pipeline stages (kernels/triton/attention.py:
-UNSPLIT_DECODE_STAGES), ":persistentgated" runs the gated GEMM with one program per SM
-(kernels/triton/gated_gemm.py: PERSISTENT), ":gateddecode" lets batches from 256 rows (decode
-steps too) take the gated GEMM (MIN_ROWS), ":gateddecodepersistent" both.
+":compileahead" and ":pgcompileahead" turn one or both on.
 """
 
 from __future__ import annotations
@@ -165,11 +161,6 @@ def variant_setting(variant: str) -> contextlib.AbstractContextManager:
         "nocompileahead": lambda: mock.patch.object(compile_ahead, "COMPILE_AHEAD", False),
         "session16": lambda: both(mock.patch.object(cuda_runner, "PREFILL_GRAPHS", False),
                                   mock.patch.object(compile_ahead, "COMPILE_AHEAD", False)),
-        "decode3stages": lambda: mock.patch.object(attention, "UNSPLIT_DECODE_STAGES", 3),
-        "persistentgated": lambda: mock.patch.object(gated_gemm, "PERSISTENT", True),
-        "gateddecode": lambda: mock.patch.object(gated_gemm, "MIN_ROWS", 256),
-        "gateddecodepersistent": lambda: both(mock.patch.object(gated_gemm, "MIN_ROWS", 256),
-                                              mock.patch.object(gated_gemm, "PERSISTENT", True)),
         **{f"tokens{n}": lambda n=n: step_tokens(EngineConfig, n) for n in (4096, 8192, 32768)},
     }
     if variant not in settings:

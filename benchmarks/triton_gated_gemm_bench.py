@@ -67,12 +67,12 @@ def gated_gemm_kernel(
 
 
 def gated_gemm(x: torch.Tensor, w: torch.Tensor, config: tuple[int, int, int, int, int],
-               tma: bool = False, persistent: bool = False) -> torch.Tensor:
+               tma: bool = False) -> torch.Tensor:
     """silu(x @ gate^T) * (x @ up^T) for w = [gate; up]; config (BM, BN, BK, warps, stages);
     tma: the engine's kernel (kernels/triton/gated_gemm.py, operands through tensor
-    descriptors; `persistent`: one program per SM), else this file's pointer-load version."""
+    descriptors), else this file's pointer-load version."""
     if tma:
-        return engine_gated_gemm(x, w, "silu", config, persistent=persistent)
+        return engine_gated_gemm(x, w, "silu", config)
     m, k = x.shape
     n = w.shape[0] // 2
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
@@ -97,7 +97,6 @@ class GatedGemmSection:
         # (label, M, N = intermediate size, K = hidden size)
         shapes = ([("tiny", 40, 40, 96)] if b.smoke else
                   [("llama3-8b (c) chunk", 16384, 14336, 4096), ("llama3-8b", 4096, 14336, 4096),
-                   ("llama3-8b (c) decode", 512, 14336, 4096),
                    ("qwen3-0.6b chunk", 16384, 3072, 1024)])
         # (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages); BLOCK_N per half: 2 x BLOCK_N columns
         configs = ([(16, 16, 32, 4, 1), (32, 16, 16, 4, 2)] if b.smoke else
@@ -119,17 +118,13 @@ class GatedGemmSection:
                      lambda: b.k.act_and_mul(torch.nn.functional.linear(x, w), "silu"))):  # noqa: B023
                 row = Row(path, shape, ms=b.time_ms(fn), bytes_moved=nbytes, flops=flops)
                 b.add(row)
-            # Pointer loads: the fastest tile only (15% behind TMA's best in session 10).
-            variants = [(False, False, configs[:1] if not b.smoke else configs),
-                        (True, False, configs), (True, True, configs)]
-            for tma, persistent, tiles in variants:
-                for config in tiles:
-                    row = Row("gated GEMM" + (" TMA" if tma else "")
-                              + (" persistent" if persistent else ""), shape,
+            for tma in (False, True):
+                for config in configs:
+                    row = Row("gated GEMM" + (" TMA" if tma else ""), shape,
                               bytes_moved=nbytes, flops=flops,
                               note="BM={} BN={} BK={} w={} s={}".format(*config))
                     try:
-                        out = gated_gemm(x, w, config, tma, persistent)
+                        out = gated_gemm(x, w, config, tma)
                     except Exception as e:  # a config this GPU cannot build is reported
                         if b.smoke:
                             raise
@@ -137,6 +132,5 @@ class GatedGemmSection:
                         b.add(row)
                         continue
                     b.check(row, out, ref, tol)
-                    row.ms = b.time_ms(lambda c=config, t=tma, p=persistent:
-                                       gated_gemm(x, w, c, t, p))  # noqa: B023
+                    row.ms = b.time_ms(lambda c=config, t=tma: gated_gemm(x, w, c, t))  # noqa: B023
                     b.add(row)

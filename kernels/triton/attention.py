@@ -36,9 +36,6 @@ from localserve.kernels.triton.attention_kernels import (
 # reduction cost more than the parallelism buys.
 MIN_KEYS_PER_SPLIT = 256
 MAX_SPLITS = 64
-# Pipeline stages of the unsplit 128-key decode tiles on Hopper (two 64 KB K/V stages; three
-# fit its shared memory too): being measured in (c), session 19.
-UNSPLIT_DECODE_STAGES = 2
 # Query lengths up to this are "decode-like" (decode, speculative tokens): small query tiles and
 # split-KV allowed. Longer ones are prefill chunks that fill the GPU on their own.
 MAX_DECODE_QUERY_LEN = 16
@@ -129,7 +126,6 @@ def choose_launch(*, num_seqs: int, num_kv_heads: int, group: int, head_dim: int
         # others. gfx1100 spills 57 VGPRs at 64 keys unsplit (none at 32; split, the reverse).
         if arch is None or nvidia == (9, 0):  # None: the interpreter
             block_n = 128
-            num_stages = UNSPLIT_DECODE_STAGES
         elif rdna(arch):
             block_n = 32
     return AttentionLaunchSpec(block_q=block_q, block_m=block_m, block_n=block_n,

@@ -30,7 +30,6 @@ from localserve.kernels.triton._common import (
     empty,
     gpu_arch,
     interpreting,
-    num_sms,
     nvidia_capability,
 )
 from localserve.kernels.triton.activation import ACTIVATIONS, gated
@@ -39,7 +38,6 @@ MIN_ROWS = 8192
 # (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages): the fastest of eight on the H100 at both Llama
 # shapes and Qwen3-0.6B's (triton_gated_gemm_bench.py); BLOCK_N columns of gate and of up.
 TILES = (128, 128, 64, 8, 4)
-PERSISTENT = False  # one program per SM (_gated_gemm_persistent_kernel): being measured
 GROUP_M = 8  # row blocks that take each column block in turn while its weights sit in L2
 
 
@@ -80,43 +78,6 @@ def _gated_gemm_kernel(
     out_desc.store([off_m, off_n], gated(acc_g, acc_u, ACTIVATION).to(out_desc.dtype))
 
 
-@triton.jit(do_not_specialize=["M"])
-def _gated_gemm_persistent_kernel(
-    out_desc, x_desc, w_desc,   # as in _gated_gemm_kernel
-    M, N,
-    K: tl.constexpr,
-    ACTIVATION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    GROUP_M: tl.constexpr,
-    NUM_PROGRAMS: tl.constexpr,
-):
-    """_gated_gemm_kernel with one program per SM walking the tiles: the flattened loop lets
-    the next tile's loads start while this one's epilogue runs (one program fills an SM's
-    shared memory, so separate programs cannot overlap them)."""
-    num_tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
-    # The epilogue's own tile counter: recomputing its offsets from `tile` would tie the
-    # store to the loop's prologue and keep the pipeliner from overlapping them.
-    stored = tl.program_id(0) - NUM_PROGRAMS
-    acc_g = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    acc_u = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for tile in tl.range(tl.program_id(0), num_tiles, NUM_PROGRAMS, flatten=True):
-        pid_m, pid_n = grouped_tile(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
-        off_m = pid_m * BLOCK_M
-        off_n = pid_n * BLOCK_N
-        for k0 in range(0, K, BLOCK_K):
-            x = x_desc.load([off_m, k0])
-            g = w_desc.load([off_n, k0])
-            u = w_desc.load([N + off_n, k0])
-            acc_g = tl.dot(x, g.T, acc_g)
-            acc_u = tl.dot(x, u.T, acc_u)
-        stored += NUM_PROGRAMS
-        st_m, st_n = grouped_tile(stored, M, N, BLOCK_M, BLOCK_N, GROUP_M)
-        out_desc.store([st_m * BLOCK_M, st_n * BLOCK_N],
-                       gated(acc_g, acc_u, ACTIVATION).to(out_desc.dtype))
-        acc_g = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-        acc_u = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-
-
 def _tma_layout(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """x [M, K] and weight [2N, K] as tensor descriptors take them without a copy: K and N
     multiples of 8, x's rows and both bases 16-byte aligned, the weight contiguous."""
@@ -146,13 +107,11 @@ def measured_on(arch: str | None) -> bool:
 
 
 def gated_gemm(x: torch.Tensor, weight: torch.Tensor, activation: str,
-               tiles: tuple[int, int, int, int, int] = TILES,
-               persistent: bool | None = None) -> torch.Tensor:
+               tiles: tuple[int, int, int, int, int] = TILES) -> torch.Tensor:
     """act(x @ weight[:N]^T) * (x @ weight[N:]^T) -> [M, N] in x's dtype, fp32 accumulation,
     for weight = [gate; up] of shape [2N, K]. What `act_and_mul(F.linear(x, weight),
     activation)` computes, without the [M, 2N] intermediate; see gated_gemm_suits for where
-    it runs. `tiles`: (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) and `persistent` (one
-    program per SM; None: PERSISTENT), for benchmarks."""
+    it runs. `tiles`: (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages), for benchmarks."""
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     check_tensor("x", x, ndim=2, dtypes=(torch.float16, torch.bfloat16))
@@ -172,15 +131,11 @@ def gated_gemm(x: torch.Tensor, weight: torch.Tensor, activation: str,
         return out
     bm, bn, bk, warps, stages = tiles
     # Keywords: the interpreter unpacks each descriptor into several arguments.
-    args = dict(out_desc=TensorDescriptor.from_tensor(out, [bm, bn]),
-                x_desc=TensorDescriptor.from_tensor(x, [bm, bk]),
-                w_desc=TensorDescriptor.from_tensor(weight, [bn, bk]),
-                M=m, N=n, K=k, ACTIVATION=ACTIVATIONS[activation], BLOCK_M=bm, BLOCK_N=bn,
-                BLOCK_K=bk, GROUP_M=GROUP_M, num_warps=warps, num_stages=stages)
-    tiles_total = triton.cdiv(m, bm) * triton.cdiv(n, bn)
-    if PERSISTENT if persistent is None else persistent:
-        programs = min(tiles_total, num_sms(x.device))
-        _gated_gemm_persistent_kernel[(programs,)](NUM_PROGRAMS=programs, **args)
-    else:
-        _gated_gemm_kernel[(tiles_total,)](**args)
+    _gated_gemm_kernel[(triton.cdiv(m, bm) * triton.cdiv(n, bn),)](
+        out_desc=TensorDescriptor.from_tensor(out, [bm, bn]),
+        x_desc=TensorDescriptor.from_tensor(x, [bm, bk]),
+        w_desc=TensorDescriptor.from_tensor(weight, [bn, bk]),
+        M=m, N=n, K=k, ACTIVATION=ACTIVATIONS[activation], BLOCK_M=bm, BLOCK_N=bn,
+        BLOCK_K=bk, GROUP_M=GROUP_M, num_warps=warps, num_stages=stages,
+    )
     return out

@@ -38,32 +38,19 @@ def _case(m: int, n: int, k: int, dtype: torch.dtype) -> tuple[torch.Tensor, tor
 
 
 @needs_hopper
-@pytest.mark.parametrize("persistent", [False, True], ids=["per_tile", "persistent"])
 @pytest.mark.parametrize("activation", ["silu", "gelu_tanh"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("m,n,k", SHAPES)
-def test_matches_reference(m, n, k, dtype, activation, persistent, seed):
+def test_matches_reference(m, n, k, dtype, activation, seed):
     x, w = _case(m, n, k, dtype)
     with poisoned_outputs():
-        out = gated_gemm.gated_gemm(x, w, activation, persistent=persistent)
+        out = gated_gemm.gated_gemm(x, w, activation)
     ref = reference.gated_linear(x, w, activation)
     assert out.shape == (m, n) and out.dtype == dtype
     err = rel_error(out, ref)
     assert err <= ELEMENTWISE_TOL[dtype], f"relative error {err:.3g}"
     unfused = reference.act_and_mul(reference.linear(x, w), activation)
     assert rel_error(out, unfused) <= 2 * ELEMENTWISE_TOL[dtype]
-
-
-@needs_hopper
-def test_persistent_programs_walk_many_tiles(monkeypatch, seed):
-    """More tiles than programs: each program stores several tiles in grouped order."""
-    monkeypatch.setattr(gated_gemm, "num_sms", lambda device: 3)
-    m, n, k = (2 * 128 * 8 + 40, 6 * 128 + 8, 256) if FULL else (72, 40, 32)
-    tiles = gated_gemm.TILES if FULL else (16, 16, 16, 4, 1)  # 5 x 3 = 15 tiles here
-    x, w = _case(m, n, k, torch.bfloat16 if FULL else torch.float16)
-    with poisoned_outputs():
-        out = gated_gemm.gated_gemm(x, w, "silu", tiles, persistent=True)
-    assert rel_error(out, reference.gated_linear(x, w, "silu")) <= ELEMENTWISE_TOL[x.dtype]
 
 
 def test_runs_only_where_it_was_measured_faster(monkeypatch):
