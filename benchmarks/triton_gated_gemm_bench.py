@@ -97,6 +97,7 @@ class GatedGemmSection:
         # (label, M, N = intermediate size, K = hidden size)
         shapes = ([("tiny", 40, 40, 96)] if b.smoke else
                   [("llama3-8b (c) chunk", 16384, 14336, 4096), ("llama3-8b", 4096, 14336, 4096),
+                   ("llama3-8b (c) decode", 512, 14336, 4096),
                    ("qwen3-0.6b chunk", 16384, 3072, 1024)])
         # (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages); BLOCK_N per half: 2 x BLOCK_N columns
         configs = ([(16, 16, 32, 4, 1), (32, 16, 16, 4, 2)] if b.smoke else
