@@ -15,11 +15,12 @@ nvidia-smi --format=csv --query-gpu=name,memory.total,driver_version,uuid,vbios_
 power.limit,clocks.max.sm,clocks.max.memory,ecc.mode.current,temperature.gpu,temperature.memory
 python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', \
 triton.__version__, 'transformers', transformers.__version__)"
+# One -q: pyproject's addopts has another, and -qq drops the summary line from the logs.
 if [[ $what == tests || $what == all ]]; then
-  python3 -m pytest -p no:cacheprovider -q tests/kernels -k triton 2>&1 | tee "$OUT/kernel_tests.log" | tail -15
+  python3 -m pytest -p no:cacheprovider -o addopts="--import-mode=importlib" -q tests/kernels -k triton 2>&1 | tee "$OUT/kernel_tests.log" | tail -15
 fi
 if [[ $what == tests || $what == all || $what == parity ]]; then
-  python3 -m pytest -p no:cacheprovider -q -s -rs tests/e2e/test_tiny_engine_parity.py \
+  python3 -m pytest -p no:cacheprovider -o addopts="--import-mode=importlib" -q -s -rs tests/e2e/test_tiny_engine_parity.py \
     tests/e2e/test_cuda_memory_sizing.py 2>&1 \
     | tee "$OUT/parity.log" | tail -15
 fi
