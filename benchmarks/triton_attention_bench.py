@@ -187,6 +187,79 @@ class AttentionSections:
             if not self.b.smoke:
                 self.b.torch.cuda.empty_cache()
 
+    def overlap(self) -> None:
+        """Does decode attention, bound by HBM bandwidth, run beside another half-batch's
+        GEMMs, bound by the tensor cores and the power cap? (c)'s full decode steps run them
+        one after the other (attention ~35% of a step). Two CUDA graphs do the same work for
+        REPEAT layers of two 250-row halves of a (c)-like batch (Llama-3-8B shapes): one on a
+        single stream, one with attention on a side branch beside the GEMMs. If the second
+        is not clearly faster, micro-batch overlap cannot pay in the engine."""
+        torch = self.b.torch
+        F = torch.nn.functional
+        print("overlap", flush=True)
+        rng = random.Random(0)
+        rows = 6 if self.b.smoke else 250
+        nh, kvh, hd, hidden, inter = (4, 2, 64, 256, 96) if self.b.smoke else (32, 8, 128, 4096,
+                                                                               14336)
+        seq_lens = [rng.randint(5, 90) if self.b.smoke else rng.randint(150, 560)
+                    for _ in range(rows)]
+        case = self.attention_inputs(f"{rows} rows of (c)", nh, kvh, hd, [1] * rows, seq_lens)
+        batch, scale = case.batch, hd ** -0.5
+        bounds = {"max_query_len": 1, "max_seq_len": max(seq_lens)}
+        dev, dt = self.b.dev, self.b.dtype
+        x = torch.randn(rows, hidden, device=dev, dtype=dt)
+        weights = [torch.randn(n, k, device=dev, dtype=dt) / k ** 0.5 for n, k in (
+            ((nh + 2 * kvh) * hd, hidden), (hidden, nh * hd), (2 * inter, hidden),
+            (hidden, inter))]
+
+        def attention():
+            self.b.k.paged_attention(*batch.args(), scale, **bounds)
+
+        def gemms(x=x):
+            F.linear(x, weights[0])
+            F.linear(x, weights[1])
+            gate_up = F.linear(x, weights[2])
+            F.linear(gate_up[:, :inter], weights[3])
+
+        whole = torch.randn(2 * rows, hidden, device=dev, dtype=dt)  # the unsplit batch
+
+        repeat = 2 if self.b.smoke else 16
+        if self.b.smoke:  # the interpreter has no streams or graphs: check the two parts run
+            attention()
+            gemms()
+            return
+        for part, fn in (("attention alone", attention), ("GEMMs alone", gemms),
+                         (f"GEMMs of {2 * rows} rows", lambda: gemms(whole))):
+            self.b.add(Row("overlap", f"{case.label}: {part}",
+                           ms=self.b.time_ms(fn) * repeat, note=f"x{repeat}"))
+        attention()
+        gemms()
+        torch.cuda.synchronize()
+        side = torch.cuda.Stream()
+        graphs = {}
+        for mode in ("one stream", "attention beside the GEMMs"):
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                if mode == "one stream":
+                    for _ in range(repeat):
+                        attention()
+                        gemms()
+                else:
+                    side.wait_stream(torch.cuda.current_stream())
+                    with torch.cuda.stream(side):
+                        for _ in range(repeat):
+                            attention()
+                    for _ in range(repeat):
+                        gemms()
+                    torch.cuda.current_stream().wait_stream(side)
+            graphs[mode] = graph
+        for _ in range(2):  # alternate, so the power cap's state is shared
+            for mode, graph in graphs.items():
+                self.b.add(Row("overlap", f"{case.label}: {mode}",
+                               ms=self.b.time_ms(graph.replay), note=f"x{repeat}, graph"))
+        del case, graphs
+        torch.cuda.empty_cache()
+
     def decode_order(self) -> None:
         """Decode attention with the batch in arrival (random) order and sorted by length: a
         decode program's number is its sequence's row, and programs start roughly in number

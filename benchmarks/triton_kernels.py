@@ -31,7 +31,7 @@ from triton_attention_bench import AttentionSections  # this folder's modules
 from triton_bench_core import Bench, Row, print_table
 
 # Sections that run only when --only names them.
-EXPERIMENTS = {"gated_gemm"}
+EXPERIMENTS = {"gated_gemm", "overlap"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         ("act_and_mul", kernels.act_and_mul), ("gemv", kernels.gemv),
         ("decode_paths", attention.decode_paths), ("decode_layout", attention.decode_layout),
         ("decode_order", attention.decode_order), ("prefill_chunk", attention.prefill_chunk),
-        ("gated_gemm", lambda: gated_gemm_section(bench)),
+        ("gated_gemm", lambda: gated_gemm_section(bench)), ("overlap", attention.overlap),
     ]
     for name, run in sections:
         if name in only or (not only and name not in EXPERIMENTS):
