@@ -227,6 +227,8 @@ class AttentionSections:
         if self.b.smoke:  # the interpreter has no streams or graphs: check the two parts run
             attention()
             gemms()
+            gemms(whole)
+            print(f"overlap: {case.label}: attention and GEMMs ran (no timing here)")
             return
         for part, fn in (("attention alone", attention), ("GEMMs alone", gemms),
                          (f"GEMMs of {2 * rows} rows", lambda: gemms(whole))):

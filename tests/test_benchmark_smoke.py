@@ -52,6 +52,26 @@ def test_triton_kernels_smoke_gated_gemm():
     assert "gated GEMM TMA" in text and "cuBLAS + act_and_mul" in text
 
 
+def test_triton_kernels_smoke_overlap():
+    pytest.importorskip("triton")
+    text = run("triton_kernels.py", "--smoke", "--only", "overlap")
+    assert "attention and GEMMs ran" in text
+
+
+def test_c_step_model_prefers_admitting_everything():
+    """docs/benchmarks.md (session 19) quotes the model: capping (c)'s running batch is slower,
+    and finer graph buckets pad fewer rows."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import c_step_model as model
+    finally:
+        sys.path.remove(str(BENCH))
+    whole, _ = model.simulate(1024)
+    assert all(model.simulate(cap)[0] > whole for cap in (448, 256))
+    assert model.padded_share(8) > model.padded_share(16) > model.padded_share(32) > 0
+    assert "req/s" in run("c_step_model.py")
+
+
 def test_triton_kernels_smoke_gemv_sweep():
     """The gemv section checks the batched and the one-row gemv at every swept tile against
     the reference (a failed check exits 1)."""
