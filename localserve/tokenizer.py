@@ -23,7 +23,14 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-_CACHE_VERSION = "1"
+# 2: conversions are checked (_check_round_trip) before they are cached; older entries were not.
+_CACHE_VERSION = "2"
+# A sentencepiece vocabulary's own pieces must encode back to themselves. transformers before
+# 5.18 built Gemma 3's GGUF vocabulary (BPE, its merges left implicit) as a unigram model: 689
+# of 1,000 sampled pieces came out cut apart (" capital" as four tokens, where the HF reference
+# and llama.cpp give one), a wrong tokenizer that still runs. A correct conversion keeps all.
+ROUND_TRIP_SAMPLE = 256
+MIN_ROUND_TRIP = 0.9
 _BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 # Gemma's turn format (system text folded into the first user turn, assistant -> model).
 GEMMA_CHAT_TEMPLATE = (
@@ -224,6 +231,9 @@ def _from_gguf(path: Path, size: int, mtime_ns: int) -> Tokenizer:
             log.warning("ignoring unreadable cached tokenizer %s: %s", cached, e)
     if backend is None:
         backend = _convert_gguf_tokenizer(path)
+        if meta.get("tokenizer.ggml.model") == "llama":  # sentencepiece
+            _check_round_trip(backend, gguf.strings("tokenizer.ggml.tokens"),
+                              gguf.metadata.get("tokenizer.ggml.token_type"), path)
         _save_atomically(backend, cached)
     add_bos = bool(meta.get("tokenizer.ggml.add_bos_token",
                             meta.get("tokenizer.ggml.model") == "llama"))
@@ -249,16 +259,31 @@ def _from_gguf(path: Path, size: int, mtime_ns: int) -> Tokenizer:
 
 def _convert_gguf_tokenizer(path: Path) -> Any:
     """transformers' GGUF -> tokenizers conversion (seconds for a 262k vocabulary)."""
-    try:
-        from transformers.integrations.gguf import convert_gguf_tokenizer, get_gguf_tokenizer
-    except ImportError:  # transformers < 5: the slow, whole-file route
-        from transformers import AutoTokenizer
+    from transformers.integrations.gguf import convert_gguf_tokenizer, get_gguf_tokenizer
 
-        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-        return tok.backend_tokenizer
     arch, tokenizer_dict, _ = get_gguf_tokenizer(str(path))
     backend, _ = convert_gguf_tokenizer(arch, tokenizer_dict)
     return backend
+
+
+def _check_round_trip(backend: Any, tokens: Sequence[str], token_types: Sequence[int] | None,
+                      path: Path) -> None:
+    """Raises ValueError when the converted tokenizer cuts the vocabulary's own word pieces
+    apart (a sample of the normal tokens that start a word, decoded then encoded again)."""
+    import random
+
+    import transformers
+
+    pieces = [i for i, t in enumerate(tokens) if t.startswith("\u2581") and len(t) > 1
+              and (token_types is None or int(token_types[i]) == 1)]  # 1: a normal token
+    sample = random.Random(0).sample(pieces, min(len(pieces), ROUND_TRIP_SAMPLE))
+    kept = sum(backend.encode(backend.decode([i], skip_special_tokens=False),
+                              add_special_tokens=False).ids == [i] for i in sample)
+    if kept < MIN_ROUND_TRIP * len(sample):
+        raise ValueError(
+            f"transformers {transformers.__version__} builds {path.name}'s tokenizer wrongly: "
+            f"only {kept} of {len(sample)} of its own word pieces encode back to themselves. "
+            "Upgrade it: pip install -U 'transformers>=5.18'")
 
 
 def _set_post_processor(backend: Any, bos: str | None, eos: str | None) -> None:

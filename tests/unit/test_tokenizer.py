@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from localserve.tokenizer import GEMMA_CHAT_TEMPLATE, load_tokenizer
@@ -134,3 +136,47 @@ def test_template_kwargs_reach_the_template(tiny_sources):
     messages = [{"role": "user", "content": "hi"}]
     assert tok.apply_chat_template(messages) == "hi"
     assert tok.apply_chat_template(messages, enable_thinking=True) == "hi!"
+
+
+def test_default_model_vocabulary_round_trips(gemma):
+    """The check every fresh sentencepiece conversion passes before it is cached."""
+    from localserve.config import default_model_path
+    from localserve.loader.gguf_reader import GGUFFile
+    from localserve.tokenizer import _check_round_trip
+
+    gguf = GGUFFile(default_model_path())
+    _check_round_trip(gemma.backend, gguf.strings("tokenizer.ggml.tokens"),
+                      gguf.metadata["tokenizer.ggml.token_type"], Path(default_model_path()))
+
+
+def test_vocabulary_read_as_unigram_is_refused(monkeypatch, tmp_path):
+    """transformers < 5.18 built Gemma 3's GGUF vocabulary as a unigram model, which cuts its
+    pieces apart (" capital" into four tokens): loading refuses it, names the fix, caches
+    nothing."""
+    from tokenizers import Tokenizer as RustTokenizer
+    from tokenizers import normalizers
+    from tokenizers.models import Unigram
+
+    from localserve import tokenizer as tokenizer_module
+    from localserve.config import default_model_path
+    from localserve.loader.gguf_reader import GGUFFile
+
+    path = Path(default_model_path())
+    gguf = GGUFFile(path)
+    vocab = list(zip(gguf.strings("tokenizer.ggml.tokens"),
+                     map(float, gguf.metadata["tokenizer.ggml.scores"]), strict=True))
+
+    def as_unigram(_path):
+        backend = RustTokenizer(Unigram(vocab, unk_id=3, byte_fallback=True))
+        backend.normalizer = normalizers.Replace(" ", "\u2581")
+        return backend
+
+    monkeypatch.setenv("LOCALSERVE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(tokenizer_module, "_convert_gguf_tokenizer", as_unigram)
+    tokenizer_module._load_cached.cache_clear()
+    try:
+        with pytest.raises(ValueError, match=r"encode back to themselves.*transformers>=5\.18"):
+            load_tokenizer(path)
+    finally:
+        tokenizer_module._load_cached.cache_clear()
+    assert not list(tmp_path.rglob("tokenizer.json"))
