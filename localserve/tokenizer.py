@@ -259,8 +259,13 @@ def _from_gguf(path: Path, size: int, mtime_ns: int) -> Tokenizer:
 
 def _convert_gguf_tokenizer(path: Path) -> Any:
     """transformers' GGUF -> tokenizers conversion (seconds for a 262k vocabulary)."""
-    from transformers.integrations.gguf import convert_gguf_tokenizer, get_gguf_tokenizer
+    try:
+        from transformers.integrations.gguf import convert_gguf_tokenizer, get_gguf_tokenizer
+    except ImportError as e:  # before 5.18 (pyproject's floor) it lived elsewhere
+        import transformers
 
+        raise ValueError(f"reading {path.name}'s tokenizer needs transformers>=5.18, found "
+                         f"{transformers.__version__}: pip install -U 'transformers>=5.18'") from e
     arch, tokenizer_dict, _ = get_gguf_tokenizer(str(path))
     backend, _ = convert_gguf_tokenizer(arch, tokenizer_dict)
     return backend

@@ -180,3 +180,23 @@ def test_vocabulary_read_as_unigram_is_refused(monkeypatch, tmp_path):
     finally:
         tokenizer_module._load_cached.cache_clear()
     assert not list(tmp_path.rglob("tokenizer.json"))
+
+
+def test_transformers_without_the_gguf_converter_is_named(monkeypatch, tmp_path):
+    """transformers 5.17 (the GPU machine's) has no integrations.gguf.convert_gguf_tokenizer:
+    a clear ValueError with the fix, not an ImportError traceback."""
+    import sys
+    import types
+
+    from localserve import tokenizer as tokenizer_module
+    from localserve.config import default_model_path
+
+    monkeypatch.setenv("LOCALSERVE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setitem(sys.modules, "transformers.integrations.gguf",
+                        types.ModuleType("transformers.integrations.gguf"))
+    tokenizer_module._load_cached.cache_clear()
+    try:
+        with pytest.raises(ValueError, match=r"needs transformers>=5\.18, found"):
+            load_tokenizer(default_model_path())
+    finally:
+        tokenizer_module._load_cached.cache_clear()
