@@ -200,3 +200,41 @@ def test_transformers_without_the_gguf_converter_is_named(monkeypatch, tmp_path)
             load_tokenizer(default_model_path())
     finally:
         tokenizer_module._load_cached.cache_clear()
+
+
+def test_llama_style_sentencepiece_gguf_passes_the_check(tmp_path, monkeypatch):
+    """The check must not refuse a correct conversion of the other sentencepiece layout:
+    Llama-2-style files (a space prefix, <unk> <s> </s>, 256 byte tokens, then the pieces, each
+    scored by its merge rank), here trained on a few sentences."""
+    import gguf
+    from tokenizers import SentencePieceBPETokenizer
+
+    text = ["the capital of france is paris and the capital of germany is berlin",
+            "a quick brown fox jumps over the lazy dog while the cat sleeps",
+            "tokenizers split words into pieces that the model has seen before"] * 20
+    trained = SentencePieceBPETokenizer()
+    trained.train_from_iterator(text, vocab_size=200, min_frequency=2, show_progress=False)
+    pieces = [t for t, _ in sorted(trained.get_vocab().items(), key=lambda kv: kv[1])]
+    tokens = ["<unk>", "<s>", "</s>", *(f"<0x{b:02X}>" for b in range(256)), *pieces]
+    types = [2, 3, 3, *[6] * 256, *[1] * len(pieces)]
+    path = tmp_path / "spm.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_scores([0.0] * 259 + [-float(i) for i in range(len(pieces))])
+    writer.add_token_types(types)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_unk_token_id(0)
+    writer.add_add_space_prefix(True)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+    monkeypatch.setenv("LOCALSERVE_CACHE_DIR", str(tmp_path / "cache"))
+    tok = load_tokenizer(path)  # converts, checks, caches
+    assert list((tmp_path / "cache").rglob("tokenizer.json"))
+    capital = tok.backend.token_to_id("\u2581capital")
+    assert capital is not None and tok.encode("capital", add_special_tokens=False) == [capital]
+    assert tok.decode(tok.encode("the capital of berlin")) == "the capital of berlin"
