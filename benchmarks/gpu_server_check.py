@@ -2,19 +2,22 @@
 backend unchanged").
 
 Usage (GPU machine, the server's wheels carried in .whl: `bash benchmarks/gpu_session.sh server`):
-    python benchmarks/gpu_server_check.py [--backend cuda]
+    python benchmarks/gpu_server_check.py [--backend cuda] [--model tiny|default]
 On any machine, against another backend: python benchmarks/gpu_server_check.py --backend cpu
 
-Writes a tiny random Llama checkpoint with a tokenizer and chat template (tests/helpers), starts
-`python -m localserve up` on it, and drives the endpoints with the standard library only (the
-GPU machine has no HTTP client packages):
+Writes a tiny random Llama checkpoint with a tokenizer and chat template (tests/helpers), or
+takes the built-in default model (`--model default`), starts `python -m localserve up` on it,
+and drives the endpoints with the standard library only (the GPU machine has no HTTP client
+packages):
 - /health and /v1/models;
 - completions, plain and streamed, greedy (the stream must spell the same text), and a
   token-id prompt;
 - chat completions;
 - 16 concurrent completions (batched decode, CUDA graphs of several rows);
 - a bad request (400 with an OpenAI-style error body);
-- /metrics.
+- /metrics;
+- with `--model default`, the golden prompt's ids through /tokenize and its first 8 greedy
+  tokens against the HF transformers goldens.
 
 It then sends SIGTERM, which must end the server with exit code 0. Prints one line per check
 and exits 1 if any failed.
@@ -122,6 +125,29 @@ def run_checks(base: str, model_id: str) -> list[tuple[str, bool, str]]:
     return checks
 
 
+def golden_checks(base: str, model_id: str) -> list[tuple[str, bool, str]]:
+    """The default model through the server against the HF transformers goldens
+    (tests/e2e/golden): the tokenizer's ids for a golden prompt, and its first 8 greedy tokens
+    (the "code" prompt: no near-tie there in fp32 or bf16), compared as text via /detokenize."""
+    golden = json.loads((ROOT / "tests" / "e2e" / "golden" / "gemma3_270m_greedy.json")
+                        .read_text())["prompts"]["code"]
+    status, body = request(base, "/tokenize", {"model": model_id, "prompt": golden["text"]})
+    ids = json.loads(body)["tokens"] if status == 200 else None
+    checks = [("golden prompt tokenized as HF does", ids == golden["prompt_ids"], str(ids))]
+    status, body = request(base, "/v1/completions", {
+        "model": model_id, "prompt": golden["prompt_ids"], "max_tokens": 8, "temperature": 0,
+        "ignore_eos": True})
+    text = json.loads(body)["choices"][0]["text"] if status == 200 else None
+    status, body = request(base, "/detokenize",
+                           {"model": model_id, "tokens": golden["greedy_ids"][:8]})
+    expected = json.loads(body)["prompt"] if status == 200 else None
+    checks.append(("greedy = HF golden, 8 tokens", text == expected and text is not None,
+                   f"{text!r} vs {expected!r}"))
+    for name, ok, detail in checks:
+        print(f"{'ok  ' if ok else 'FAIL'} {name}: {detail}", flush=True)
+    return checks
+
+
 def tiny_models():
     """tests/helpers/tiny_models.py, loaded by path: with the checkout on sys.path its top-level
     `kernels/` folder would shadow the `kernels` package transformers looks for."""
@@ -140,19 +166,24 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backend", default="cuda")
     ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--model", choices=("tiny", "default"), default="tiny",
+                    help="tiny: a random Llama written now; default: no --model, so the "
+                         "built-in default model, as a bare `localserve up` serves")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        model = tiny_models().make_tiny_checkpoint(Path(tmp), "llama", "safetensors",
-                                                   with_tokenizer=True).path
+        model = [] if args.model == "default" else ["--model", str(
+            tiny_models().make_tiny_checkpoint(Path(tmp), "llama", "safetensors",
+                                               with_tokenizer=True).path)]
         start = time.perf_counter()
-        server = start_localserve(["--model", str(model), "--backend", args.backend,
-                                   "--dtype", args.dtype, "--log-level", "info"],
-                                  START_TIMEOUT_S, echo=True)
+        server = start_localserve([*model, "--backend", args.backend, "--dtype", args.dtype,
+                                   "--log-level", "info"], START_TIMEOUT_S, echo=True)
         print(f"server up in {time.perf_counter() - start:.1f} s on backend {server.backend}",
               flush=True)
         try:
             checks = [("backend", server.backend == args.backend, server.backend),
                       *run_checks(server.url, server.model)]
+            if args.model == "default":
+                checks += golden_checks(server.url, server.model)
         finally:
             code = stop(server.proc, timeout_s=60)
         checks.append(("SIGTERM: exit code 0", code == 0, str(code)))

@@ -96,3 +96,11 @@ def test_gpu_server_check_on_the_cpu_backend():
     """The device call's server check (gpu_session.sh server), run here on the cpu backend."""
     text = run("gpu_server_check.py", "--backend", "cpu")
     assert "server on backend cpu: 12 of 12 checks passed" in text
+
+
+def test_gpu_server_check_on_the_default_model():
+    """`--model default`: a bare `localserve up`, with the tokenizer and the first greedy tokens
+    checked against the HF goldens through the server."""
+    text = run("gpu_server_check.py", "--backend", "cpu", "--model", "default")
+    assert "server on backend cpu: 14 of 14 checks passed" in text
+    assert "ok   greedy = HF golden, 8 tokens" in text
