@@ -11,6 +11,24 @@ from localserve.config import EngineConfig
 from localserve.interfaces import ModelRunner
 from localserve.platform.probe import DeviceInfo
 
+# The oldest Triton with every API the kernels and start-up call (tensor descriptors, PDL's
+# gdc_wait, triton.runtime.cache.triton_key, the launch_pdl option; 3.4 keeps triton_key
+# elsewhere). The GPU runs were on 3.6.0 (docs/benchmarks.md); 3.5 is checked by API only.
+MIN_TRITON = (3, 5)
+
+
+def triton_too_old(version: str) -> str | None:
+    """Why Triton `version` cannot run this backend, or None."""
+    parts = []
+    for piece in version.split("+")[0].split(".")[:2]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    if tuple(parts) >= MIN_TRITON:
+        return None
+    need = ".".join(map(str, MIN_TRITON))
+    return (f"triton {version} is older than {need}, which the GPU kernels need: upgrade torch "
+            f"(2.9+ brings triton {need}+) or `pip install -U 'triton>={need}'`")
+
 
 class CudaBackend:
     name = "cuda"
@@ -33,9 +51,13 @@ class CudaBackend:
         if not gpus:
             reasons.append("no NVIDIA or AMD GPU visible to torch")
         try:
-            import triton  # noqa: F401
+            import triton
         except ImportError:
             reasons.append("triton is not installed (pip install 'localserve[gpu]')")
+        else:
+            old = triton_too_old(triton.__version__)
+            if old:
+                reasons.append(old)
         if gpus and config.model.dtype == "bfloat16" and gpus[0].vendor == "nvidia" \
                 and (gpus[0].compute_capability or (0, 0)) < (8, 0):
             reasons.append(f"{gpus[0].name} has no bf16: use --dtype float16")

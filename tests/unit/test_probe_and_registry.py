@@ -75,3 +75,27 @@ def test_batch_limits_default_by_device(backend, gpu_gib, limits):
     # What the user sets wins.
     s = with_device_defaults(engine_config(max_num_seqs=3), backend, _machine(gpu_gib)).scheduler
     assert (s.max_num_seqs, s.max_num_batched_tokens) == (3, limits[1])
+
+
+@pytest.mark.parametrize("version, refused", [
+    ("3.6.0", False), ("3.5.0", False), ("3.10.1", False), ("3.5.0+gitabc123", False),
+    ("3.4.0", True), ("3.2.0", True), ("2.3.1", True)])
+def test_cuda_backend_needs_triton_3_5(version, refused):
+    """Older Triton lacks APIs the kernels or start-up call (3.4 keeps triton_key elsewhere,
+    3.2 has no tensor descriptors or PDL): the backend says so instead of failing later."""
+    from localserve.backends.cuda import triton_too_old
+
+    reason = triton_too_old(version)
+    assert (reason is not None) == refused
+    if refused:
+        assert version in reason and "triton>=3.5" in reason
+
+
+def test_cuda_backend_check_names_an_old_triton(monkeypatch):
+    triton = pytest.importorskip("triton")
+
+    from localserve.backends.cuda import BACKEND
+
+    monkeypatch.setattr(triton, "__version__", "3.4.0")
+    reasons = BACKEND.check(engine_config(), probe())
+    assert any("triton 3.4.0 is older than 3.5" in r for r in reasons)
