@@ -264,8 +264,10 @@ def _convert_gguf_tokenizer(path: Path) -> Any:
     except ImportError as e:  # before 5.18 (pyproject's floor) it lived elsewhere
         import transformers
 
-        raise ValueError(f"reading {path.name}'s tokenizer needs transformers>=5.18, found "
-                         f"{transformers.__version__}: pip install -U 'transformers>=5.18'") from e
+        raise ValueError(
+            f"reading {path.name}'s tokenizer needs transformers' GGUF converter "
+            f"(transformers.integrations.gguf, 5.18 and later), which transformers "
+            f"{transformers.__version__} lacks: pip install -U 'transformers>=5.18'") from e
     arch, tokenizer_dict, _ = get_gguf_tokenizer(str(path))
     backend, _ = convert_gguf_tokenizer(arch, tokenizer_dict)
     return backend
