@@ -4,8 +4,8 @@ goldens (tests/e2e/golden/make_golden.py: fp32 on the same dequantized GGUF).
 What a user's `localserve up --backend cuda` serves: the real GGUF dequantized onto the GPU,
 its 1:5 sliding-window / global layers, the real tokenizer, the Triton kernels and CUDA graphs.
 fp32 must give the goldens' tokens, bf16 (the GPU default) may leave them only at a near-tie
-(tests/helpers/near_tie.py), in a batch of all prompts, alone, and with the long prompt cut into
-chunked-prefill steps behind a prefix-cache hit. Skipped without a GPU; divergences are printed
+(tests/helpers/near_tie.py), in a batch of all prompts, alone, and from the prefix cache. The
+engine takes 512 tokens a step, so the first run of the 1,093-token prompt is a chunked prefill. Skipped without a GPU; divergences are printed
 (run with -s) for the closing note.
 """
 
@@ -88,7 +88,8 @@ def test_each_prompt_alone(llm, golden):
 
 def test_long_prompt_chunked_behind_a_cached_prefix(llm, golden):
     """The long prompt (1,093 tokens, past the 512-token sliding window) again, now that its
-    blocks are cached, beside the short prompts: a prefix-cache hit, then 512-token steps."""
+    blocks are cached, in a batch with the short prompts: its prefill starts after the cached
+    blocks."""
     dtype, engine = llm
     keys = list(golden["prompts"])
     long = golden["prompts"]["long"]["prompt_ids"]
