@@ -5,8 +5,8 @@ What a user's `localserve up --backend cuda` serves: the real GGUF dequantized o
 its 1:5 sliding-window / global layers, the real tokenizer, the Triton kernels and CUDA graphs.
 fp32 must give the goldens' tokens, bf16 (the GPU default) may leave them only at a near-tie
 (tests/helpers/near_tie.py), in a batch of all prompts, alone, and from the prefix cache. The
-engine takes 512 tokens a step, so the first run of the 1,093-token prompt is a chunked prefill. Skipped without a GPU; divergences are printed
-(run with -s) for the closing note.
+engine takes 512 tokens a step, so the first run of the 1,093-token prompt is a chunked
+prefill. Skipped without a GPU; divergences are printed (run with -s) for the closing note.
 """
 
 from __future__ import annotations
