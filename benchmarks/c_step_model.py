@@ -2,16 +2,18 @@
 spending device time on them. It is a model, not a measurement: per-step costs are fitted to
 session 9-19's `gpu_bench.py --only c --phases` tables and profiles on an H100 (decode GEMMs
 bound by the weights' 16 GB at ~3.0 TB/s or by ~660 TFLOP/s at the power cap, attention by the
-KV bytes at ~2.8 TB/s), and it predicts ~83 req/s where those boards measured 78-80.
+KV bytes at ~2.8 TB/s), and it predicts ~82 req/s where those boards measured 77.5-80.4.
 
-Run: python3 benchmarks/c_step_model.py (CPU, standard library only). It prints the modelled
+Run: python3 benchmarks/c_step_model.py (CPU). It prints the modelled
 (c) time for admission caps (max_num_seqs) and longest-output-first admission, and the share
 of decode rows that CUDA-graph buckets pad at 8, 16 and 32 buckets per doubling.
 """
 
 from __future__ import annotations
 
-import random
+from gpu_bench import sharegpt_like  # this folder's module
+
+from localserve.backends.cuda.graphs import bucket_sizes
 
 WEIGHT_MS = 5.3            # 16 GB of Llama-3-8B weights at ~3.0 TB/s
 GEMM_MS_PER_TOKEN = 0.0212  # 14 GFLOP a token at ~660 TFLOP/s (power-capped)
@@ -22,10 +24,9 @@ STEP_TOKENS = 16384        # the engine's step budget on an 80 GB GPU
 
 
 def workload(n: int = 500) -> tuple[list[int], list[int]]:
-    """(c)'s prompt and output lengths, drawn as gpu_bench.py draws them."""
-    random.seed(1)
-    prompts = [random.randint(100, 300) for _ in range(n)]
-    return prompts, [random.randint(100, 260) for _ in range(n)]
+    """(c)'s prompt and output lengths (gpu_bench.py's draw)."""
+    prompts, outputs = sharegpt_like(n)
+    return [len(p) for p in prompts], outputs
 
 
 def step_ms(rows: int, prefill_tokens: int, keys: int, logits_rows: int) -> float:
@@ -64,15 +65,6 @@ def simulate(max_num_seqs: int, order: list[int] | None = None) -> tuple[float, 
     return total_ms / 1000, steps
 
 
-def buckets(max_num_seqs: int, per_doubling: int) -> list[int]:
-    """backends/cuda/graphs.py's bucket_sizes (powers of two up to 64)."""
-    sizes, size = [], 1
-    while size < max_num_seqs:
-        sizes.append(size)
-        size = size * 2 if size < 64 else size + (1 << (size.bit_length() - 1)) // per_doubling
-    return [*sizes, max_num_seqs]
-
-
 def padded_share(per_doubling: int) -> float:
     """Padded rows / real rows over (c)'s compute-bound decode steps (250+ rows)."""
     prompts, outputs = workload()
@@ -84,7 +76,7 @@ def padded_share(per_doubling: int) -> float:
     for first, out in zip(admitted, outputs, strict=True):
         for step in range(first + 1, first + out):
             rows_at[step] = rows_at.get(step, 0) + 1
-    sizes = buckets(1024, per_doubling)
+    sizes = bucket_sizes(1024, per_doubling)
     padded = real = 0
     for rows in rows_at.values():
         bucket = min(b for b in sizes if b >= rows)

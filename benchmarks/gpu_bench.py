@@ -306,14 +306,19 @@ def warm_up(llm, min_len: int, max_len: int) -> None:
     llm.engine.block_manager.reset_prefix_cache()
 
 
+def sharegpt_like(n: int) -> tuple[list[list[int]], list[int]]:
+    """(c)'s prompts and output lengths: seed 1, then n prompts of 100-300 random ids, then n
+    output lengths of 100-260."""
+    rng = random.Random(1)
+    prompts = [[rng.randint(0, 10000) for _ in range(rng.randint(100, 300))] for _ in range(n)]
+    return prompts, [rng.randint(100, 260) for _ in range(n)]
+
+
 def bench_c(args, results, table) -> None:
     from localserve import SamplingParams
 
-    random.seed(1)
     n = 500 if not args.quick else 100
-    prompts = [[random.randint(0, 10000) for _ in range(random.randint(100, 300))]
-               for _ in range(n)]
-    outs = [random.randint(100, 260) for _ in range(n)]
+    prompts, outs = sharegpt_like(n)
     params = [SamplingParams(temperature=0, ignore_eos=True, max_tokens=m) for m in outs]
     llm = make_llm(args.llama, args)  # batch limits: the engine's defaults for this GPU
     sched = llm.engine.config.scheduler

@@ -32,6 +32,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -70,12 +71,22 @@ def stream_text(base: str, body: dict) -> tuple[str, bool]:
     return "".join(text), done
 
 
-def run_checks(base: str, model_id: str) -> list[tuple[str, bool, str]]:
-    checks: list[tuple[str, bool, str]] = []
+Checks = list[tuple[str, bool, str]]
+
+
+def checker(checks: Checks) -> Callable[..., None]:
+    """check(name, ok, detail=""): records one check in `checks` and prints its line."""
 
     def check(name: str, ok: bool, detail: str = "") -> None:
         checks.append((name, ok, detail))
         print(f"{'ok  ' if ok else 'FAIL'} {name}{': ' + detail if detail else ''}", flush=True)
+
+    return check
+
+
+def run_checks(base: str, model_id: str) -> Checks:
+    checks: Checks = []
+    check = checker(checks)
 
     status, _ = request(base, "/health")
     check("GET /health", status == 200, str(status))
@@ -125,15 +136,17 @@ def run_checks(base: str, model_id: str) -> list[tuple[str, bool, str]]:
     return checks
 
 
-def golden_checks(base: str, model_id: str) -> list[tuple[str, bool, str]]:
+def golden_checks(base: str, model_id: str) -> Checks:
     """The default model through the server against the HF transformers goldens
     (tests/e2e/golden): the tokenizer's ids for a golden prompt, and its first 8 greedy tokens
     (the "code" prompt: no near-tie there in fp32 or bf16), compared as text via /detokenize."""
     golden = json.loads((ROOT / "tests" / "e2e" / "golden" / "gemma3_270m_greedy.json")
                         .read_text())["prompts"]["code"]
+    checks: Checks = []
+    check = checker(checks)
     status, body = request(base, "/tokenize", {"model": model_id, "prompt": golden["text"]})
     ids = json.loads(body)["tokens"] if status == 200 else None
-    checks = [("golden prompt tokenized as HF does", ids == golden["prompt_ids"], str(ids))]
+    check("golden prompt tokenized as HF does", ids == golden["prompt_ids"], str(ids))
     status, body = request(base, "/v1/completions", {
         "model": model_id, "prompt": golden["prompt_ids"], "max_tokens": 8, "temperature": 0,
         "ignore_eos": True})
@@ -141,10 +154,8 @@ def golden_checks(base: str, model_id: str) -> list[tuple[str, bool, str]]:
     status, body = request(base, "/detokenize",
                            {"model": model_id, "tokens": golden["greedy_ids"][:8]})
     expected = json.loads(body)["prompt"] if status == 200 else None
-    checks.append(("greedy = HF golden, 8 tokens", text == expected and text is not None,
-                   f"{text!r} vs {expected!r}"))
-    for name, ok, detail in checks:
-        print(f"{'ok  ' if ok else 'FAIL'} {name}: {detail}", flush=True)
+    check("greedy = HF golden, 8 tokens", text == expected and text is not None,
+          f"{text!r} vs {expected!r}")
     return checks
 
 

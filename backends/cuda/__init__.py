@@ -7,6 +7,8 @@ CUDA path's, which is tested on an H100.
 
 from __future__ import annotations
 
+import re
+
 from localserve.config import EngineConfig
 from localserve.interfaces import ModelRunner
 from localserve.platform.probe import DeviceInfo
@@ -19,11 +21,7 @@ MIN_TRITON = (3, 5)
 
 def triton_too_old(version: str) -> str | None:
     """Why Triton `version` cannot run this backend, or None."""
-    parts = []
-    for piece in version.split("+")[0].split(".")[:2]:
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        parts.append(int(digits) if digits else 0)
-    if tuple(parts) >= MIN_TRITON:
+    if tuple(int(n) for n in re.findall(r"\d+", version)[:2]) >= MIN_TRITON:
         return None
     need = ".".join(map(str, MIN_TRITON))
     return (f"triton {version} is older than {need}, which the GPU kernels need: upgrade torch "

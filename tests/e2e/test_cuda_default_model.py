@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from localserve import LLM, SamplingParams
-from tests.helpers.near_tie import first_divergence
+from tests.helpers.near_tie import golden_divergences
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "gemma3_270m_greedy.json")
 
@@ -34,19 +34,6 @@ def golden() -> dict:
 
 def greedy(n: int) -> SamplingParams:
     return SamplingParams(max_tokens=n, temperature=0, ignore_eos=True, logprobs=5)
-
-
-def divergences(golden: dict, keys: list[str], outs) -> dict[str, int]:
-    """Where each output leaves its golden (only keys that do); AssertionError unless every
-    departure is a near-tie."""
-    found = {}
-    for key, out in zip(keys, outs, strict=True):
-        ref, ours = golden["prompts"][key], out.outputs[0]
-        at = first_divergence(ours.token_ids, [s.top_logprobs for s in ours.logprobs],
-                              ref["greedy_ids"], ref["top5"])
-        if at is not None:
-            found[key] = at
-    return found
 
 
 @pytest.fixture(scope="module", params=["float32", "bfloat16"])
@@ -69,7 +56,7 @@ def test_all_prompts_in_one_batch(llm, golden):
     keys = list(golden["prompts"])
     outs = engine.generate([golden["prompts"][k]["prompt_ids"] for k in keys],
                            greedy(golden["num_tokens"]))
-    found = divergences(golden, keys, outs)
+    found = golden_divergences(golden, keys, outs)
     print(f"default model, cuda {dtype}, one batch: divergences {found}")
     if dtype == "float32":
         assert not found, f"fp32 must give the goldens' tokens: {found}"
@@ -80,7 +67,7 @@ def test_each_prompt_alone(llm, golden):
     found = {}
     for key, ref in golden["prompts"].items():
         (out,) = engine.generate([ref["prompt_ids"]], greedy(golden["num_tokens"]))
-        found |= divergences(golden, [key], [out])
+        found |= golden_divergences(golden, [key], [out])
     print(f"default model, cuda {dtype}, alone: divergences {found}")
     if dtype == "float32":
         assert not found, f"fp32 must give the goldens' tokens: {found}"
@@ -98,7 +85,7 @@ def test_long_prompt_chunked_behind_a_cached_prefix(llm, golden):
     outs = engine.generate([golden["prompts"][k]["prompt_ids"] for k in keys],
                            greedy(golden["num_tokens"]))
     assert engine.engine.scheduler.prefix_cache_hits > hits, "the cached prefix was not reused"
-    found = divergences(golden, keys, outs)
+    found = golden_divergences(golden, keys, outs)
     print(f"default model, cuda {dtype}, cached prefix + chunks: divergences {found}")
     if dtype == "float32":
         assert not found, f"fp32 must give the goldens' tokens: {found}"

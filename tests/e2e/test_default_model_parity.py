@@ -16,7 +16,7 @@ import sys
 import pytest
 
 from localserve import LLM, SamplingParams
-from tests.helpers.near_tie import first_divergence
+from tests.helpers.near_tie import golden_divergences
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "gemma3_270m_greedy.json")
 
@@ -36,13 +36,6 @@ def greedy(n: int) -> SamplingParams:
     return SamplingParams(max_tokens=n, temperature=0, ignore_eos=True, logprobs=5)
 
 
-def check(golden: dict, key: str, out, divergences: list) -> None:
-    ref = golden["prompts"][key]
-    ours = out.outputs[0]
-    top = [s.top_logprobs for s in ours.logprobs]
-    at = first_divergence(ours.token_ids, top, ref["greedy_ids"], ref["top5"])
-    if at is not None:
-        divergences.append((key, at))
 
 
 def test_long_prompt_exceeds_sliding_window(golden):
@@ -62,10 +55,10 @@ def test_chat_template_matches_golden_chat_prompt(llm, golden):
 
 
 def test_each_prompt_alone(llm, golden):
-    divergences: list = []
+    divergences = {}
     for key, ref in golden["prompts"].items():
         (out,) = llm.generate([ref["prompt_ids"]], greedy(golden["num_tokens"]))
-        check(golden, key, out, divergences)
+        divergences |= golden_divergences(golden, [key], [out])
     assert not divergences, f"near-tie divergences: {divergences}"
 
 
@@ -73,9 +66,7 @@ def test_all_prompts_in_one_batch(llm, golden):
     keys = list(golden["prompts"])
     outs = llm.generate([golden["prompts"][k]["prompt_ids"] for k in keys],
                         greedy(golden["num_tokens"]))
-    divergences: list = []
-    for key, out in zip(keys, outs, strict=True):
-        check(golden, key, out, divergences)
+    divergences = golden_divergences(golden, keys, outs)
     assert not divergences, f"near-tie divergences: {divergences}"
 
 
@@ -87,9 +78,7 @@ def test_tiny_pool_preempts_mid_run(golden):
     outs = llm.generate([golden["prompts"][k]["prompt_ids"] for k in keys],
                         greedy(golden["num_tokens"]))
     assert llm.engine.scheduler.num_preempted_total > 0
-    divergences: list = []
-    for key, out in zip(keys, outs, strict=True):
-        check(golden, key, out, divergences)
+    divergences = golden_divergences(golden, keys, outs)
     assert not divergences, f"near-tie divergences: {divergences}"
     llm.engine.block_manager.check_integrity([])
 

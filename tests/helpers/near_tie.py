@@ -29,3 +29,17 @@ def first_divergence(ours: Sequence[int], ours_top: Sequence[Sequence[Sequence[f
     if len(ours) != len(ref):
         raise AssertionError(f"lengths differ: {len(ours)} vs {len(ref)}")
     return None
+
+
+def golden_divergences(golden: dict, keys: Sequence[str], outs: Sequence) -> dict[str, int]:
+    """Where each engine output leaves its prompt's golden (tests/e2e/golden: `greedy_ids`,
+    `top5`), for the prompts that do; AssertionError unless every departure is a near-tie.
+    `outs` are GenerationOutputs of greedy runs with logprobs=5, in `keys` order."""
+    found = {}
+    for key, out in zip(keys, outs, strict=True):
+        ref, ours = golden["prompts"][key], out.outputs[0]
+        at = first_divergence(ours.token_ids, [s.top_logprobs for s in ours.logprobs],
+                              ref["greedy_ids"], ref["top5"])
+        if at is not None:
+            found[key] = at
+    return found

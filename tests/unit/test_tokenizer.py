@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -138,6 +139,17 @@ def test_template_kwargs_reach_the_template(tiny_sources):
     assert tok.apply_chat_template(messages, enable_thinking=True) == "hi!"
 
 
+@pytest.fixture
+def fresh_cache(monkeypatch, tmp_path) -> Iterator[Path]:
+    """An empty conversion cache, and no tokenizer memoized in this process before or after."""
+    from localserve import tokenizer as tokenizer_module
+
+    monkeypatch.setenv("LOCALSERVE_CACHE_DIR", str(tmp_path / "cache"))
+    tokenizer_module._load_cached.cache_clear()
+    yield tmp_path / "cache"
+    tokenizer_module._load_cached.cache_clear()
+
+
 def test_default_model_vocabulary_round_trips(gemma):
     """The check every fresh sentencepiece conversion passes before it is cached."""
     from localserve.config import default_model_path
@@ -149,7 +161,7 @@ def test_default_model_vocabulary_round_trips(gemma):
                       gguf.metadata["tokenizer.ggml.token_type"], Path(default_model_path()))
 
 
-def test_vocabulary_read_as_unigram_is_refused(monkeypatch, tmp_path):
+def test_vocabulary_read_as_unigram_is_refused(monkeypatch, fresh_cache):
     """transformers < 5.18 built Gemma 3's GGUF vocabulary as a unigram model, which cuts its
     pieces apart (" capital" into four tokens): loading refuses it, names the fix, caches
     nothing."""
@@ -171,39 +183,28 @@ def test_vocabulary_read_as_unigram_is_refused(monkeypatch, tmp_path):
         backend.normalizer = normalizers.Replace(" ", "\u2581")
         return backend
 
-    monkeypatch.setenv("LOCALSERVE_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(tokenizer_module, "_convert_gguf_tokenizer", as_unigram)
-    tokenizer_module._load_cached.cache_clear()
-    try:
-        with pytest.raises(ValueError, match=r"encode back to themselves.*transformers>=5\.18"):
-            load_tokenizer(path)
-    finally:
-        tokenizer_module._load_cached.cache_clear()
-    assert not list(tmp_path.rglob("tokenizer.json"))
+    with pytest.raises(ValueError, match=r"encode back to themselves.*transformers>=5\.18"):
+        load_tokenizer(path)
+    assert not list(fresh_cache.rglob("tokenizer.json"))
 
 
-def test_transformers_without_the_gguf_converter_is_named(monkeypatch, tmp_path):
+def test_transformers_without_the_gguf_converter_is_named(monkeypatch, fresh_cache):
     """transformers 5.17 (the GPU machine's) has no integrations.gguf.convert_gguf_tokenizer:
     a clear ValueError with the fix, not an ImportError traceback."""
     import sys
     import types
 
-    from localserve import tokenizer as tokenizer_module
     from localserve.config import default_model_path
 
-    monkeypatch.setenv("LOCALSERVE_CACHE_DIR", str(tmp_path))
     monkeypatch.setitem(sys.modules, "transformers.integrations.gguf",
                         types.ModuleType("transformers.integrations.gguf"))
-    tokenizer_module._load_cached.cache_clear()
-    try:
-        with pytest.raises(ValueError, match=r"GGUF converter .* lacks: pip install -U "
-                                             r"'transformers>=5\.18'"):
-            load_tokenizer(default_model_path())
-    finally:
-        tokenizer_module._load_cached.cache_clear()
+    with pytest.raises(ValueError, match=r"GGUF converter .* lacks: pip install -U "
+                                         r"'transformers>=5\.18'"):
+        load_tokenizer(default_model_path())
 
 
-def test_llama_style_sentencepiece_gguf_passes_the_check(tmp_path, monkeypatch):
+def test_llama_style_sentencepiece_gguf_passes_the_check(tmp_path, fresh_cache):
     """The check must not refuse a correct conversion of the other sentencepiece layout:
     Llama-2-style files (a space prefix, <unk> <s> </s>, 256 byte tokens, then the pieces, each
     scored by its merge rank), here trained on a few sentences."""
@@ -233,9 +234,8 @@ def test_llama_style_sentencepiece_gguf_passes_the_check(tmp_path, monkeypatch):
     writer.write_tensors_to_file()
     writer.close()
 
-    monkeypatch.setenv("LOCALSERVE_CACHE_DIR", str(tmp_path / "cache"))
     tok = load_tokenizer(path)  # converts, checks, caches
-    assert list((tmp_path / "cache").rglob("tokenizer.json"))
+    assert list(fresh_cache.rglob("tokenizer.json"))
     capital = tok.backend.token_to_id("\u2581capital")
     assert capital is not None and tok.encode("capital", add_special_tokens=False) == [capital]
     assert tok.decode(tok.encode("the capital of berlin")) == "the capital of berlin"
