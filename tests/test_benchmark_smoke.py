@@ -58,6 +58,14 @@ def test_triton_kernels_smoke_overlap():
     assert "attention and GEMMs ran" in text
 
 
+def test_gguf_gpu_bench_smoke():
+    """The GGUF kernel table's checks (a wrong product exits 1) and the random Q4_K_M GGUF
+    of the end-to-end run, read back by the CPU backend."""
+    pytest.importorskip("triton")
+    text = run("gguf_gpu_bench.py", "--smoke")
+    assert "Q6_K tiny 32 rows" in text and "random Q4_K_M GGUF" in text
+
+
 def test_c_step_model_prefers_admitting_everything():
     """docs/benchmarks.md (session 19) quotes the model: capping (c)'s running batch is slower,
     and finer graph buckets pad fewer rows."""

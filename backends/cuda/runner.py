@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 import torch
 
 from localserve.backends.cuda.compile_ahead import compile_ahead, hash_triton_ahead
+from localserve.backends.cuda.gguf import cuda_fused_linear, install_gguf_methods
 from localserve.backends.cuda.graphs import DecodeGraphs, PrefillGraphs
 from localserve.backends.cuda.linear import (
     MAX_GEMV_ROWS,
@@ -23,7 +24,7 @@ from localserve.layers.fusion import fuse_projections
 from localserve.layers.ops import install_layer_ops
 from localserve.runner.context import AttentionMetadata, ForwardContext, forward_context
 from localserve.runner.sampler import Sampler, SampleRequest
-from localserve.runner.torch_runner import TorchModelRunner
+from localserve.runner.torch_runner import TorchModelRunner, model_weight_bytes
 from localserve.sampling_params import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -39,15 +40,23 @@ class GpuMemoryError(ValueError):
 
 def weights_do_not_fit(free: int, total: int, dtype: torch.dtype, gguf: bool) -> GpuMemoryError:
     """The refusal when loading the weights ran out of GPU memory. It names fixes that work
-    here: this backend dequantizes GGUF blocks (no quantized GPU kernels yet), so a smaller
-    quantization does not help on the GPU, while the CPU backend runs GGUF blocks as they are."""
+    here: GGUF blocks of the types the Triton kernels read stay as they are (so a smaller
+    quantization is smaller on the GPU too), other GGUF types and float checkpoints are held
+    in `dtype`; the CPU backend runs GGUF blocks from RAM."""
     held = str(dtype).removeprefix("torch.")
-    why = (f"this backend dequantizes GGUF weights to {held}" if gguf
-           else f"this backend holds the weights in {held}")
+    if gguf:
+        from localserve.kernels.triton.gguf import SUPPORTED_TYPES
+        from localserve.quant.gguf import type_name
+
+        kept = "/".join(type_name(t) for t in sorted(SUPPORTED_TYPES))
+        why = f"this backend keeps GGUF {kept} blocks as they are and holds other types in {held}"
+        fix = "a smaller model or quantization (e.g. Q4_K_M)"
+    else:
+        why = f"this backend holds the weights in {held}"
+        fix = "a smaller model, or a GGUF quantization of it (e.g. Q4_K_M)"
     return GpuMemoryError(
         f"the weights do not fit: {free / GiB:.1f} GiB of {total / GiB:.1f} GiB were free on the "
-        f"GPU, and {why}. Use a smaller model, or --backend cpu (it runs GGUF Q4_K/Q6_K/Q8_0 "
-        "blocks without dequantizing them).")
+        f"GPU, and {why}. Use {fix}, or --backend cpu (it runs GGUF blocks from RAM).")
 
 
 def step_does_not_fit(num_tokens: int, weights: int, total: int) -> GpuMemoryError:
@@ -108,7 +117,8 @@ class CudaModelRunner(TorchModelRunner):
         from localserve.kernels.triton import gumbel_argmax
 
         self._triton_key = hash_triton_ahead()  # joined before the first compile
-        super().__init__(config, device, triton_attention_ops())
+        # GGUF blocks stay raw for the Triton GGUF kernels (backends/cuda/gguf.py).
+        super().__init__(config, device, triton_attention_ops(), keep_quantized=True)
         self.graphs: DecodeGraphs | None = None
         self.prefill_graphs: PrefillGraphs | None = None
         self.draw_kernel = gumbel_argmax
@@ -118,8 +128,13 @@ class CudaModelRunner(TorchModelRunner):
         free, total = torch.cuda.mem_get_info(self.device)
         with self._refused_when_out_of_memory(lambda: self._weights_refusal(free, total)):
             super().load_model()
+            kept, dequantized = install_gguf_methods(self.model)
+        self.weight_bytes = model_weight_bytes(self.model)
         install_layer_ops(self.model, triton_layer_ops())
-        fuse_projections(self.model)
+        fuse_projections(self.model, cuda_fused_linear)
+        if kept or dequantized:
+            log.info("GGUF: %d layers run from their blocks, %d of other types dequantized",
+                     kept, dequantized)
         gemv = install_decode_gemv(self.model)
         # After the gemv: a gate|up small enough for it (Qwen3-0.6B's) keeps it at decode.
         gated = install_gated_gemm(self.model)

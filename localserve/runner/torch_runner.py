@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import psutil
 import torch
+from torch import nn
 
 from localserve.config import EngineConfig
 from localserve.interfaces import (
@@ -75,6 +76,13 @@ class _Launched:
         return StepOutput(samples)
 
 
+def model_weight_bytes(model: nn.Module) -> int:
+    """Bytes a forward pass must read: parameters and raw quantized blocks (not RoPE tables)."""
+    weights = [*model.parameters(),
+               *(b for n, b in model.named_buffers() if n.endswith("qweight"))]
+    return sum(t.numel() * t.element_size() for t in weights)
+
+
 class TorchModelRunner:
     """Runs the shared torch models on one device with pluggable attention ops."""
 
@@ -110,10 +118,7 @@ class TorchModelRunner:
         self.arch = loaded.arch
         self.spec = loaded.spec
         self.kv_dtype = loaded.dtype
-        # Bytes a forward pass must read: parameters and raw quantized blocks (not RoPE tables).
-        weights = [*self.model.parameters(),
-                   *(b for n, b in self.model.named_buffers() if n.endswith("qweight"))]
-        self.weight_bytes = sum(t.numel() * t.element_size() for t in weights)
+        self.weight_bytes = model_weight_bytes(self.model)
 
     def set_eos_token_ids(self, eos_token_ids: frozenset[int]) -> None:
         spec = self._spec()

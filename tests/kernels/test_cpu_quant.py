@@ -18,35 +18,12 @@ import numpy as np
 import pytest
 import torch
 from gguf import GGMLQuantizationType as Q
-from gguf.quants import quantize
 
 from localserve.kernels import cpu, reference
+from tests.helpers.gguf_blocks import random_weight
 
 pytestmark = pytest.mark.cpu
 ACT_BLOCK = {Q.Q8_0: 32, Q.Q5_0: 32, Q.Q4_K: 256, Q.Q6_K: 256}
-
-
-def fp16_bytes(v: np.ndarray) -> np.ndarray:
-    """[..., n] floats -> [..., 2n] bytes of their fp16 encodings."""
-    return np.ascontiguousarray(v.astype(np.float16)).view(np.uint8)
-
-
-def random_weight(qtype: Q, out: int, k: int, rng: np.random.Generator) -> np.ndarray:
-    """Raw GGUF bytes [out, row_bytes] (typed array for F32/F16)."""
-    w = rng.standard_normal((out, k)).astype(np.float32)
-    if qtype in (Q.Q8_0, Q.Q5_0, Q.BF16, Q.F16, Q.F32):
-        return np.ascontiguousarray(quantize(w, qtype))
-    nb = k // 256
-    if qtype == Q.Q4_K:  # gguf cannot quantize K-quants: random codes with sane scales
-        blk = np.zeros((out, nb, 144), np.uint8)
-        blk[..., 0:4] = fp16_bytes(rng.uniform(1e-3, 2e-2, (out, nb, 2)))  # d, dmin
-        blk[..., 4:] = rng.integers(0, 256, (out, nb, 140), dtype=np.uint8)
-    else:  # Q6_K: ql[128] qh[64] scales[16] (int8) d (fp16)
-        blk = np.zeros((out, nb, 210), np.uint8)
-        blk[..., :192] = rng.integers(0, 256, (out, nb, 192), dtype=np.uint8)
-        blk[..., 192:208] = rng.integers(-128, 128, (out, nb, 16), dtype=np.int8).view(np.uint8)
-        blk[..., 208:210] = fp16_bytes(rng.uniform(1e-4, 2e-3, (out, nb, 1)))
-    return blk.reshape(out, nb * blk.shape[-1])
 
 
 def quantized_activations(x: np.ndarray, block: int) -> np.ndarray:

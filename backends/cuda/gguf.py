@@ -1,0 +1,115 @@
+"""GGUF checkpoints on the GPU: layers keep llama.cpp's raw blocks (kernels/triton/gguf.py).
+
+The loader hands every GGUF block tensor over raw (`layer.qweight`, `layer.qtype`,
+`quant/gguf.py`); here each layer of a type the Triton kernels read gets their methods, and
+a layer of any other type (Q4_1, Q5_1, Q2_K, Q3_K) is dequantized once, to a float weight that
+the float paths (cuBLAS, the decode gemv) then serve. Projections that read one input fuse
+when their parts share a type, as float ones do (`layers/fusion.py`): one launch, one stream
+of blocks. LOCALSERVE_GGUF_BLOCKS=0 dequantizes every layer at load instead (an A/B switch
+for benchmarks, and a way out should a kernel misbehave on some GPU).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from localserve.layers.embedding import UnquantizedEmbeddingMethod, VocabEmbedding
+from localserve.layers.fusion import fused_linear
+from localserve.layers.linear import Linear, UnquantizedMethod
+from localserve.quant.gguf import dequantize, set_quantized_weight
+
+
+class TritonGGUFLinearMethod:
+    """y = x W^T (+ b) straight from the raw blocks in `layer.qweight`."""
+
+    def __init__(self) -> None:
+        from localserve.kernels.triton.gguf import gguf_linear
+
+        self._linear = gguf_linear  # bound once: apply runs per layer per step
+
+    def create_weights(self, layer: Linear) -> None:
+        pass  # the loader sets qweight/qtype through set_quantized_weight
+
+    def apply(self, layer: Linear, x: torch.Tensor) -> torch.Tensor:
+        return self._linear(x, layer.qweight, layer.qtype, layer.bias)
+
+    def process_after_loading(self, layer: Linear) -> None:
+        pass
+
+
+class TritonGGUFEmbeddingMethod:
+    """Dequantizes only the looked-up rows, on the GPU."""
+
+    def __init__(self) -> None:
+        from localserve.kernels.triton.gguf import gguf_dequant
+
+        self._dequant = gguf_dequant
+
+    def create_weights(self, layer: VocabEmbedding) -> None:
+        pass
+
+    def embed(self, layer: VocabEmbedding, ids: torch.Tensor) -> torch.Tensor:
+        return self._dequant(layer.qweight, layer.qtype, layer.embedding_dim,
+                             layer.compute_dtype, ids)
+
+    def process_after_loading(self, layer: VocabEmbedding) -> None:
+        pass
+
+
+def gguf_fused_linear(parts: Sequence[Linear]) -> Linear | None:
+    """One Linear over the parts' raw rows stacked, when all hold blocks of one type the
+    kernels read (GGUF files often give v or down another type: those stay apart)."""
+    if any(not isinstance(p.method, TritonGGUFLinearMethod) for p in parts):
+        return None
+    if len({p.qtype for p in parts}) != 1 or len({p.in_features for p in parts}) != 1:
+        return None
+    has_bias = [p.bias is not None for p in parts]
+    if any(has_bias) and not all(has_bias):
+        return None
+    with torch.device("meta"):
+        fused = Linear(parts[0].in_features, sum(p.out_features for p in parts), all(has_bias))
+    set_quantized_weight(fused, torch.cat([p.qweight for p in parts]), parts[0].qtype,
+                         parts[0].compute_dtype)
+    fused.method = TritonGGUFLinearMethod()
+    if all(has_bias):
+        fused.bias = nn.Parameter(torch.cat([p.bias for p in parts]), requires_grad=False)
+    return fused
+
+
+def cuda_fused_linear(parts: Sequence[Linear]) -> Linear | None:
+    """`fuse_projections`' rule on this backend: float parts as everywhere, GGUF parts here."""
+    return fused_linear(parts) or gguf_fused_linear(parts)
+
+
+def install_gguf_methods(model: nn.Module) -> tuple[int, int]:
+    """Points every raw GGUF layer at the Triton kernels, or dequantizes it where they do not
+    read its type; returns (kept raw, dequantized). A tied LM head shares its embedding's
+    blocks, or its dequantized weight."""
+    from localserve.kernels.triton.gguf import SUPPORTED_TYPES
+
+    keep = os.environ.get("LOCALSERVE_GGUF_BLOCKS", "1") != "0"
+    kept = dequantized = 0
+    floats: dict[int, nn.Parameter] = {}
+    for module in model.modules():
+        if not isinstance(module, Linear | VocabEmbedding) or not hasattr(module, "qweight"):
+            continue
+        linear = isinstance(module, Linear)
+        if keep and module.qtype in SUPPORTED_TYPES:
+            module.method = TritonGGUFLinearMethod() if linear else TritonGGUFEmbeddingMethod()
+            kept += 1
+            continue
+        raw = module.qweight
+        key = raw.data_ptr()
+        if key not in floats:
+            weight = dequantize(raw, module.qtype).to(raw.device, module.compute_dtype)
+            floats[key] = nn.Parameter(weight, requires_grad=False)
+        del module._buffers["qweight"]
+        del module.qtype
+        module.weight = floats[key]
+        module.method = UnquantizedMethod() if linear else UnquantizedEmbeddingMethod()
+        dequantized += 1
+    return kept, dequantized

@@ -1,0 +1,310 @@
+"""GGUF blocks on the GPU (kernels/triton/gguf.py, backends/cuda/gguf.py), measured.
+
+Usage (GPU machine): python benchmarks/gguf_gpu_bench.py [--only kernels e2e default] [--hf]
+        (CPU smoke run, interpreter, tiny shapes): python benchmarks/gguf_gpu_bench.py --smoke
+
+- kernels: `gguf_linear` on Llama-3-8B projection shapes in Q4_K, Q6_K and Q8_0 at 1-32 rows,
+  `do_bench` medians, against the same product on a bf16 weight (F.linear, and the decode
+  gemvs the backend uses for 1-8 rows); GB/s of the blocks read and the fraction of the
+  board's measured copy bandwidth.
+- e2e: a random GGUF of Llama-3.1-8B's shapes in Q4_K_M's type mix (Q4_K; Q6_K for v, down and
+  the LM head; 4.9 GB) written to a temporary folder, served by the engine: issue 6's (a)
+  (batch 1, a 512-token prompt, 128 greedy tokens, decode tok/s = 127 / (total - TTFT)) and
+  the same for 16 sequences; beside it the bf16 dummy model of the same shapes (the backend's
+  float path) in the same run. Roofline: measured bandwidth / bytes of weights read per token.
+- default: the default model (Gemma 3 270M Q4_K_M) at batch 1 with its blocks kept and with
+  LOCALSERVE_GGUF_BLOCKS=0 (dequantized to bf16 at load); --hf adds HF transformers'
+  generate() on the same GGUF (dequantized by transformers) as the in-run peer.
+A table is printed last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import tempfile
+import time
+from functools import partial
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+LLAMA = os.path.join(HERE, "configs", "llama-3.1-8b", "config.json")
+ROWS = (1, 4, 8, 16, 32)
+
+
+def random_blocks(qtype: int, rows: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Random raw blocks [rows, row_bytes] whose values stay near N(0, 0.02) in size, so a
+    32-layer forward pass of them stays finite (the codes are random; the scales are set)."""
+    from gguf import GGML_QUANT_SIZES
+    from gguf import GGMLQuantizationType as Q
+
+    values, size = GGML_QUANT_SIZES[Q(qtype)]
+    blocks = rng.integers(0, 256, (rows, k // values, size), dtype=np.uint8)
+
+    def fp16(at: int, lo: float, hi: float) -> None:
+        d = rng.uniform(lo, hi, (rows, k // values, 1)).astype(np.float16)
+        blocks[..., at:at + 2] = d.view(np.uint8)
+
+    if qtype in (Q.Q4_K, Q.Q5_K):
+        fp16(0, 1e-5, 4e-5)  # d
+        fp16(2, 1e-5, 4e-5)  # dmin
+    elif qtype == Q.Q6_K:
+        fp16(208, 1e-5, 2e-5)
+    else:  # 32-value blocks: d first
+        fp16(0, 1e-3, 3e-3)
+    return blocks.reshape(rows, -1)
+
+
+def write_random_gguf(config_path: str, path: str, seed: int = 0) -> int:
+    """A llama GGUF of config.json's shapes in Q4_K_M's type mix; returns its bytes."""
+    import json
+
+    import gguf
+    from gguf import GGMLQuantizationType as Q
+
+    with open(config_path) as f:
+        c = json.load(f)
+    rng = np.random.default_rng(seed)
+    hidden, inter, layers = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"]
+    heads, kv_heads = c["num_attention_heads"], c["num_key_value_heads"]
+    head_dim = hidden // heads
+    w = gguf.GGUFWriter(path, "llama")
+    w.add_name("random-q4_k_m")
+    w.add_context_length(c["max_position_embeddings"])
+    w.add_embedding_length(hidden)
+    w.add_block_count(layers)
+    w.add_feed_forward_length(inter)
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv_heads)
+    w.add_layer_norm_rms_eps(c["rms_norm_eps"])
+    w.add_rope_dimension_count(head_dim)
+    w.add_rope_freq_base(c["rope_theta"])
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_K_M)
+
+    def blocks(name: str, qtype: int, rows: int, k: int) -> None:
+        if k % 256:  # a row K-quants cannot hold: Q8_0, as llama.cpp falls back
+            qtype = Q.Q8_0
+        w.add_tensor(name, random_blocks(qtype, rows, k, rng), raw_dtype=qtype)
+
+    ones = np.ones(hidden, np.float32)
+    blocks("token_embd.weight", Q.Q4_K, c["vocab_size"], hidden)
+    blocks("output.weight", Q.Q6_K, c["vocab_size"], hidden)
+    w.add_tensor("output_norm.weight", ones)
+    for i in range(layers):
+        p = f"blk.{i}."
+        w.add_tensor(p + "attn_norm.weight", ones)
+        w.add_tensor(p + "ffn_norm.weight", ones)
+        blocks(p + "attn_q.weight", Q.Q4_K, heads * head_dim, hidden)
+        blocks(p + "attn_k.weight", Q.Q4_K, kv_heads * head_dim, hidden)
+        blocks(p + "attn_v.weight", Q.Q6_K, kv_heads * head_dim, hidden)
+        blocks(p + "attn_output.weight", Q.Q4_K, hidden, heads * head_dim)
+        blocks(p + "ffn_gate.weight", Q.Q4_K, inter, hidden)
+        blocks(p + "ffn_up.weight", Q.Q4_K, inter, hidden)
+        blocks(p + "ffn_down.weight", Q.Q6_K, hidden, inter)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return os.path.getsize(path)
+
+
+def token_ids_only() -> None:
+    """The random GGUF has no tokenizer: the engine takes token ids, as for dummy weights."""
+    from localserve.engine import factory
+    from localserve.engine.id_tokenizer import IdTokenizer
+
+    factory._tokenizer = lambda config, runner, load: IdTokenizer(runner.spec.vocab_size,
+                                                                  frozenset())
+
+
+def decode_rate(llm, prompts: list[list[int]]) -> tuple[float, float]:
+    """(decode tok/s per sequence, TTFT s): medians of three max_tokens=1 and three
+    max_tokens=128 calls after two warm-ups, as gpu_bench.py's (a)."""
+    from localserve import SamplingParams
+
+    g1 = SamplingParams(max_tokens=1, temperature=0, ignore_eos=True)
+    g128 = SamplingParams(max_tokens=128, temperature=0, ignore_eos=True)
+    for _ in range(2):
+        llm.generate(prompts, g128)
+    ttfts, totals = [], []
+    for _ in range(3):
+        t = time.perf_counter()
+        llm.generate(prompts, g1)
+        ttfts.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        llm.generate(prompts, g128)
+        totals.append(time.perf_counter() - t)
+    ttft, total = statistics.median(ttfts), statistics.median(totals)
+    return 127 / (total - ttft), ttft
+
+
+def release(llm) -> None:
+    import gc
+
+    import torch
+
+    llm.engine.shutdown()
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
+def bench_kernels(args, bw: float, table: list[tuple[str, ...]]) -> None:
+    import torch
+    import torch.nn.functional as F
+    from gguf import GGMLQuantizationType as Q
+    from triton.testing import do_bench
+
+    from localserve.kernels import reference
+    from localserve.kernels.triton.gemv import gemv
+    from localserve.kernels.triton.gguf import gguf_linear
+    from localserve.kernels.triton.vector_gemv import vector_gemv
+
+    dev = torch.device("cpu" if args.smoke else "cuda")
+    dtype = torch.float16 if args.smoke else torch.bfloat16  # (the interpreter has no bf16 dot)
+    shapes = ({"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096),
+               "down": (4096, 14336)} if not args.smoke else {"tiny": (64, 512)})
+    rng = np.random.default_rng(0)
+    for qtype in (Q.Q4_K, Q.Q6_K, Q.Q8_0):
+        for name, (n, k) in shapes.items():
+            raw = torch.from_numpy(random_blocks(qtype, n, k, rng)).to(dev)
+            w = reference.gguf_dequant(raw, qtype).to(dev, dtype)
+            for m in ROWS if not args.smoke else (1, 32):
+                x = torch.randn(m, k, device=dev).to(dtype)
+                if args.smoke:  # correctness only: the interpreter's timings mean nothing
+                    ref = F.linear(x.float(), w.float())
+                    err = ((gguf_linear(x, raw, qtype).float() - ref).abs().max()
+                           / ref.abs().max()).item()
+                    table.append((f"{qtype.name} {name} {m} rows", f"relative error {err:.2g}",
+                                  "", ""))
+                    if not err <= 2e-3:  # fp16 output rounding, with room
+                        raise SystemExit(f"gguf_linear is wrong: relative error {err}")
+                    continue
+                t = do_bench(partial(gguf_linear, x, raw, qtype)) * 1e-3
+                floats = (vector_gemv if m == 1 else gemv if m <= 8 else F.linear)
+                tf = do_bench(partial(floats, x, w)) * 1e-3
+                gbs = (raw.numel() + x.numel() * 2) / t
+                table.append((f"{qtype.name} {name} {n}x{k}, {m} rows", f"{t * 1e6:.1f} µs",
+                              f"{gbs / 1e9:.0f} GB/s ({gbs / bw:.0%})",
+                              f"bf16 {tf * 1e6:.1f} µs ({tf / t:.2f}x)"))
+
+
+def bench_e2e(args, bw: float, table: list[tuple[str, ...]]) -> None:
+    from localserve import LLM
+
+    token_ids_only()
+    rng = random.Random(0)
+    prompt = [rng.randint(0, 10000) for _ in range(512)]
+    batch = [[rng.randint(0, 10000) for _ in range(512)] for _ in range(16)]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "random-q4_k_m.gguf")
+        t = time.perf_counter()
+        size = write_random_gguf(LLAMA, path)
+        print(f"wrote {size / 1e9:.2f} GB in {time.perf_counter() - t:.1f} s", flush=True)
+        for label, model, opts in (("Q4_K_M blocks", path, {}),
+                                   ("bf16 (dummy)", LLAMA, {"load_format": "dummy"})):
+            t = time.perf_counter()
+            llm = LLM(model, backend="cuda", max_model_len=4096, max_num_seqs=32, **opts)
+            start = time.perf_counter() - t
+            weights = llm.engine.runner.weight_bytes
+            rate, ttft = decode_rate(llm, [prompt])
+            rate16, _ = decode_rate(llm, batch)
+            roof = bw / weights
+            table.append((f"8B {label}: batch 1", f"{rate:.1f} tok/s, TTFT {ttft * 1e3:.1f} ms",
+                          f"{rate / roof:.0%} of {roof:.0f} ({weights / 1e9:.2f} GB)",
+                          f"start {start:.1f} s"))
+            table.append((f"8B {label}: 16 sequences", f"{16 * rate16:.0f} tok/s", "", ""))
+            release(llm)
+            del llm
+
+
+def bench_default(args, bw: float, table: list[tuple[str, ...]]) -> None:
+    from localserve import LLM, SamplingParams
+    from localserve.config import default_model_path
+
+    rng = random.Random(0)
+    prompt = [rng.randint(0, 10000) for _ in range(512)]
+    for label, blocks in (("blocks kept", "1"), ("dequantized to bf16", "0")):
+        os.environ["LOCALSERVE_GGUF_BLOCKS"] = blocks
+        llm = LLM(None, backend="cuda")
+        rate, ttft = decode_rate(llm, [prompt])
+        weights = llm.engine.runner.weight_bytes
+        out = llm.generate([prompt], SamplingParams(max_tokens=16, temperature=0,
+                                                    ignore_eos=True))[0].outputs[0].token_ids
+        table.append((f"default model, {label}: batch 1", f"{rate:.1f} tok/s, TTFT "
+                      f"{ttft * 1e3:.1f} ms", f"{rate / (bw / weights):.0%} of "
+                      f"{bw / weights:.0f} ({weights / 1e6:.0f} MB)", f"first ids {out[:6]}"))
+        release(llm)
+        del llm
+    os.environ.pop("LOCALSERVE_GGUF_BLOCKS")
+    if args.hf:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        path = default_model_path()
+        model = AutoModelForCausalLM.from_pretrained(
+            os.path.dirname(path), gguf_file=os.path.basename(path),
+            dtype=torch.bfloat16).cuda().eval()
+        ids = torch.tensor([prompt], device="cuda")
+        with torch.no_grad():
+            for _ in range(2):
+                model.generate(ids, max_new_tokens=8, do_sample=False)
+            times = {}
+            for n in (1, 128):
+                torch.cuda.synchronize()
+                t = time.perf_counter()
+                model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+                torch.cuda.synchronize()
+                times[n] = time.perf_counter() - t
+        table.append(("default model, HF generate (peer)",
+                      f"{127 / (times[128] - times[1]):.1f} tok/s", "", ""))
+
+
+def smoke_random_gguf(table: list[tuple[str, ...]]) -> None:
+    """The e2e model's writer, at tiny shapes, read back by the CPU backend (its C kernels
+    take Q4_K and Q6_K as they are)."""
+    from localserve import LLM, SamplingParams
+
+    token_ids_only()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "random-q4_k_m.gguf")
+        size = write_random_gguf(os.path.join(HERE, "configs", "tiny-llama", "config.json"),
+                                 path)
+        llm = LLM(path, backend="cpu", max_model_len=64)
+        out = llm.generate([[1, 2, 3]], SamplingParams(max_tokens=4, temperature=0,
+                                                       ignore_eos=True))[0].outputs[0].token_ids
+        llm.engine.shutdown()
+    table.append(("random Q4_K_M GGUF, tiny shapes, cpu backend", f"{size} bytes",
+                  f"generated {out}", ""))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--only", nargs="*", default=["kernels", "e2e", "default"])
+    ap.add_argument("--hf", action="store_true")
+    ap.add_argument("--smoke", action="store_true", help="CPU interpreter, tiny shapes")
+    args = ap.parse_args()
+    table: list[tuple[str, ...]] = []
+    if args.smoke:
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+        bench_kernels(args, 1.0, table)
+        smoke_random_gguf(table)
+    else:
+        import torch
+        from gpu_probes import bandwidth_bytes_per_s  # this folder's module
+
+        bw = bandwidth_bytes_per_s(torch.device("cuda"))
+        print(f"{torch.cuda.get_device_name()}: copy bandwidth {bw / 1e9:.0f} GB/s", flush=True)
+        for name, fn in (("kernels", bench_kernels), ("e2e", bench_e2e),
+                         ("default", bench_default)):
+            if name in args.only:
+                fn(args, bw, table)
+    width = max(len(r[0]) for r in table)
+    for row in table:
+        print(f"{row[0]:<{width}}  " + "  ".join(c for c in row[1:] if c))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""Triton GGUF kernels (kernels/triton/gguf.py) against the `gguf` package's dequantization.
+
+Every type the kernels read, random blocks (tests/helpers/gguf_blocks.py). `gguf_dequant` must
+reproduce the reference's fp32 values (to 1e-6 relative: ggml's order of fp32 operations,
+an FMA at most apart); `gguf_matmul` / `gguf_linear` must match x @ W^T with W rounded to x's
+dtype first, as the kernel does (ELEMENTWISE_TOL of the output dtype: both sides accumulate in
+fp32). Interpreter (CPU) at small shapes; on a GPU, Llama-3-8B projection shapes. Outputs start
+NaN.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from gguf import GGMLQuantizationType as Q
+
+pytest.importorskip("triton")
+
+from localserve.kernels import reference
+from localserve.kernels.triton import gguf as tg
+from localserve.kernels.triton._common import poisoned_outputs
+from localserve.kernels.triton.testing import ELEMENTWISE_TOL, device, full_shapes, rel_error
+from tests.helpers.gguf_blocks import random_weight
+
+FULL = full_shapes()
+DEV = device()
+TYPES = [Q.Q4_0, Q.Q5_0, Q.Q8_0, Q.Q4_K, Q.Q5_K, Q.Q6_K]
+# The interpreter casts fp32 to bf16 by truncation (the GPU rounds to nearest): bf16 on a GPU.
+DTYPES = [torch.bfloat16, torch.float16] if FULL else [torch.float32, torch.float16]
+# (N, K): K a multiple of 256, and (block types only) one that leaves a partial K-step.
+SHAPES = [(4096, 4096), (1000, 14336)] if FULL else [(40, 512)]
+PARTIAL_K = (48, 640) if not FULL else (6144, 4128)
+
+
+def raw_weight(qtype: Q, n: int, k: int, seed: int) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    return torch.from_numpy(random_weight(qtype, n, k, rng)).to(DEV)
+
+
+def shapes_for(qtype: Q) -> list[tuple[int, int]]:
+    return SHAPES + ([PARTIAL_K] if qtype in (Q.Q4_0, Q.Q5_0, Q.Q8_0) else [])
+
+
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+def test_dequant_reproduces_the_reference(qtype, seed):
+    for n, k in shapes_for(qtype):
+        raw = raw_weight(qtype, n, k, seed)
+        ref = reference.gguf_dequant(raw, qtype)
+        with poisoned_outputs():
+            out = tg.gguf_dequant(raw, qtype, k, torch.float32)
+        assert out.shape == (n, k)
+        assert rel_error(out.cpu(), ref) <= 1e-6
+
+
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+def test_dequant_of_looked_up_rows(qtype, seed):
+    """The embedding path: rows by id, repeated and in any order; ids out of range give
+    zeros, not a read outside the table."""
+    n, k = SHAPES[0]
+    raw = raw_weight(qtype, n, k, seed)
+    ids = torch.tensor([3, 0, n - 1, 3, 7], device=DEV)
+    ref = reference.gguf_dequant(raw[ids.long()], qtype)
+    with poisoned_outputs():
+        out = tg.gguf_dequant(raw, qtype, k, DTYPES[-1], ids)
+    assert torch.equal(out.cpu(), ref.to(DTYPES[-1]))
+    bad = tg.gguf_dequant(raw, qtype, k, torch.float32, torch.tensor([-1, n], device=DEV))
+    assert torch.equal(bad.cpu(), torch.zeros(2, k))
+
+
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+def test_linear_matches_reference(qtype, seed):
+    """1, 5 and 16 rows: the fused kernel with one row block; 33: gguf_linear's dequantize +
+    cuBLAS path (more than MAX_FUSED_ROWS rows), checked through the same function. (One
+    test per type: the reference dequantizes in numpy, slowly at full shapes.)"""
+    for n, k in shapes_for(qtype):
+        raw = raw_weight(qtype, n, k, seed)
+        w32 = reference.gguf_dequant(raw, qtype).to(DEV)
+        for dtype in DTYPES:
+            w = w32.to(dtype)
+            for m in (1, 5, 16, 33):
+                x = torch.randn(m, k, device=DEV).to(dtype)
+                bias = torch.randn(n, device=DEV).to(dtype)
+                ref = reference.linear(x, w, bias)
+                with poisoned_outputs():
+                    out = tg.gguf_linear(x, raw, qtype, bias)
+                assert out.shape == (m, n) and out.dtype == dtype
+                err = rel_error(out, ref)
+                assert err <= ELEMENTWISE_TOL[dtype], f"{n}x{k} {dtype} {m}: error {err:.3g}"
+
+
+@pytest.mark.parametrize("block_n", [16, 32, 64])
+def test_fused_kernel_at_every_row_block(block_n, seed):
+    """Row blocks of 32 (17..32 rows) and every column tile width the wrapper may choose,
+    with N not a multiple of it and x a strided view."""
+    qtype, dtype = Q.Q4_K, DTYPES[0]
+    n, k = 72, 512
+    raw = raw_weight(qtype, n, k, seed)
+    wide = torch.randn(20, 2 * k, device=DEV).to(dtype)
+    x = wide[:, k:]
+    w = reference.gguf_dequant(raw, qtype).to(DEV).to(dtype)
+    with poisoned_outputs():
+        out = tg.gguf_matmul(x, raw, qtype, block_n=block_n)
+    assert rel_error(out, reference.linear(x, w)) <= ELEMENTWISE_TOL[dtype]
+
+
+def test_rejects_bad_input():
+    raw = raw_weight(Q.Q8_0, 8, 64, 0)
+    x = torch.randn(2, 64, device=DEV)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        tg.gguf_matmul(torch.randn(2, 40, device=DEV), raw, Q.Q8_0)
+    with pytest.raises(ValueError, match=r"uint8 \[rows, 68\]"):
+        tg.gguf_matmul(x, raw[:, :34], Q.Q8_0)
+    with pytest.raises(ValueError, match="read Q4_0"):
+        tg.gguf_matmul(x, raw, Q.Q4_1)
+    with pytest.raises(TypeError, match="raw must have dtype"):
+        tg.gguf_matmul(x, raw.to(torch.int32), Q.Q8_0)
+    with pytest.raises(TypeError, match="ids must have dtype"):
+        tg.gguf_dequant(raw, Q.Q8_0, 64, torch.float32, torch.zeros(2, device=DEV))

@@ -1,0 +1,111 @@
+"""A GGUF model on the cuda backend's GGUF path (backends/cuda/gguf.py) computes what the same
+file dequantized at load computes.
+
+Tiny Llama and Gemma 3 GGUFs with llama.cpp's type mix (Q8_0, and Q5_0 for v and down): the
+layers keep their blocks and run through the Triton GGUF kernels (the interpreter on the CPU),
+projections of one type fuse, the tied LM head shares the embedding's blocks. Against: the
+file dequantized by the loader, fused as float weights. fp32, reference attention on both
+sides; tolerance 1e-5 of the largest logit (only the sums' order differs).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from gguf import GGMLQuantizationType as Q
+
+pytest.importorskip("triton")
+
+from localserve.backends.cuda.gguf import (
+    TritonGGUFEmbeddingMethod,
+    TritonGGUFLinearMethod,
+    cuda_fused_linear,
+    install_gguf_methods,
+)
+from localserve.config import ModelConfig
+from localserve.kernels import reference
+from localserve.kernels.triton.testing import device
+from localserve.layers.embedding import VocabEmbedding
+from localserve.layers.fusion import fuse_projections
+from localserve.layers.linear import Linear, UnquantizedMethod
+from localserve.loader import load_model
+from localserve.quant.gguf import set_quantized_weight
+from localserve.runner.context import (
+    AttentionMetadata,
+    ForwardContext,
+    ReferenceAttentionOps,
+    forward_context,
+)
+from tests.helpers.gguf_blocks import random_weight
+from tests.helpers.tiny_models import make_tiny_checkpoint
+
+DEV = device()
+
+
+def logits(loaded, ids: list[int]) -> torch.Tensor:
+    arch, n = loaded.arch, len(ids)
+    caches = [(torch.zeros(4, 16, arch.num_kv_heads, arch.head_dim, device=DEV),
+               torch.zeros(4, 16, arch.num_kv_heads, arch.head_dim, device=DEV))
+              for _ in range(arch.num_layers)]
+    meta = AttentionMetadata(torch.arange(n, device=DEV),
+                             torch.arange(4, dtype=torch.int32, device=DEV)[None],
+                             torch.tensor([0, n], dtype=torch.int32, device=DEV),
+                             torch.tensor([n], dtype=torch.int32, device=DEV), n, n)
+    with torch.no_grad(), forward_context(ForwardContext(meta, caches, ReferenceAttentionOps())):
+        hidden = loaded.model(torch.tensor(ids, device=DEV), torch.arange(n, device=DEV))
+    return loaded.model.compute_logits(hidden).float().cpu()
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gemma3_text"])
+def test_gguf_blocks_compute_what_the_dequantized_model_does(tmp_path, model_type):
+    ckpt = make_tiny_checkpoint(tmp_path, model_type, "gguf-q8_0")
+    config = ModelConfig(model=str(ckpt.path))
+    ids = [3, 9, 27, 81, 243, 7, 11]
+    dense = load_model(config, DEV, torch.float32)
+    fuse_projections(dense.model)
+    want = logits(dense, ids)
+
+    blocks = load_model(config, DEV, torch.float32, keep_quantized=True)
+    kept, dequantized = install_gguf_methods(blocks.model)
+    assert kept > 0 and dequantized == 0
+    layers = blocks.arch.num_layers
+    fused = fuse_projections(blocks.model, cuda_fused_linear)
+    assert fused == layers  # gate/up (both Q8_0); q/k/v not, v being Q5_0
+    methods = [type(m.method) for m in blocks.model.modules() if hasattr(m, "qweight")]
+    assert set(methods) == {TritonGGUFLinearMethod, TritonGGUFEmbeddingMethod}
+    got = logits(blocks, ids)
+    err = (got - want).abs().max().item()
+    assert err <= 1e-5 * want.abs().max().item(), f"max err {err:.3g}"
+
+
+def test_blocks_off_dequantizes_every_layer(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOCALSERVE_GGUF_BLOCKS", "0")
+    ckpt = make_tiny_checkpoint(tmp_path, "llama", "gguf-q8_0")
+    blocks = load_model(ModelConfig(model=str(ckpt.path)), DEV, torch.float32,
+                        keep_quantized=True)
+    kept, dequantized = install_gguf_methods(blocks.model)
+    assert kept == 0 and dequantized > 0
+    assert not any(hasattr(m, "qweight") for m in blocks.model.modules())
+
+
+def test_types_the_kernels_do_not_read_are_dequantized_once():
+    """A Q4_1 layer gets a float weight (the gguf package's values) and the float method; a
+    tied pair shares one; a Q8_0 layer keeps its blocks."""
+    rng = np.random.default_rng(0)
+    model = torch.nn.ModuleDict({
+        "embed": VocabEmbedding(16, 64), "head": Linear(64, 16), "kept": Linear(64, 8)})
+    q41 = torch.from_numpy(random_weight(Q.Q4_1, 16, 64, rng)).to(DEV)
+    set_quantized_weight(model["embed"], q41, Q.Q4_1, torch.float32)
+    set_quantized_weight(model["head"], q41, Q.Q4_1, torch.float32)
+    q80 = torch.from_numpy(random_weight(Q.Q8_0, 8, 64, rng)).to(DEV)
+    set_quantized_weight(model["kept"], q80, Q.Q8_0, torch.float32)
+    assert install_gguf_methods(model) == (1, 2)
+    head = model["head"]
+    assert type(head.method) is UnquantizedMethod and not hasattr(head, "qweight")
+    assert head.weight is model["embed"].weight
+    assert torch.equal(head.weight.cpu(), reference.gguf_dequant(q41, Q.Q4_1))
+    assert type(model["kept"].method) is TritonGGUFLinearMethod
+    ids = torch.tensor([0, 15, 4], device=DEV)
+    assert torch.equal(model["embed"](ids).cpu(), reference.gguf_dequant(q41, Q.Q4_1)[[0, 15, 4]])
+
