@@ -4,7 +4,7 @@ A Q4_K_M 8B model is 4.9 GB in its blocks and 16 GB in bf16: the blocks are what
 on an 8 GB card, and at decode every step streams the weights, so fewer bytes are also
 proportionally less time. Two kernels read the raw rows (uint8 [rows, row_bytes]):
 - `gguf_matmul`: y = x @ W^T for decode-sized batches. Each program dequantizes a [BLOCK_N,
-  256] tile of W in registers (fp32, as ggml's dequantize_row_* computes it, then rounded to
+  64] tile of W in registers (fp32, as ggml's dequantize_row_* computes it, then rounded to
   x's dtype) and multiplies it with `tl.dot`, K-step by K-step.
 - `gguf_dequant`: rows of W (all, or the ones `ids` names) to a float tensor: embedding
   lookups, and larger batches, where one dequantization feeding cuBLAS beats dequantizing the
@@ -12,8 +12,10 @@ proportionally less time. Two kernels read the raw rows (uint8 [rows, row_bytes]
 
 Types: Q4_0, Q5_0, Q8_0 (32-value blocks) and Q4_K, Q5_K, Q6_K (256-value super-blocks),
 which cover the usual Q4_K_M / Q5_K_M / Q6_K / Q8_0 files; the cuda backend dequantizes
-layers of other types once at load. A K-step is 256 values: one super-block, or eight
-32-blocks (masked past K, which a 32-block type only needs to be a multiple of 32 of).
+layers of other types once at load. A K-step is 64 values: a quarter of a super-block (two
+sub-blocks of Q4_K/Q5_K, four scale groups of Q6_K), or two 32-blocks (masked past K, which a
+32-block type only needs to be a multiple of 32 of); a [BLOCK_N, 256] step spilled registers
+on every GPU target (tests/kernels/test_triton_compile.py).
 Ground truth: the `gguf` package's dequantization (kernels/reference.gguf_dequant).
 """
 
@@ -31,12 +33,16 @@ from localserve.kernels.triton._common import (
     check_same_device,
     check_tensor,
     empty,
+    gpu_arch,
+    nvidia_capability,
+    pdl_launch,
+    pdl_wait,
 )
 
 Q = GGMLQuantizationType
 SUPPORTED_TYPES: frozenset[int] = frozenset(
     {Q.Q4_0, Q.Q5_0, Q.Q8_0, Q.Q4_K, Q.Q5_K, Q.Q6_K})
-STEP = 256  # values of K per loop iteration
+STEP = 64  # values of K per loop iteration (or dequantization program)
 # Above this many rows of x, gguf_linear dequantizes W (in slices of at most DEQUANT_ROWS rows
 # of W, to bound the scratch) and runs cuBLAS: the fused kernel redoes a tile's dequantization
 # for every BLOCK_M rows of x, which cuBLAS's throughput outruns once there are enough of them.
@@ -60,13 +66,12 @@ def _u8(ptr, mask):
 @triton.jit
 def _block32_tile(w_ptr, row_start, row_ok, step, K, QTYPE: tl.constexpr,
                   BLOCK_N: tl.constexpr):
-    """W[rows, 256 step .. 256 step + 255] (fp32 [BLOCK_N, 8, 32]) of a 32-value block type;
-    blocks past K read as zeros."""
+    """W[rows, 64 step .. 64 step + 63] of a 32-value block type, fp32 [BLOCK_N, 2, 32]:
+    two blocks; a block past K reads as zeros."""
     BYTES: tl.constexpr = 18 if QTYPE == 2 else (22 if QTYPE == 6 else 34)
-    b2 = tl.arange(0, 8)[None, :]
-    blk2 = step * 8 + b2
+    blk2 = step * 2 + tl.arange(0, 2)[None, :]
     ok2 = row_ok[:, None] & (blk2 < K // 32)
-    head = w_ptr + row_start[:, None] + blk2 * BYTES                 # [BLOCK_N, 8]
+    head = w_ptr + row_start[:, None] + blk2 * BYTES                 # [BLOCK_N, 2]
     d = _fp16(head, ok2)[:, :, None]
     ok = ok2[:, :, None]
     base = head[:, :, None]
@@ -87,27 +92,29 @@ def _block32_tile(w_ptr, row_start, row_ok, step, K, QTYPE: tl.constexpr,
 
 @triton.jit
 def _k_quant_tile(w_ptr, row_start, row_ok, step, QTYPE: tl.constexpr, BLOCK_N: tl.constexpr):
-    """W[rows, 256 step .. 256 step + 255] of a K-quant super-block, fp32 [BLOCK_N, 256]."""
+    """W[rows, 64 step .. 64 step + 63], a quarter of a K-quant super-block: fp32
+    [BLOCK_N, 64]."""
     BYTES: tl.constexpr = 144 if QTYPE == 12 else (176 if QTYPE == 13 else 210)
-    head = w_ptr + row_start[:, None] + step * BYTES                 # [BLOCK_N, 1]
+    head = w_ptr + row_start[:, None] + (step // 4) * BYTES          # [BLOCK_N, 1]
+    j = step % 4                                                     # the quarter
     ok2 = row_ok[:, None]
     ok = ok2[:, :, None]
     base = head[:, :, None]
     if QTYPE == 14:  # Q6_K: ql[128], qh[64], int8 scales[16], d; a scale per 16 values
-        g16 = tl.arange(0, 16)[None, :, None]                        # 16-value group
+        g16 = tl.arange(0, 4)[None, :, None]                         # 16-value group
         lane = tl.arange(0, 16)[None, None, :]
-        g = g16 // 2                                                 # 32-value group
-        half, quarter = g // 4, g % 4
+        half = j // 2
+        quarter = 2 * (j % 2) + g16 // 2                             # 32 values of a half
         col = 16 * (g16 % 2) + lane                                  # 0..31 in the quarter
         low = _u8(base + 64 * half + 32 * (quarter % 2) + col, ok)
         low = tl.where(quarter < 2, low & 15, low >> 4)
         high = (_u8(base + 128 + 32 * half + col, ok) >> (2 * quarter)) & 3
         q = ((low | (high << 4)) - 32).to(tl.float32)
-        scale = tl.load(head + 192 + tl.arange(0, 16)[None, :], mask=ok2, other=0)
+        scale = tl.load(head + 192 + 4 * j + tl.arange(0, 4)[None, :], mask=ok2, other=0)
         d = _fp16(head + 208, ok2)
         w = (d * scale.to(tl.int8, bitcast=True).to(tl.float32))[:, :, None] * q
     else:  # Q4_K / Q5_K: d, dmin, 6-bit scales and mins of 8 sub-blocks in 12 bytes, ...
-        sub = tl.arange(0, 8)[None, :]
+        sub = 2 * j + tl.arange(0, 2)[None, :]                       # this quarter's two
         first = sub < 4
         a = _u8(head + 4 + tl.where(first, sub, sub + 4), ok2)
         b = _u8(head + 4 + tl.where(first, sub + 4, sub - 4), ok2)
@@ -118,24 +125,24 @@ def _k_quant_tile(w_ptr, row_start, row_ok, step, QTYPE: tl.constexpr, BLOCK_N: 
         m = _fp16(head + 2, ok2) * minimum
         sub3 = sub[:, :, None]
         lane = tl.arange(0, 32)[None, None, :]
-        # ... then (Q5_K) 32 bytes of high bits, then 128 bytes of nibbles: 64 values per 32
-        # bytes, the low nibbles first.
+        # ... then (Q5_K) 32 bytes of high bits, then 128 bytes of nibbles: a quarter's 64
+        # values in 32 bytes, the low nibbles first.
         QS: tl.constexpr = 16 if QTYPE == 12 else 48
-        nib = _u8(base + QS + 32 * (sub3 // 2) + lane, ok)
+        nib = _u8(base + QS + 32 * j + lane, ok)
         nib = tl.where(sub3 % 2 == 0, nib & 15, nib >> 4)
         if QTYPE == 13:
             nib = nib | (((_u8(base + 16 + lane, ok) >> sub3) & 1) << 4)
         w = d[:, :, None] * nib.to(tl.float32) - m[:, :, None]
-    return tl.reshape(w, [BLOCK_N, 256])
+    return tl.reshape(w, [BLOCK_N, 64])
 
 
 @triton.jit
 def _tile(w_ptr, rows, row_ok, row_bytes, step, K, QTYPE: tl.constexpr, BLOCK_N: tl.constexpr):
-    """fp32 [BLOCK_N, 256]: W[rows, 256 step ...], zeros for rows not ok and past K."""
+    """fp32 [BLOCK_N, 64]: W[rows, 64 step ...], zeros for rows not ok and past K."""
     row_start = rows.to(tl.int64) * row_bytes
     if QTYPE == 2 or QTYPE == 6 or QTYPE == 8:
         w = tl.reshape(_block32_tile(w_ptr, row_start, row_ok, step, K, QTYPE, BLOCK_N),
-                       [BLOCK_N, 256])
+                       [BLOCK_N, 64])
     else:
         w = _k_quant_tile(w_ptr, row_start, row_ok, step, QTYPE, BLOCK_N)
     return w
@@ -144,15 +151,16 @@ def _tile(w_ptr, rows, row_ok, row_bytes, step, K, QTYPE: tl.constexpr, BLOCK_N:
 @triton.jit
 def _gguf_matmul_kernel(x_ptr, w_ptr, out_ptr, M, N, K, stride_xm, stride_om, row_bytes,
                         QTYPE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                        PRECISION: tl.constexpr):
+                        PRECISION: tl.constexpr, USE_PDL: tl.constexpr):
+    pdl_wait(USE_PDL)
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < N
     ms = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     m_ok = ms < M
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for step in range(0, tl.cdiv(K, 256)):
+    for step in range(0, tl.cdiv(K, 64)):
         w = _tile(w_ptr, rows, row_ok, row_bytes, step, K, QTYPE, BLOCK_N)
-        ks = step * 256 + tl.arange(0, 256)
+        ks = step * 64 + tl.arange(0, 64)
         x = tl.load(x_ptr + ms.to(tl.int64)[:, None] * stride_xm + ks[None, :],
                     mask=m_ok[:, None] & (ks < K)[None, :], other=0.0)
         acc = tl.dot(x, tl.trans(w.to(x.dtype)), acc, input_precision=PRECISION)
@@ -162,7 +170,9 @@ def _gguf_matmul_kernel(x_ptr, w_ptr, out_ptr, M, N, K, stride_xm, stride_om, ro
 
 @triton.jit
 def _gguf_dequant_kernel(w_ptr, ids_ptr, out_ptr, R, N, K, stride_o, row_bytes,
-                         QTYPE: tl.constexpr, BLOCK_N: tl.constexpr, HAS_IDS: tl.constexpr):
+                         QTYPE: tl.constexpr, BLOCK_N: tl.constexpr, HAS_IDS: tl.constexpr,
+                         USE_PDL: tl.constexpr):
+    pdl_wait(USE_PDL)
     r = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     r_ok = r < R
     if HAS_IDS:
@@ -173,7 +183,7 @@ def _gguf_dequant_kernel(w_ptr, ids_ptr, out_ptr, R, N, K, stride_o, row_bytes,
         row_ok = r_ok
     step = tl.program_id(1)
     w = _tile(w_ptr, rows, row_ok, row_bytes, step, K, QTYPE, BLOCK_N)
-    ks = step * 256 + tl.arange(0, 256)
+    ks = step * 64 + tl.arange(0, 64)
     tl.store(out_ptr + r.to(tl.int64)[:, None] * stride_o + ks[None, :],
              w.to(out_ptr.dtype.element_ty), mask=r_ok[:, None] & (ks < K)[None, :])
 
@@ -198,6 +208,16 @@ def _check_raw(raw: torch.Tensor, qtype: int, in_features: int) -> None:
                          f"{tuple(raw.shape)}")
 
 
+def _tiles(m: int, device: torch.device) -> tuple[int, int]:
+    """(BLOCK_M, BLOCK_N) for m rows of x: one 16-row block at decode with 32 columns (more
+    programs to stream W), 32 x 64 above. Turing (sm_75) spilled registers with 32-row blocks
+    (32 or 64 columns; test_triton_compile.py) and keeps 16 x 32."""
+    capability = nvidia_capability(gpu_arch(device))
+    if m <= 16 or (capability is not None and capability < (8, 0)):
+        return 16, 32
+    return 32, 64
+
+
 def gguf_matmul(x: torch.Tensor, raw: torch.Tensor, qtype: int,
                 block_n: int | None = None) -> torch.Tensor:
     """x [M, K] @ W^T -> [M, N] in x's dtype (fp32 accumulation), W = raw's N rows of K
@@ -210,13 +230,13 @@ def gguf_matmul(x: torch.Tensor, raw: torch.Tensor, qtype: int,
     out = empty((m, n), x.dtype, x.device)
     if m == 0 or n == 0:
         return out
-    block_m = 16 if m <= 16 else 32
-    block_n = block_n or (32 if m <= 16 else 64)
+    block_m, tile_n = _tiles(m, x.device)
+    block_n = block_n or tile_n
     _gguf_matmul_kernel[(triton.cdiv(n, block_n), triton.cdiv(m, block_m))](
         x, raw, out, m, n, k, x.stride(0), out.stride(0), raw.shape[1], QTYPE=int(qtype),
         BLOCK_M=block_m, BLOCK_N=block_n,
-        PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
-        num_warps=4, num_stages=2)
+        PRECISION="ieee" if x.dtype == torch.float32 else None,
+        num_warps=4, num_stages=2, **pdl_launch(x.device))
     return out
 
 
@@ -240,7 +260,7 @@ def gguf_dequant(raw: torch.Tensor, qtype: int, in_features: int, dtype: torch.d
     _gguf_dequant_kernel[(triton.cdiv(rows, block_n), triton.cdiv(in_features, STEP))](
         raw, raw if ids is None else ids, out, rows, n, in_features, out.stride(0),
         raw.shape[1], QTYPE=int(qtype), BLOCK_N=block_n, HAS_IDS=ids is not None,
-        num_warps=4)
+        num_warps=4, **pdl_launch(raw.device))
     return out
 
 

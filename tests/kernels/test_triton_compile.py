@@ -38,6 +38,7 @@ from localserve.kernels.triton import (  # noqa: E402
     attention,
     cache,
     gemv,
+    gguf,
     norm,
     paged_attention,
     rms_norm,
@@ -63,7 +64,8 @@ KERNELS = [(attention, "paged_attention_kernel"), (attention, "reduce_splits_ker
            (rotary, "_rotary_kernel"), (activation, "_act_and_mul_kernel"),
            (gemv, "_gemv_kernel"), (vector_gemv, "_vector_gemv_kernel"),
            (rope_cache, "_rope_cache_kernel"),
-           (sampling, "_gumbel_argmax_kernel"), (sampling, "_pick_first_max_kernel")]
+           (sampling, "_gumbel_argmax_kernel"), (sampling, "_pick_first_max_kernel"),
+           (gguf, "_gguf_matmul_kernel"), (gguf, "_gguf_dequant_kernel")]
 
 
 # Shared memory a program may use on each target (the GPUs refuse to launch a kernel needing more):
@@ -157,6 +159,15 @@ def _launch_every_kernel(half: torch.dtype) -> None:
         norms = (None, None) if norm_w is None else (torch.empty(norm_w),) * 2
         rope_and_cache(positions, q, kv, kv, torch.empty(64, rot), k_cache, k_cache.clone(),
                        positions, *norms)
+    # GGUF blocks: every type at Llama-3-8B's q/k/v shape, 1 row (16-row blocks, 32 columns),
+    # 32 rows (32 x 64 tiles), fp32 (exact dots); rows of the embedding by id.
+    for qtype in sorted(gguf.SUPPORTED_TYPES):
+        values, size = gguf.block_shape(qtype)
+        raw = torch.empty(6144, 4096 // values * size, dtype=torch.uint8)
+        for x in (torch.empty(1, 4096, dtype=half), torch.empty(32, 4096, dtype=half),
+                  torch.empty(2, 4096)):
+            gguf.gguf_matmul(x, raw, qtype)
+        gguf.gguf_dequant(raw, qtype, 4096, half, torch.zeros(8, dtype=torch.int64))
     # Fused sampling over a Qwen3-sized vocabulary in half precision and fp32.
     for dtype in (half, torch.float32):
         sampling.gumbel_argmax(torch.empty(4, 151936, dtype=dtype), torch.zeros(4),
