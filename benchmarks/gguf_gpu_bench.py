@@ -159,7 +159,7 @@ def bench_kernels(args, bw: float, table: list[tuple[str, ...]]) -> None:
 
     from localserve.kernels import reference
     from localserve.kernels.triton.gemv import gemv
-    from localserve.kernels.triton.gguf import gguf_linear
+    from localserve.kernels.triton.gguf import gguf_linear, gguf_matmul
     from localserve.kernels.triton.vector_gemv import vector_gemv
 
     dev = torch.device("cpu" if args.smoke else "cuda")
@@ -186,9 +186,13 @@ def bench_kernels(args, bw: float, table: list[tuple[str, ...]]) -> None:
                 floats = (vector_gemv if m == 1 else gemv if m <= 8 else F.linear)
                 tf = do_bench(partial(floats, x, w)) * 1e-3
                 gbs = (raw.numel() + x.numel() * 2) / t
+                narrow = ""
+                if m <= 16:  # the next tile to try: 16 columns, twice the programs
+                    t16 = do_bench(partial(gguf_matmul, x, raw, qtype, 16)) * 1e-3
+                    narrow = f"16 columns {t16 * 1e6:.1f} µs"
                 table.append((f"{qtype.name} {name} {n}x{k}, {m} rows", f"{t * 1e6:.1f} µs",
                               f"{gbs / 1e9:.0f} GB/s ({gbs / bw:.0%})",
-                              f"bf16 {tf * 1e6:.1f} µs ({tf / t:.2f}x)"))
+                              f"bf16 {tf * 1e6:.1f} µs ({tf / t:.2f}x)", narrow))
 
 
 def bench_e2e(args, bw: float, table: list[tuple[str, ...]]) -> None:
