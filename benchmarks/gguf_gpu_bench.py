@@ -12,8 +12,8 @@ Usage (GPU machine): python benchmarks/gguf_gpu_bench.py [--only kernels e2e def
   (batch 1, a 512-token prompt, 128 greedy tokens, decode tok/s = 127 / (total - TTFT)) and
   the same for 16 sequences; beside it the bf16 dummy model of the same shapes (the backend's
   float path) in the same run. Roofline: measured bandwidth / bytes of weights read per token.
-- default: the default model (Gemma 3 270M Q4_K_M) at batch 1 with its blocks kept and with
-  LOCALSERVE_GGUF_BLOCKS=0 (dequantized to bf16 at load); --hf adds HF transformers'
+- default: the default model (Gemma 3 270M Q4_K_M) at batch 1 with its blocks kept
+  (LOCALSERVE_GGUF_BLOCKS=1) and dequantized to bf16 at load (=0); --hf adds HF transformers'
   generate() on the same GGUF (dequantized by transformers) as the in-run peer.
 A table is printed last.
 """
@@ -207,6 +207,7 @@ def bench_e2e(args, bw: float, table: list[tuple[str, ...]]) -> None:
         t = time.perf_counter()
         size = write_random_gguf(LLAMA, path)
         print(f"wrote {size / 1e9:.2f} GB in {time.perf_counter() - t:.1f} s", flush=True)
+        os.environ["LOCALSERVE_GGUF_BLOCKS"] = "1"
         for label, model, opts in (("Q4_K_M blocks", path, {}),
                                    ("bf16 (dummy)", LLAMA, {"load_format": "dummy"})):
             t = time.perf_counter()

@@ -10,7 +10,11 @@ from collections.abc import Callable, Iterator
 import torch
 
 from localserve.backends.cuda.compile_ahead import compile_ahead, hash_triton_ahead
-from localserve.backends.cuda.gguf import cuda_fused_linear, install_gguf_methods
+from localserve.backends.cuda.gguf import (
+    cuda_fused_linear,
+    install_gguf_methods,
+    keeps_gguf_blocks,
+)
 from localserve.backends.cuda.graphs import DecodeGraphs, PrefillGraphs
 from localserve.backends.cuda.linear import (
     MAX_GEMV_ROWS,
@@ -38,22 +42,26 @@ class GpuMemoryError(ValueError):
     """The model or one max-length sequence does not fit: the message says what to change."""
 
 
-def weights_do_not_fit(free: int, total: int, dtype: torch.dtype, gguf: bool) -> GpuMemoryError:
+def weights_do_not_fit(free: int, total: int, dtype: torch.dtype, gguf: bool,
+                       blocks: bool = False) -> GpuMemoryError:
     """The refusal when loading the weights ran out of GPU memory. It names fixes that work
-    here: GGUF blocks of the types the Triton kernels read stay as they are (so a smaller
-    quantization is smaller on the GPU too), other GGUF types and float checkpoints are held
-    in `dtype`; the CPU backend runs GGUF blocks from RAM."""
+    here: with `blocks` (`gguf.keeps_gguf_blocks`) GGUF blocks of the types the Triton kernels
+    read stay as they are, so a smaller quantization is smaller on the GPU too; otherwise GGUF
+    and float checkpoints are held in `dtype`. The CPU backend runs GGUF blocks from RAM."""
     held = str(dtype).removeprefix("torch.")
-    if gguf:
+    if gguf and blocks:
         from localserve.kernels.triton.gguf import SUPPORTED_TYPES
         from localserve.quant.gguf import type_name
 
         kept = "/".join(type_name(t) for t in sorted(SUPPORTED_TYPES))
         why = f"this backend keeps GGUF {kept} blocks as they are and holds other types in {held}"
         fix = "a smaller model or quantization (e.g. Q4_K_M)"
+    elif gguf:
+        why = f"this backend dequantizes GGUF weights to {held}"
+        fix = "a smaller model"
     else:
         why = f"this backend holds the weights in {held}"
-        fix = "a smaller model, or a GGUF quantization of it (e.g. Q4_K_M)"
+        fix = "a smaller model"
     return GpuMemoryError(
         f"the weights do not fit: {free / GiB:.1f} GiB of {total / GiB:.1f} GiB were free on the "
         f"GPU, and {why}. Use {fix}, or --backend cpu (it runs GGUF blocks from RAM).")
@@ -156,7 +164,8 @@ class CudaModelRunner(TorchModelRunner):
         model = self.config.model
         source = resolve_source(model.model or default_model_path(), model.load_format)
         dtype = resolve_dtype(model.dtype, self.device, read_arch(source))
-        return weights_do_not_fit(free, total, dtype, source.kind == "gguf")
+        return weights_do_not_fit(free, total, dtype, source.kind == "gguf",
+                                  keeps_gguf_blocks())
 
     def profile_num_blocks(self) -> int:
         """KV blocks that fit after a warm-up forward at the largest step the scheduler makes."""

@@ -58,7 +58,9 @@ def logits(loaded, ids: list[int]) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("model_type", ["llama", "gemma3_text"])
-def test_gguf_blocks_compute_what_the_dequantized_model_does(tmp_path, model_type):
+def test_gguf_blocks_compute_what_the_dequantized_model_does(tmp_path, monkeypatch,
+                                                            model_type):
+    monkeypatch.setenv("LOCALSERVE_GGUF_BLOCKS", "1")
     ckpt = make_tiny_checkpoint(tmp_path, model_type, "gguf-q8_0")
     config = ModelConfig(model=str(ckpt.path))
     ids = [3, 9, 27, 81, 243, 7, 11]
@@ -79,8 +81,12 @@ def test_gguf_blocks_compute_what_the_dequantized_model_does(tmp_path, model_typ
     assert err <= 1e-5 * want.abs().max().item(), f"max err {err:.3g}"
 
 
-def test_blocks_off_dequantizes_every_layer(tmp_path, monkeypatch):
-    monkeypatch.setenv("LOCALSERVE_GGUF_BLOCKS", "0")
+@pytest.mark.parametrize("setting", ["0", None], ids=["off", "default"])
+def test_blocks_off_dequantizes_every_layer(tmp_path, monkeypatch, setting):
+    if setting is None:
+        monkeypatch.delenv("LOCALSERVE_GGUF_BLOCKS", raising=False)
+    else:
+        monkeypatch.setenv("LOCALSERVE_GGUF_BLOCKS", setting)
     ckpt = make_tiny_checkpoint(tmp_path, "llama", "gguf-q8_0")
     blocks = load_model(ModelConfig(model=str(ckpt.path)), DEV, torch.float32,
                         keep_quantized=True)
@@ -89,9 +95,10 @@ def test_blocks_off_dequantizes_every_layer(tmp_path, monkeypatch):
     assert not any(hasattr(m, "qweight") for m in blocks.model.modules())
 
 
-def test_types_the_kernels_do_not_read_are_dequantized_once():
+def test_types_the_kernels_do_not_read_are_dequantized_once(monkeypatch):
     """A Q4_1 layer gets a float weight (the gguf package's values) and the float method; a
     tied pair shares one; a Q8_0 layer keeps its blocks."""
+    monkeypatch.setenv("LOCALSERVE_GGUF_BLOCKS", "1")
     rng = np.random.default_rng(0)
     model = torch.nn.ModuleDict({
         "embed": VocabEmbedding(16, 64), "head": Linear(64, 16), "kept": Linear(64, 8)})

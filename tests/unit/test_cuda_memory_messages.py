@@ -19,7 +19,7 @@ from localserve.settings import Settings
 
 
 def test_weights_refusal_for_gguf_names_what_is_kept_and_the_cpu_backend():
-    error = weights_do_not_fit(3 * GiB, 8 * GiB, torch.bfloat16, gguf=True)
+    error = weights_do_not_fit(3 * GiB, 8 * GiB, torch.bfloat16, gguf=True, blocks=True)
     assert isinstance(error, GpuMemoryError)
     text = str(error)
     assert "3.0 GiB of 8.0 GiB were free" in text
@@ -29,10 +29,15 @@ def test_weights_refusal_for_gguf_names_what_is_kept_and_the_cpu_backend():
     assert "AWQ" not in text and "GPTQ" not in text
 
 
+def test_weights_refusal_with_gguf_blocks_off_says_they_are_dequantized():
+    text = str(weights_do_not_fit(3 * GiB, 8 * GiB, torch.bfloat16, gguf=True))
+    assert "dequantizes GGUF weights to bfloat16" in text and "--backend cpu" in text
+    assert "quantization" not in text  # a smaller one would be dequantized all the same
+
+
 def test_weights_refusal_for_float_checkpoints_names_the_dtype():
     text = str(weights_do_not_fit(1 * GiB, 6 * GiB, torch.float16, gguf=False))
     assert "holds the weights in float16" in text and "smaller model" in text
-    assert "GGUF quantization" in text
 
 
 def flags() -> set[str]:
