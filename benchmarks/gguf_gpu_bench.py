@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import statistics
 import tempfile
 import time
 from functools import partial
@@ -121,23 +120,10 @@ def token_ids_only() -> None:
 
 
 def decode_rate(llm, prompts: list[list[int]]) -> tuple[float, float]:
-    """(decode tok/s per sequence, TTFT s): medians of three max_tokens=1 and three
-    max_tokens=128 calls after two warm-ups, as gpu_bench.py's (a)."""
-    from localserve import SamplingParams
+    """(decode tok/s per sequence, TTFT s), timed as gpu_bench.py's (a)."""
+    from gpu_bench import timed_decode  # this folder's module
 
-    g1 = SamplingParams(max_tokens=1, temperature=0, ignore_eos=True)
-    g128 = SamplingParams(max_tokens=128, temperature=0, ignore_eos=True)
-    for _ in range(2):
-        llm.generate(prompts, g128)
-    ttfts, totals = [], []
-    for _ in range(3):
-        t = time.perf_counter()
-        llm.generate(prompts, g1)
-        ttfts.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        llm.generate(prompts, g128)
-        totals.append(time.perf_counter() - t)
-    ttft, total = statistics.median(ttfts), statistics.median(totals)
+    ttft, total, _ = timed_decode(llm, prompts, "gguf")
     return 127 / (total - ttft), ttft
 
 

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from localserve.layers.embedding import UnquantizedEmbeddingMethod, VocabEmbedding
-from localserve.layers.fusion import fused_linear
+from localserve.layers.fusion import fused_linear, stacked_linear
 from localserve.layers.linear import Linear, UnquantizedMethod
 from localserve.quant.gguf import dequantize, set_quantized_weight
 
@@ -71,16 +71,11 @@ def gguf_fused_linear(parts: Sequence[Linear]) -> Linear | None:
         return None
     if len({p.qtype for p in parts}) != 1 or len({p.in_features for p in parts}) != 1:
         return None
-    has_bias = [p.bias is not None for p in parts]
-    if any(has_bias) and not all(has_bias):
-        return None
-    with torch.device("meta"):
-        fused = Linear(parts[0].in_features, sum(p.out_features for p in parts), all(has_bias))
-    set_quantized_weight(fused, torch.cat([p.qweight for p in parts]), parts[0].qtype,
-                         parts[0].compute_dtype)
-    fused.method = TritonGGUFLinearMethod()
-    if all(has_bias):
-        fused.bias = nn.Parameter(torch.cat([p.bias for p in parts]), requires_grad=False)
+    fused = stacked_linear(parts)
+    if fused is not None:
+        set_quantized_weight(fused, torch.cat([p.qweight for p in parts]), parts[0].qtype,
+                             parts[0].compute_dtype)
+        fused.method = TritonGGUFLinearMethod()
     return fused
 
 

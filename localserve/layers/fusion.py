@@ -17,6 +17,19 @@ from localserve.layers.linear import Linear, UnquantizedMethod
 GROUPS = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
 
 
+def stacked_linear(parts: Sequence[Linear]) -> Linear | None:
+    """A Linear over the parts' outputs concatenated, its biases stacked, its weight left for
+    the caller to set (created on the meta device); None when only some parts have a bias."""
+    has_bias = [p.bias is not None for p in parts]
+    if any(has_bias) and not all(has_bias):
+        return None
+    with torch.device("meta"):
+        fused = Linear(parts[0].in_features, sum(p.out_features for p in parts), all(has_bias))
+    if all(has_bias):
+        fused.bias = nn.Parameter(torch.cat([p.bias for p in parts]), requires_grad=False)
+    return fused
+
+
 def fused_linear(parts: Sequence[Linear]) -> Linear | None:
     """One Linear whose output is the parts' outputs concatenated, or None if they can't fuse."""
     if any(type(p.method) is not UnquantizedMethod for p in parts):
@@ -24,14 +37,9 @@ def fused_linear(parts: Sequence[Linear]) -> Linear | None:
     weights = [p.weight for p in parts]
     if len({(w.dtype, w.device, w.shape[1]) for w in weights}) != 1:
         return None
-    has_bias = [p.bias is not None for p in parts]
-    if any(has_bias) and not all(has_bias):
-        return None
-    with torch.device("meta"):
-        fused = Linear(parts[0].in_features, sum(p.out_features for p in parts), all(has_bias))
-    fused.weight = nn.Parameter(torch.cat(weights), requires_grad=False)
-    if all(has_bias):
-        fused.bias = nn.Parameter(torch.cat([p.bias for p in parts]), requires_grad=False)
+    fused = stacked_linear(parts)
+    if fused is not None:
+        fused.weight = nn.Parameter(torch.cat(weights), requires_grad=False)
     return fused
 
 
