@@ -153,11 +153,11 @@ def bench_kernels(args, bw: float, table: list[tuple[str, ...]]) -> None:
     shapes = ({"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096),
                "down": (4096, 14336)} if not args.smoke else {"tiny": (64, 512)})
     rng = np.random.default_rng(0)
-    for qtype in (Q.Q4_K, Q.Q6_K, Q.Q8_0):
+    for qtype in (Q[t] for t in args.types):
         for name, (n, k) in shapes.items():
             raw = torch.from_numpy(random_blocks(qtype, n, k, rng)).to(dev)
             w = reference.gguf_dequant(raw, qtype).to(dev, dtype)
-            for m in ROWS if not args.smoke else (1, 32):
+            for m in args.rows if not args.smoke else (1, 32):
                 x = torch.randn(m, k, device=dev).to(dtype)
                 if args.smoke:  # correctness only: the interpreter's timings mean nothing
                     ref = F.linear(x.float(), w.float())
@@ -275,6 +275,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--only", nargs="*", default=["kernels", "e2e", "default"])
     ap.add_argument("--hf", action="store_true")
+    ap.add_argument("--types", nargs="*", default=["Q4_K", "Q6_K", "Q8_0"])
+    ap.add_argument("--rows", nargs="*", type=int, default=list(ROWS))
     ap.add_argument("--smoke", action="store_true", help="CPU interpreter, tiny shapes")
     args = ap.parse_args()
     table: list[tuple[str, ...]] = []
