@@ -87,12 +87,17 @@ def test_blocks_off_dequantizes_every_layer(tmp_path, monkeypatch, setting):
         monkeypatch.delenv("LOCALSERVE_GGUF_BLOCKS", raising=False)
     else:
         monkeypatch.setenv("LOCALSERVE_GGUF_BLOCKS", setting)
-    ckpt = make_tiny_checkpoint(tmp_path, "llama", "gguf-q8_0")
-    blocks = load_model(ModelConfig(model=str(ckpt.path)), DEV, torch.float32,
-                        keep_quantized=True)
+    """The default path: the raw blocks the cuda runner loads become exactly the float model
+    that loading with dequantization gives (same weights, same logits, bit for bit)."""
+    ckpt = make_tiny_checkpoint(tmp_path, "gemma3_text", "gguf-q8_0")
+    config = ModelConfig(model=str(ckpt.path))
+    blocks = load_model(config, DEV, torch.float32, keep_quantized=True)
     kept, dequantized = install_gguf_methods(blocks.model)
     assert kept == 0 and dequantized > 0
     assert not any(hasattr(m, "qweight") for m in blocks.model.modules())
+    dense = load_model(config, DEV, torch.float32)
+    ids = [3, 9, 27, 81, 243, 7, 11]
+    assert torch.equal(logits(blocks, ids), logits(dense, ids))
 
 
 def test_types_the_kernels_do_not_read_are_dequantized_once(monkeypatch):
