@@ -1,8 +1,12 @@
 """GGUF block weights on the GPU, read as llama.cpp stores them: no dequantized copy.
 
 A Q4_K_M 8B model is 4.9 GB in its blocks and 16 GB in bf16: the blocks are what lets it run
-on an 8 GB card, and at decode every step streams the weights, so fewer bytes are also
-proportionally less time. Two kernels read the raw rows (uint8 [rows, row_bytes]):
+on an 8 GB card. They should also be faster at decode, where every step streams the weights,
+but these kernels are not: on an H100 (session 20, docs/benchmarks.md) `gguf_matmul` reached
+6-19% of the copy bandwidth, 1.4-4x slower than the bf16 layer, with 16 rows costing what 1
+row does (the in-register dequantization is the bottleneck). Hence the cuda backend uses them
+only when asked (backends/cuda/gguf.py). Two kernels read the raw rows (uint8 [rows,
+row_bytes]):
 - `gguf_matmul`: y = x @ W^T for decode-sized batches. Each program dequantizes a [BLOCK_N,
   64] tile of W in registers (fp32, as ggml's dequantize_row_* computes it, then rounded to
   x's dtype) and multiplies it with `tl.dot`, K-step by K-step.
@@ -45,7 +49,7 @@ SUPPORTED_TYPES: frozenset[int] = frozenset(
 STEP = 64  # values of K per loop iteration (or dequantization program)
 # Above this many rows of x, gguf_linear dequantizes W (in slices of at most DEQUANT_ROWS rows
 # of W, to bound the scratch) and runs cuBLAS: the fused kernel redoes a tile's dequantization
-# for every BLOCK_M rows of x, which cuBLAS's throughput outruns once there are enough of them.
+# for every BLOCK_M rows of x. (A choice, not a measurement: the crossover is untimed.)
 MAX_FUSED_ROWS = 32
 DEQUANT_ROWS = 16384
 
