@@ -1,12 +1,15 @@
 """GGUF blocks on the GPU (kernels/triton/gguf.py, backends/cuda/gguf.py), measured.
 
-Usage (GPU machine): python benchmarks/gguf_gpu_bench.py [--only kernels e2e default] [--hf]
+Usage (GPU machine): python benchmarks/gguf_gpu_bench.py [--only kernels repacked e2e default]
+        [--hf] [--types Q4_K ...] [--rows 1 16 ...]
         (CPU smoke run, interpreter, tiny shapes): python benchmarks/gguf_gpu_bench.py --smoke
 
 - kernels: `gguf_linear` on Llama-3-8B projection shapes in Q4_K, Q6_K and Q8_0 at 1-32 rows,
   `do_bench` medians, against the same product on a bf16 weight (F.linear, and the decode
   gemvs the backend uses for 1-8 rows); GB/s of the blocks read and the fraction of the
   board's measured copy bandwidth.
+- repacked: the experiment of gguf_repacked.py (Q4_K repacked at load: contiguous codes, fp32
+  group scales, two K=32 dots a step) beside gguf_linear and bf16 cuBLAS, same shapes.
 - e2e: a random GGUF of Llama-3.1-8B's shapes in Q4_K_M's type mix (Q4_K; Q6_K for v, down and
   the LM head; 4.9 GB) written to a temporary folder, served by the engine: issue 6's (a)
   (batch 1, a 512-token prompt, 128 greedy tokens, decode tok/s = 127 / (total - TTFT)) and
@@ -181,6 +184,51 @@ def bench_kernels(args, bw: float, table: list[tuple[str, ...]]) -> None:
                               f"bf16 {tf * 1e6:.1f} µs ({tf / t:.2f}x)", narrow))
 
 
+def bench_repacked(args, bw: float, table: list[tuple[str, ...]]) -> None:
+    """The repacked-Q4_K experiment (gguf_repacked.py) beside gguf_linear and bf16."""
+    import torch
+    import torch.nn.functional as F
+    from gguf import GGMLQuantizationType as Q
+    from gguf_repacked import repack_q4_k, repacked_matmul  # this folder's module
+
+    from localserve.kernels import reference
+    from localserve.kernels.triton.gguf import gguf_linear
+
+    dev = torch.device("cpu" if args.smoke else "cuda")
+    dtype = torch.float16 if args.smoke else torch.bfloat16
+    shapes = ({"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096),
+               "down": (4096, 14336)} if not args.smoke else {"tiny": (64, 512)})
+    rng = np.random.default_rng(0)
+    for name, (n, k) in shapes.items():
+        raw = torch.from_numpy(random_blocks(Q.Q4_K, n, k, rng)).to(dev)
+        w = reference.gguf_dequant(raw, Q.Q4_K).to(dev, dtype)
+        packed = repack_q4_k(raw)
+        for m in args.rows if not args.smoke else (1, 20):
+            x = torch.randn(m, k, device=dev).to(dtype)
+            ref = F.linear(x.float(), w.float())
+            err = ((repacked_matmul(x, packed).float() - ref).abs().max()
+                   / ref.abs().max()).item()
+            if not err <= 2e-2:  # bf16 output rounding, with room
+                raise SystemExit(f"repacked Q4_K is wrong: relative error {err}")
+            if args.smoke:
+                table.append((f"repacked Q4_K {name} {m} rows", f"relative error {err:.2g}",
+                              "", ""))
+                continue
+            t = do_bench_s(partial(repacked_matmul, x, packed))
+            t_raw = do_bench_s(partial(gguf_linear, x, raw, Q.Q4_K))
+            t_bf16 = do_bench_s(partial(F.linear, x, w))
+            moved = sum(p.numel() * p.element_size() for p in packed)
+            table.append((f"repacked Q4_K {name} {n}x{k}, {m} rows", f"{t * 1e6:.1f} µs",
+                          f"{moved / t / 1e9:.0f} GB/s ({moved / t / bw:.0%})",
+                          f"raw blocks {t_raw * 1e6:.1f} µs, bf16 cuBLAS {t_bf16 * 1e6:.1f} µs"))
+
+
+def do_bench_s(fn) -> float:
+    from triton.testing import do_bench
+
+    return do_bench(fn) * 1e-3
+
+
 def bench_e2e(args, bw: float, table: list[tuple[str, ...]]) -> None:
     from localserve import LLM
 
@@ -283,6 +331,7 @@ def main() -> None:
     if args.smoke:
         os.environ.setdefault("TRITON_INTERPRET", "1")
         bench_kernels(args, 1.0, table)
+        bench_repacked(args, 1.0, table)
         smoke_random_gguf(table)
     else:
         import torch
@@ -290,8 +339,8 @@ def main() -> None:
 
         bw = bandwidth_bytes_per_s(torch.device("cuda"))
         print(f"{torch.cuda.get_device_name()}: copy bandwidth {bw / 1e9:.0f} GB/s", flush=True)
-        for name, fn in (("kernels", bench_kernels), ("e2e", bench_e2e),
-                         ("default", bench_default)):
+        for name, fn in (("kernels", bench_kernels), ("repacked", bench_repacked),
+                         ("e2e", bench_e2e), ("default", bench_default)):
             if name in args.only:
                 fn(args, bw, table)
     width = max(len(r[0]) for r in table)
