@@ -31,6 +31,7 @@ import time
 from functools import partial
 
 import numpy as np
+from gpu_bench import release, timed_decode  # this folder's module
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 LLAMA = os.path.join(HERE, "configs", "llama-3.1-8b", "config.json")
@@ -124,60 +125,66 @@ def token_ids_only() -> None:
 
 def decode_rate(llm, prompts: list[list[int]]) -> tuple[float, float]:
     """(decode tok/s per sequence, TTFT s), timed as gpu_bench.py's (a)."""
-    from gpu_bench import timed_decode  # this folder's module
-
     ttft, total, _ = timed_decode(llm, prompts, "gguf")
     return 127 / (total - ttft), ttft
 
 
-def release(llm) -> None:
-    import gc
-
+def projections(args) -> tuple[object, object, dict[str, tuple[int, int]]]:
+    """(device, dtype, {name: (N, K)}): Llama-3-8B's projections in bf16 on the GPU; one tiny
+    shape in fp16 under --smoke (the interpreter has no bf16 dot)."""
     import torch
 
-    llm.engine.shutdown()
-    gc.collect()
-    torch.cuda.empty_cache()
+    if args.smoke:
+        return torch.device("cpu"), torch.float16, {"tiny": (64, 512)}
+    return torch.device("cuda"), torch.bfloat16, {
+        "qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
+
+
+def checked(label: str, out, ref, tol: float) -> float:
+    """max |out - ref| / max |ref|; exits with `label` if above `tol`."""
+    err = ((out.float() - ref).abs().max() / ref.abs().max()).item()
+    if not err <= tol:
+        raise SystemExit(f"{label} is wrong: relative error {err}")
+    return err
+
+
+def do_bench_s(fn) -> float:
+    from triton.testing import do_bench
+
+    return do_bench(fn) * 1e-3
 
 
 def bench_kernels(args, bw: float, table: list[tuple[str, ...]]) -> None:
     import torch
     import torch.nn.functional as F
     from gguf import GGMLQuantizationType as Q
-    from triton.testing import do_bench
 
-    from localserve.kernels import reference
     from localserve.kernels.triton.gemv import gemv
     from localserve.kernels.triton.gguf import gguf_linear, gguf_matmul
     from localserve.kernels.triton.vector_gemv import vector_gemv
+    from localserve.quant.gguf import dequantize
 
-    dev = torch.device("cpu" if args.smoke else "cuda")
-    dtype = torch.float16 if args.smoke else torch.bfloat16  # (the interpreter has no bf16 dot)
-    shapes = ({"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096),
-               "down": (4096, 14336)} if not args.smoke else {"tiny": (64, 512)})
+    dev, dtype, shapes = projections(args)
     rng = np.random.default_rng(0)
     for qtype in (Q[t] for t in args.types):
         for name, (n, k) in shapes.items():
             raw = torch.from_numpy(random_blocks(qtype, n, k, rng)).to(dev)
-            w = reference.gguf_dequant(raw, qtype).to(dev, dtype)
+            w = dequantize(raw, qtype).to(dev, dtype)
             for m in args.rows if not args.smoke else (1, 32):
                 x = torch.randn(m, k, device=dev).to(dtype)
                 if args.smoke:  # correctness only: the interpreter's timings mean nothing
-                    ref = F.linear(x.float(), w.float())
-                    err = ((gguf_linear(x, raw, qtype).float() - ref).abs().max()
-                           / ref.abs().max()).item()
+                    err = checked("gguf_linear", gguf_linear(x, raw, qtype),
+                                  F.linear(x.float(), w.float()), 2e-3)  # fp16 rounding
                     table.append((f"{qtype.name} {name} {m} rows", f"relative error {err:.2g}",
                                   "", ""))
-                    if not err <= 2e-3:  # fp16 output rounding, with room
-                        raise SystemExit(f"gguf_linear is wrong: relative error {err}")
                     continue
-                t = do_bench(partial(gguf_linear, x, raw, qtype)) * 1e-3
+                t = do_bench_s(partial(gguf_linear, x, raw, qtype))
                 floats = (vector_gemv if m == 1 else gemv if m <= 8 else F.linear)
-                tf = do_bench(partial(floats, x, w)) * 1e-3
+                tf = do_bench_s(partial(floats, x, w))
                 gbs = (raw.numel() + x.numel() * 2) / t
                 narrow = ""
                 if m <= 16:  # the next tile to try: 16 columns, twice the programs
-                    t16 = do_bench(partial(gguf_matmul, x, raw, qtype, 16)) * 1e-3
+                    t16 = do_bench_s(partial(gguf_matmul, x, raw, qtype, 16))
                     narrow = f"16 columns {t16 * 1e6:.1f} µs"
                 table.append((f"{qtype.name} {name} {n}x{k}, {m} rows", f"{t * 1e6:.1f} µs",
                               f"{gbs / 1e9:.0f} GB/s ({gbs / bw:.0%})",
@@ -191,25 +198,19 @@ def bench_repacked(args, bw: float, table: list[tuple[str, ...]]) -> None:
     from gguf import GGMLQuantizationType as Q
     from gguf_repacked import repack_q4_k, repacked_matmul  # this folder's module
 
-    from localserve.kernels import reference
     from localserve.kernels.triton.gguf import gguf_linear
+    from localserve.quant.gguf import dequantize
 
-    dev = torch.device("cpu" if args.smoke else "cuda")
-    dtype = torch.float16 if args.smoke else torch.bfloat16
-    shapes = ({"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096),
-               "down": (4096, 14336)} if not args.smoke else {"tiny": (64, 512)})
+    dev, dtype, shapes = projections(args)
     rng = np.random.default_rng(0)
     for name, (n, k) in shapes.items():
         raw = torch.from_numpy(random_blocks(Q.Q4_K, n, k, rng)).to(dev)
-        w = reference.gguf_dequant(raw, Q.Q4_K).to(dev, dtype)
+        w = dequantize(raw, Q.Q4_K).to(dev, dtype)
         packed = repack_q4_k(raw)
         for m in args.rows if not args.smoke else (1, 20):
             x = torch.randn(m, k, device=dev).to(dtype)
-            ref = F.linear(x.float(), w.float())
-            err = ((repacked_matmul(x, packed).float() - ref).abs().max()
-                   / ref.abs().max()).item()
-            if not err <= 2e-2:  # bf16 output rounding, with room
-                raise SystemExit(f"repacked Q4_K is wrong: relative error {err}")
+            err = checked("repacked Q4_K", repacked_matmul(x, packed),
+                          F.linear(x.float(), w.float()), 2e-2)  # bf16 rounding, with room
             if args.smoke:
                 table.append((f"repacked Q4_K {name} {m} rows", f"relative error {err:.2g}",
                               "", ""))
@@ -221,12 +222,6 @@ def bench_repacked(args, bw: float, table: list[tuple[str, ...]]) -> None:
             table.append((f"repacked Q4_K {name} {n}x{k}, {m} rows", f"{t * 1e6:.1f} µs",
                           f"{moved / t / 1e9:.0f} GB/s ({moved / t / bw:.0%})",
                           f"raw blocks {t_raw * 1e6:.1f} µs, bf16 cuBLAS {t_bf16 * 1e6:.1f} µs"))
-
-
-def do_bench_s(fn) -> float:
-    from triton.testing import do_bench
-
-    return do_bench(fn) * 1e-3
 
 
 def bench_e2e(args, bw: float, table: list[tuple[str, ...]]) -> None:

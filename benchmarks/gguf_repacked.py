@@ -1,6 +1,6 @@
 """Experiment for the next device call: Q4_K repacked at load for a cheaper dequantization.
 
-`kernels/triton/gguf.py` reads the raw blocks and measured 6-19% of an H100's copy bandwidth
+`kernels/triton/gguf.py` reads the raw blocks and measured 4-19% of an H100's copy bandwidth
 (session 20): per value it gathers bytes, computes indices and decodes scales. Here the blocks
 are first repacked (once, on the GPU) into what a tile wants: the 4-bit codes as contiguous
 bytes in ggml's order (a 64-value chunk is 32 bytes, low nibbles = its first 32 values, high

@@ -198,13 +198,3 @@ def gguf_linear(x: torch.Tensor, raw: np.ndarray, qtype: int) -> torch.Tensor:
     w = torch.from_numpy(np.asarray(dequantize(raw, qtype), dtype=np.float64))
     return x.double() @ w.T
 
-
-def gguf_dequant(raw: np.ndarray | torch.Tensor, qtype: int) -> torch.Tensor:
-    """Raw GGUF rows (uint8 [rows, row_bytes]) -> float32 [rows, in_features], by the `gguf`
-    package (the Triton GGUF kernels' contract: W exactly this, then rounded to x's dtype)."""
-    from gguf.quants import dequantize
-
-    if isinstance(raw, torch.Tensor):
-        raw = raw.detach().cpu().numpy()
-    return torch.from_numpy(np.asarray(dequantize(np.ascontiguousarray(raw), qtype),
-                                       dtype=np.float32))

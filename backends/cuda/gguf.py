@@ -7,11 +7,11 @@ the float paths (cuBLAS, the decode gemv) then serve. Projections that read one 
 when their parts share a type, as float ones do (`layers/fusion.py`): one launch, one stream
 of blocks.
 
-Off by default (`keeps_gguf_blocks`; LOCALSERVE_GGUF_BLOCKS=1 turns it on): correct on an
-H100, but its decode matmuls reached only 6-19% of the copy bandwidth there, 1.4-4x slower
-than the same layers in bf16 although they read 2.4-3.5x fewer bytes (docs/benchmarks.md,
-session 20). So it buys memory (a Q4_K_M 8B in 4.9 GB, not 16), not speed; by default every
-GGUF layer is dequantized at load.
+Off by default (`keeps_gguf_blocks`; LOCALSERVE_GGUF_BLOCKS=1 turns it on, and only then does
+the runner load GGUF layers raw): correct on an H100, but its decode matmuls reached only
+4-19% of the copy bandwidth there, 1.4-4.4x slower than the same layers in bf16 although they
+read 2.4-3.6x fewer bytes (docs/benchmarks.md, session 20). So it buys memory (a Q4_K_M 8B in
+about 4.9 GB, not 16), not speed.
 """
 
 from __future__ import annotations

@@ -125,8 +125,10 @@ class CudaModelRunner(TorchModelRunner):
         from localserve.kernels.triton import gumbel_argmax
 
         self._triton_key = hash_triton_ahead()  # joined before the first compile
-        # GGUF blocks stay raw for the Triton GGUF kernels (backends/cuda/gguf.py).
-        super().__init__(config, device, triton_attention_ops(), keep_quantized=True)
+        # GGUF blocks stay raw only for the Triton GGUF kernels (backends/cuda/gguf.py); else
+        # the loader dequantizes them as it reads the file.
+        super().__init__(config, device, triton_attention_ops(),
+                         keep_quantized=keeps_gguf_blocks())
         self.graphs: DecodeGraphs | None = None
         self.prefill_graphs: PrefillGraphs | None = None
         self.draw_kernel = gumbel_argmax

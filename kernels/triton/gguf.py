@@ -3,10 +3,10 @@
 A Q4_K_M 8B model is 4.9 GB in its blocks and 16 GB in bf16: the blocks are what lets it run
 on an 8 GB card. They should also be faster at decode, where every step streams the weights,
 but these kernels are not: on an H100 (session 20, docs/benchmarks.md) `gguf_matmul` reached
-6-19% of the copy bandwidth, 1.4-4x slower than the bf16 layer, with 16 rows costing what 1
-row does (the in-register dequantization is the bottleneck). Hence the cuda backend uses them
-only when asked (backends/cuda/gguf.py). Two kernels read the raw rows (uint8 [rows,
-row_bytes]):
+4-19% of the copy bandwidth, 1.4-4.4x slower than the bf16 layer, with 16 rows costing about
+what 1 row does on most layers (the in-register dequantization is the bottleneck). Hence the
+cuda backend uses them only when asked (backends/cuda/gguf.py). Two kernels read the raw rows
+(uint8 [rows, row_bytes]):
 - `gguf_matmul`: y = x @ W^T for decode-sized batches. Each program dequantizes a [BLOCK_N,
   64] tile of W in registers (fp32, as ggml's dequantize_row_* computes it, then rounded to
   x's dtype) and multiplies it with `tl.dot`, K-step by K-step.
@@ -20,7 +20,7 @@ layers of other types once at load. A K-step is 64 values: a quarter of a super-
 sub-blocks of Q4_K/Q5_K, four scale groups of Q6_K), or two 32-blocks (masked past K, which a
 32-block type only needs to be a multiple of 32 of); a [BLOCK_N, 256] step spilled registers
 on every GPU target (tests/kernels/test_triton_compile.py).
-Ground truth: the `gguf` package's dequantization (kernels/reference.gguf_dequant).
+Ground truth: the `gguf` package's dequantization (`localserve.quant.gguf.dequantize`).
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from localserve.kernels.triton._common import (
     pdl_launch,
     pdl_wait,
 )
+from localserve.quant.gguf import row_bytes, type_name
 
 Q = GGMLQuantizationType
 SUPPORTED_TYPES: frozenset[int] = frozenset(
@@ -52,6 +53,12 @@ STEP = 64  # values of K per loop iteration (or dequantization program)
 # for every BLOCK_M rows of x. (A choice, not a measurement: the crossover is untimed.)
 MAX_FUSED_ROWS = 32
 DEQUANT_ROWS = 16384
+# ggml type ids as the kernels' QTYPE constants.
+Q4_0 = tl.constexpr(int(Q.Q4_0))
+Q5_0 = tl.constexpr(int(Q.Q5_0))
+Q8_0 = tl.constexpr(int(Q.Q8_0))
+Q5_K = tl.constexpr(int(Q.Q5_K))
+Q6_K = tl.constexpr(int(Q.Q6_K))
 
 
 @triton.jit
@@ -69,10 +76,9 @@ def _u8(ptr, mask):
 
 @triton.jit
 def _block32_tile(w_ptr, row_start, row_ok, step, K, QTYPE: tl.constexpr,
-                  BLOCK_N: tl.constexpr):
-    """W[rows, 64 step .. 64 step + 63] of a 32-value block type, fp32 [BLOCK_N, 2, 32]:
-    two blocks; a block past K reads as zeros."""
-    BYTES: tl.constexpr = 18 if QTYPE == 2 else (22 if QTYPE == 6 else 34)
+                  BYTES: tl.constexpr, BLOCK_N: tl.constexpr):
+    """W[rows, 64 step .. 64 step + 63] of a 32-value block type (BYTES a block), fp32
+    [BLOCK_N, 2, 32]: two blocks; a block past K reads as zeros."""
     blk2 = step * 2 + tl.arange(0, 2)[None, :]
     ok2 = row_ok[:, None] & (blk2 < K // 32)
     head = w_ptr + row_start[:, None] + blk2 * BYTES                 # [BLOCK_N, 2]
@@ -80,13 +86,13 @@ def _block32_tile(w_ptr, row_start, row_ok, step, K, QTYPE: tl.constexpr,
     ok = ok2[:, :, None]
     base = head[:, :, None]
     lane = tl.arange(0, 32)[None, None, :]                           # value in the block
-    if QTYPE == 8:  # Q8_0: d, 32 int8
+    if QTYPE == Q8_0:  # d, 32 int8
         q = tl.load(base + 2 + lane, mask=ok, other=0).to(tl.int8, bitcast=True).to(tl.float32)
     else:  # Q4_0 (d, 16 bytes of nibbles) and Q5_0 (d, 32 high bits, 16 bytes of nibbles)
-        NIBBLES: tl.constexpr = 2 if QTYPE == 2 else 6
+        NIBBLES: tl.constexpr = 2 if QTYPE == Q4_0 else 6
         byte = _u8(base + NIBBLES + lane % 16, ok)
         nib = tl.where(lane < 16, byte & 15, byte >> 4)
-        if QTYPE == 2:
+        if QTYPE == Q4_0:
             q = (nib - 8).to(tl.float32)
         else:
             high = (_u8(base + 2 + lane // 8, ok) >> (lane % 8)) & 1
@@ -95,16 +101,16 @@ def _block32_tile(w_ptr, row_start, row_ok, step, K, QTYPE: tl.constexpr,
 
 
 @triton.jit
-def _k_quant_tile(w_ptr, row_start, row_ok, step, QTYPE: tl.constexpr, BLOCK_N: tl.constexpr):
-    """W[rows, 64 step .. 64 step + 63], a quarter of a K-quant super-block: fp32
-    [BLOCK_N, 64]."""
-    BYTES: tl.constexpr = 144 if QTYPE == 12 else (176 if QTYPE == 13 else 210)
+def _k_quant_tile(w_ptr, row_start, row_ok, step, QTYPE: tl.constexpr, BYTES: tl.constexpr,
+                  BLOCK_N: tl.constexpr):
+    """W[rows, 64 step .. 64 step + 63], a quarter of a K-quant super-block (BYTES each):
+    fp32 [BLOCK_N, 64]."""
     head = w_ptr + row_start[:, None] + (step // 4) * BYTES          # [BLOCK_N, 1]
     j = step % 4                                                     # the quarter
     ok2 = row_ok[:, None]
     ok = ok2[:, :, None]
     base = head[:, :, None]
-    if QTYPE == 14:  # Q6_K: ql[128], qh[64], int8 scales[16], d; a scale per 16 values
+    if QTYPE == Q6_K:  # ql[128], qh[64], int8 scales[16], d; a scale per 16 values
         g16 = tl.arange(0, 4)[None, :, None]                         # 16-value group
         lane = tl.arange(0, 16)[None, None, :]
         half = j // 2
@@ -131,31 +137,32 @@ def _k_quant_tile(w_ptr, row_start, row_ok, step, QTYPE: tl.constexpr, BLOCK_N: 
         lane = tl.arange(0, 32)[None, None, :]
         # ... then (Q5_K) 32 bytes of high bits, then 128 bytes of nibbles: a quarter's 64
         # values in 32 bytes, the low nibbles first.
-        QS: tl.constexpr = 16 if QTYPE == 12 else 48
+        QS: tl.constexpr = 48 if QTYPE == Q5_K else 16
         nib = _u8(base + QS + 32 * j + lane, ok)
         nib = tl.where(sub3 % 2 == 0, nib & 15, nib >> 4)
-        if QTYPE == 13:
+        if QTYPE == Q5_K:
             nib = nib | (((_u8(base + 16 + lane, ok) >> sub3) & 1) << 4)
         w = d[:, :, None] * nib.to(tl.float32) - m[:, :, None]
     return tl.reshape(w, [BLOCK_N, 64])
 
 
 @triton.jit
-def _tile(w_ptr, rows, row_ok, row_bytes, step, K, QTYPE: tl.constexpr, BLOCK_N: tl.constexpr):
+def _tile(w_ptr, rows, row_ok, row_bytes, step, K, QTYPE: tl.constexpr, BYTES: tl.constexpr,
+          BLOCK_N: tl.constexpr):
     """fp32 [BLOCK_N, 64]: W[rows, 64 step ...], zeros for rows not ok and past K."""
     row_start = rows.to(tl.int64) * row_bytes
-    if QTYPE == 2 or QTYPE == 6 or QTYPE == 8:
-        w = tl.reshape(_block32_tile(w_ptr, row_start, row_ok, step, K, QTYPE, BLOCK_N),
+    if QTYPE == Q4_0 or QTYPE == Q5_0 or QTYPE == Q8_0:  # noqa: SIM109 (jit: no `in` here)
+        w = tl.reshape(_block32_tile(w_ptr, row_start, row_ok, step, K, QTYPE, BYTES, BLOCK_N),
                        [BLOCK_N, 64])
     else:
-        w = _k_quant_tile(w_ptr, row_start, row_ok, step, QTYPE, BLOCK_N)
+        w = _k_quant_tile(w_ptr, row_start, row_ok, step, QTYPE, BYTES, BLOCK_N)
     return w
 
 
 @triton.jit
 def _gguf_matmul_kernel(x_ptr, w_ptr, out_ptr, M, N, K, stride_xm, stride_om, row_bytes,
-                        QTYPE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                        PRECISION: tl.constexpr, USE_PDL: tl.constexpr):
+                        QTYPE: tl.constexpr, BYTES: tl.constexpr, BLOCK_M: tl.constexpr,
+                        BLOCK_N: tl.constexpr, PRECISION: tl.constexpr, USE_PDL: tl.constexpr):
     pdl_wait(USE_PDL)
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < N
@@ -163,7 +170,7 @@ def _gguf_matmul_kernel(x_ptr, w_ptr, out_ptr, M, N, K, stride_xm, stride_om, ro
     m_ok = ms < M
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for step in range(0, tl.cdiv(K, 64)):
-        w = _tile(w_ptr, rows, row_ok, row_bytes, step, K, QTYPE, BLOCK_N)
+        w = _tile(w_ptr, rows, row_ok, row_bytes, step, K, QTYPE, BYTES, BLOCK_N)
         ks = step * 64 + tl.arange(0, 64)
         x = tl.load(x_ptr + ms.to(tl.int64)[:, None] * stride_xm + ks[None, :],
                     mask=m_ok[:, None] & (ks < K)[None, :], other=0.0)
@@ -174,8 +181,8 @@ def _gguf_matmul_kernel(x_ptr, w_ptr, out_ptr, M, N, K, stride_xm, stride_om, ro
 
 @triton.jit
 def _gguf_dequant_kernel(w_ptr, ids_ptr, out_ptr, R, N, K, stride_o, row_bytes,
-                         QTYPE: tl.constexpr, BLOCK_N: tl.constexpr, HAS_IDS: tl.constexpr,
-                         USE_PDL: tl.constexpr):
+                         QTYPE: tl.constexpr, BYTES: tl.constexpr, BLOCK_N: tl.constexpr,
+                         HAS_IDS: tl.constexpr, USE_PDL: tl.constexpr):
     pdl_wait(USE_PDL)
     r = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     r_ok = r < R
@@ -186,30 +193,27 @@ def _gguf_dequant_kernel(w_ptr, ids_ptr, out_ptr, R, N, K, stride_o, row_bytes,
         rows = r.to(tl.int64)
         row_ok = r_ok
     step = tl.program_id(1)
-    w = _tile(w_ptr, rows, row_ok, row_bytes, step, K, QTYPE, BLOCK_N)
+    w = _tile(w_ptr, rows, row_ok, row_bytes, step, K, QTYPE, BYTES, BLOCK_N)
     ks = step * 64 + tl.arange(0, 64)
     tl.store(out_ptr + r.to(tl.int64)[:, None] * stride_o + ks[None, :],
              w.to(out_ptr.dtype.element_ty), mask=r_ok[:, None] & (ks < K)[None, :])
 
 
-def block_shape(qtype: int) -> tuple[int, int]:
-    """(values, bytes) of one block of `qtype`, for the types these kernels read."""
-    if qtype not in SUPPORTED_TYPES:
-        names = ", ".join(Q(t).name for t in sorted(SUPPORTED_TYPES))
-        raise ValueError(f"the Triton GGUF kernels read {names}; got ggml type {qtype}")
-    return GGML_QUANT_SIZES[Q(qtype)]
-
-
-def _check_raw(raw: torch.Tensor, qtype: int, in_features: int) -> None:
+def _check_raw(raw: torch.Tensor, qtype: int, in_features: int) -> int:
+    """Checks raw as `qtype` rows of `in_features` values; returns the bytes of one block."""
     check_tensor("raw", raw, ndim=2, dtypes=(torch.uint8,))
-    values, size = block_shape(qtype)
+    if qtype not in SUPPORTED_TYPES:
+        names = ", ".join(type_name(t) for t in sorted(SUPPORTED_TYPES))
+        raise ValueError(f"the Triton GGUF kernels read {names}; got {type_name(qtype)}")
+    values, size = GGML_QUANT_SIZES[Q(qtype)]
     if in_features <= 0 or in_features % values:
-        raise ValueError(f"{Q(qtype).name} rows hold a multiple of {values} values; "
+        raise ValueError(f"{type_name(qtype)} rows hold a multiple of {values} values; "
                          f"in_features is {in_features}")
-    if raw.shape[1] != in_features // values * size or not raw.is_contiguous():
-        raise ValueError(f"raw must be contiguous uint8 [rows, {in_features // values * size}]"
-                         f" for {in_features} {Q(qtype).name} values a row; got "
-                         f"{tuple(raw.shape)}")
+    width = row_bytes(qtype, in_features)
+    if raw.shape[1] != width or not raw.is_contiguous():
+        raise ValueError(f"raw must be contiguous uint8 [rows, {width}] for {in_features} "
+                         f"{type_name(qtype)} values a row; got {tuple(raw.shape)}")
+    return size
 
 
 def _tiles(m: int, device: torch.device) -> tuple[int, int]:
@@ -229,7 +233,7 @@ def gguf_matmul(x: torch.Tensor, raw: torch.Tensor, qtype: int,
     check_tensor("x", x, ndim=2, dtypes=FLOAT_DTYPES)
     check_last_dim_contiguous("x", x)
     (m, k), n = x.shape, raw.shape[0]
-    _check_raw(raw, qtype, k)
+    block_bytes = _check_raw(raw, qtype, k)
     check_same_device(x=x, raw=raw)
     out = empty((m, n), x.dtype, x.device)
     if m == 0 or n == 0:
@@ -238,7 +242,7 @@ def gguf_matmul(x: torch.Tensor, raw: torch.Tensor, qtype: int,
     block_n = block_n or tile_n
     _gguf_matmul_kernel[(triton.cdiv(n, block_n), triton.cdiv(m, block_m))](
         x, raw, out, m, n, k, x.stride(0), out.stride(0), raw.shape[1], QTYPE=int(qtype),
-        BLOCK_M=block_m, BLOCK_N=block_n,
+        BYTES=block_bytes, BLOCK_M=block_m, BLOCK_N=block_n,
         PRECISION="ieee" if x.dtype == torch.float32 else None,
         num_warps=4, num_stages=2, **pdl_launch(x.device))
     return out
@@ -248,7 +252,7 @@ def gguf_dequant(raw: torch.Tensor, qtype: int, in_features: int, dtype: torch.d
                  ids: torch.Tensor | None = None) -> torch.Tensor:
     """W's rows (ids [T] of them, or all) as `dtype` [T or N, in_features]; an id outside
     [0, N) gives a row of zeros."""
-    _check_raw(raw, qtype, in_features)
+    block_bytes = _check_raw(raw, qtype, in_features)
     if dtype not in FLOAT_DTYPES:
         raise TypeError(f"dtype must be one of {FLOAT_DTYPES}, got {dtype}")
     n = raw.shape[0]
@@ -263,7 +267,8 @@ def gguf_dequant(raw: torch.Tensor, qtype: int, in_features: int, dtype: torch.d
     block_n = 16
     _gguf_dequant_kernel[(triton.cdiv(rows, block_n), triton.cdiv(in_features, STEP))](
         raw, raw if ids is None else ids, out, rows, n, in_features, out.stride(0),
-        raw.shape[1], QTYPE=int(qtype), BLOCK_N=block_n, HAS_IDS=ids is not None,
+        raw.shape[1], QTYPE=int(qtype), BYTES=block_bytes, BLOCK_N=block_n,
+        HAS_IDS=ids is not None,
         num_warps=4, **pdl_launch(raw.device))
     return out
 
@@ -280,15 +285,13 @@ def gguf_linear(x: torch.Tensor, raw: torch.Tensor, qtype: int,
     n = raw.shape[0]
     if x2.shape[0] <= MAX_FUSED_ROWS:
         out = gguf_matmul(x2, raw, qtype)
+    elif n <= DEQUANT_ROWS:
+        out = torch.matmul(x2, gguf_dequant(raw, qtype, k, x.dtype).t())
     else:
-        _check_raw(raw, qtype, k)
-        if n <= DEQUANT_ROWS:
-            out = torch.matmul(x2, gguf_dequant(raw, qtype, k, x.dtype).t())
-        else:
-            out = torch.empty((x2.shape[0], n), dtype=x.dtype, device=x.device)
-            for start in range(0, n, DEQUANT_ROWS):
-                w = gguf_dequant(raw[start:start + DEQUANT_ROWS], qtype, k, x.dtype)
-                out[:, start:start + w.shape[0]] = torch.matmul(x2, w.t())
+        out = torch.empty((x2.shape[0], n), dtype=x.dtype, device=x.device)
+        for start in range(0, n, DEQUANT_ROWS):
+            w = gguf_dequant(raw[start:start + DEQUANT_ROWS], qtype, k, x.dtype)
+            out[:, start:start + w.shape[0]] = torch.matmul(x2, w.t())
     if bias is not None:
         out += bias
     return out.reshape(*lead, n)

@@ -56,6 +56,7 @@ from localserve.kernels.triton.testing import (  # noqa: E402
     make_paged_batch,
     recorded_launches,
 )
+from localserve.quant.gguf import row_bytes  # noqa: E402
 
 PTXAS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
 # (module, attribute) of every kernel object a wrapper launches.
@@ -162,8 +163,7 @@ def _launch_every_kernel(half: torch.dtype) -> None:
     # GGUF blocks: every type at Llama-3-8B's q/k/v shape, 1 row (16-row blocks, 32 columns),
     # 32 rows (32 x 64 tiles), fp32 (exact dots); rows of the embedding by id.
     for qtype in sorted(gguf.SUPPORTED_TYPES):
-        values, size = gguf.block_shape(qtype)
-        raw = torch.empty(6144, 4096 // values * size, dtype=torch.uint8)
+        raw = torch.empty(6144, row_bytes(qtype, 4096), dtype=torch.uint8)
         for x in (torch.empty(1, 4096, dtype=half), torch.empty(32, 4096, dtype=half),
                   torch.empty(2, 4096)):
             gguf.gguf_matmul(x, raw, qtype)

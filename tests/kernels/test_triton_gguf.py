@@ -1,4 +1,5 @@
-"""Triton GGUF kernels (kernels/triton/gguf.py) against the `gguf` package's dequantization.
+"""Triton GGUF kernels (kernels/triton/gguf.py) against the `gguf` package's dequantization
+(`localserve.quant.gguf.dequantize`).
 
 Every type the kernels read, random blocks (tests/helpers/gguf_blocks.py). `gguf_dequant` must
 reproduce the reference's fp32 values (to 1e-6 relative: ggml's order of fp32 operations,
@@ -21,6 +22,7 @@ from localserve.kernels import reference
 from localserve.kernels.triton import gguf as tg
 from localserve.kernels.triton._common import poisoned_outputs
 from localserve.kernels.triton.testing import ELEMENTWISE_TOL, device, full_shapes, rel_error
+from localserve.quant.gguf import dequantize
 from tests.helpers.gguf_blocks import random_weight
 
 FULL = full_shapes()
@@ -46,7 +48,7 @@ def shapes_for(qtype: Q) -> list[tuple[int, int]]:
 def test_dequant_reproduces_the_reference(qtype, seed):
     for n, k in shapes_for(qtype):
         raw = raw_weight(qtype, n, k, seed)
-        ref = reference.gguf_dequant(raw, qtype)
+        ref = dequantize(raw, qtype)
         with poisoned_outputs():
             out = tg.gguf_dequant(raw, qtype, k, torch.float32)
         assert out.shape == (n, k)
@@ -60,7 +62,7 @@ def test_dequant_of_looked_up_rows(qtype, seed):
     n, k = SHAPES[0]
     raw = raw_weight(qtype, n, k, seed)
     ids = torch.tensor([3, 0, n - 1, 3, 7], device=DEV)
-    ref = reference.gguf_dequant(raw[ids.long()], qtype)
+    ref = dequantize(raw[ids.long()], qtype)
     with poisoned_outputs():
         out = tg.gguf_dequant(raw, qtype, k, DTYPES[-1], ids)
     assert torch.equal(out.cpu(), ref.to(DTYPES[-1]))
@@ -75,7 +77,7 @@ def test_linear_matches_reference(qtype, seed):
     test per type: the reference dequantizes in numpy, slowly at full shapes.)"""
     for n, k in shapes_for(qtype):
         raw = raw_weight(qtype, n, k, seed)
-        w32 = reference.gguf_dequant(raw, qtype).to(DEV)
+        w32 = dequantize(raw, qtype).to(DEV)
         for dtype in DTYPES:
             w = w32.to(dtype)
             for m in (1, 5, 16, 33):
@@ -98,7 +100,7 @@ def test_fused_kernel_at_every_row_block(block_n, seed):
     raw = raw_weight(qtype, n, k, seed)
     wide = torch.randn(20, 2 * k, device=DEV).to(dtype)
     x = wide[:, k:]
-    w = reference.gguf_dequant(raw, qtype).to(DEV).to(dtype)
+    w = dequantize(raw, qtype).to(DEV).to(dtype)
     with poisoned_outputs():
         out = tg.gguf_matmul(x, raw, qtype, block_n=block_n)
     assert rel_error(out, reference.linear(x, w)) <= ELEMENTWISE_TOL[dtype]

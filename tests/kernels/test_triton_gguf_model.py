@@ -24,37 +24,22 @@ from localserve.backends.cuda.gguf import (
     install_gguf_methods,
 )
 from localserve.config import ModelConfig
-from localserve.kernels import reference
 from localserve.kernels.triton.testing import device
 from localserve.layers.embedding import VocabEmbedding
 from localserve.layers.fusion import fuse_projections
 from localserve.layers.linear import Linear, UnquantizedMethod
 from localserve.loader import load_model
-from localserve.quant.gguf import set_quantized_weight
-from localserve.runner.context import (
-    AttentionMetadata,
-    ForwardContext,
-    ReferenceAttentionOps,
-    forward_context,
-)
+from localserve.quant.gguf import dequantize, set_quantized_weight
 from tests.helpers.gguf_blocks import random_weight
+from tests.helpers.paged import Chunk, PagedDriver
 from tests.helpers.tiny_models import make_tiny_checkpoint
 
 DEV = device()
 
 
 def logits(loaded, ids: list[int]) -> torch.Tensor:
-    arch, n = loaded.arch, len(ids)
-    caches = [(torch.zeros(4, 16, arch.num_kv_heads, arch.head_dim, device=DEV),
-               torch.zeros(4, 16, arch.num_kv_heads, arch.head_dim, device=DEV))
-              for _ in range(arch.num_layers)]
-    meta = AttentionMetadata(torch.arange(n, device=DEV),
-                             torch.arange(4, dtype=torch.int32, device=DEV)[None],
-                             torch.tensor([0, n], dtype=torch.int32, device=DEV),
-                             torch.tensor([n], dtype=torch.int32, device=DEV), n, n)
-    with torch.no_grad(), forward_context(ForwardContext(meta, caches, ReferenceAttentionOps())):
-        hidden = loaded.model(torch.tensor(ids, device=DEV), torch.arange(n, device=DEV))
-    return loaded.model.compute_logits(hidden).float().cpu()
+    driver = PagedDriver(loaded.model, loaded.arch, device=DEV)
+    return driver.step([Chunk(ids, 0, driver.alloc(len(ids)))]).cpu()
 
 
 @pytest.mark.parametrize("model_type", ["llama", "gemma3_text"])
@@ -116,8 +101,8 @@ def test_types_the_kernels_do_not_read_are_dequantized_once(monkeypatch):
     head = model["head"]
     assert type(head.method) is UnquantizedMethod and not hasattr(head, "qweight")
     assert head.weight is model["embed"].weight
-    assert torch.equal(head.weight.cpu(), reference.gguf_dequant(q41, Q.Q4_1))
+    assert torch.equal(head.weight.cpu(), dequantize(q41, Q.Q4_1))
     assert type(model["kept"].method) is TritonGGUFLinearMethod
     ids = torch.tensor([0, 15, 4], device=DEV)
-    assert torch.equal(model["embed"](ids).cpu(), reference.gguf_dequant(q41, Q.Q4_1)[[0, 15, 4]])
+    assert torch.equal(model["embed"](ids).cpu(), dequantize(q41, Q.Q4_1)[[0, 15, 4]])
 
