@@ -1,13 +1,18 @@
 """GGUF blocks on the GPU (kernels/triton/gguf.py, backends/cuda/gguf.py), measured.
 
-Usage (GPU machine): python benchmarks/gguf_gpu_bench.py [--only kernels repacked e2e default]
-        [--hf] [--types Q4_K ...] [--rows 1 16 ...]
+Usage (GPU machine): python benchmarks/gguf_gpu_bench.py [--only kernels gemv repacked e2e
+        default]
+        [--hf] [--types Q4_K ...] [--gemv-types Q4_K ...] [--rows 1 16 ...]
         (CPU smoke run, interpreter, tiny shapes): python benchmarks/gguf_gpu_bench.py --smoke
 
 - kernels: `gguf_linear` on Llama-3-8B projection shapes in Q4_K, Q6_K and Q8_0 at 1-32 rows,
   `do_bench` medians, against the same product on a bf16 weight (F.linear, and the decode
   gemvs the backend uses for 1-8 rows); GB/s of the blocks read and the fraction of the
   board's measured copy bandwidth.
+- gemv: the one-row kernel (gguf_gemv.py) on the same shapes for every type it reads, over a
+  sweep of tiles (rows a program, super-blocks a step, warps), as loaded (Q6_K padded to
+  4-byte-aligned blocks) and, for Q6_K, in the file's blocks; beside gguf_matmul at one row
+  and the bf16 vector gemv.
 - repacked: the experiment of gguf_repacked.py (Q4_K repacked at load: contiguous codes, fp32
   group scales, two K=32 dots a step) beside gguf_linear and bf16 cuBLAS, same shapes.
 - e2e: a random GGUF of Llama-3.1-8B's shapes in Q4_K_M's type mix (Q4_K; Q6_K for v, down and
@@ -191,6 +196,60 @@ def bench_kernels(args, bw: float, table: list[tuple[str, ...]]) -> None:
                               f"bf16 {tf * 1e6:.1f} µs ({tf / t:.2f}x)", narrow))
 
 
+GEMV_TILES = ((16, 1, 4), (32, 1, 4), (64, 1, 4), (32, 2, 4), (64, 2, 4), (64, 1, 8),
+              (128, 1, 8), (16, 1, 2), (32, 1, 2))  # (rows a program, units a step, warps)
+
+
+def bench_gemv(args, bw: float, table: list[tuple[str, ...]]) -> None:
+    """gguf_gemv over GEMV_TILES against gguf_matmul (one row) and the bf16 vector gemv."""
+    import torch
+    from gguf import GGMLQuantizationType as Q
+
+    from localserve.kernels.triton.gguf import gguf_matmul, pad_blocks
+    from localserve.kernels.triton.gguf_gemv import gguf_gemv
+    from localserve.kernels.triton.vector_gemv import vector_gemv
+    from localserve.quant.gguf import dequantize
+
+    dev, dtype, shapes = projections(args)
+    rng = np.random.default_rng(0)
+    tiles = GEMV_TILES if not args.smoke else ((16, 1, 4),)
+    for qtype in (Q[t] for t in args.gemv_types):
+        for name, (n, k) in shapes.items():
+            raw = torch.from_numpy(random_blocks(qtype, n, k, rng)).to(dev)
+            w = dequantize(raw, qtype).to(dev)
+            x = torch.randn(1, k, device=dev).to(dtype)
+            ref = x.float() @ w.t()
+            loaded = pad_blocks(raw, qtype)
+            layouts = {"loaded": loaded} | ({"file": raw} if loaded is not raw else {})
+            times = {}
+            for layout, rows in layouts.items():
+                for bn, units, warps in tiles:
+                    run = partial(gguf_gemv, x, rows, qtype, bn, units, warps)
+                    err = checked(f"gguf_gemv {qtype.name} {name} {bn}/{units}/{warps}",
+                                  run(), ref, 2e-2 if dtype != torch.float16 else 2e-3)
+                    times[layout, bn, units, warps] = (do_bench_s(run) if not args.smoke
+                                                       else err)
+            if args.smoke:
+                table.append((f"gemv {qtype.name} {name}", "relative error "
+                              + ", ".join(f"{e:.2g}" for e in times.values()), "", ""))
+                continue
+            best = min(times, key=times.get)
+            t = times[best]
+            t_dot = do_bench_s(partial(gguf_matmul, x, loaded, qtype))
+            t_bf16 = do_bench_s(partial(vector_gemv, x, w.to(dtype)))
+            gbs = (loaded.numel() + 2 * k) / t
+            file_best = min((v for key, v in times.items() if key[0] == "file"), default=None)
+            table.append((f"gemv {qtype.name} {name} {n}x{k}", f"{t * 1e6:.1f} µs",
+                          f"{gbs / 1e9:.0f} GB/s ({gbs / bw:.0%})",
+                          f"tile {best[1]}/{best[2]}/{best[3]}",
+                          f"gguf_matmul {t_dot * 1e6:.1f} µs ({t_dot / t:.1f}x)",
+                          f"bf16 gemv {t_bf16 * 1e6:.1f} µs ({t_bf16 / t:.2f}x)",
+                          "" if file_best is None else f"file blocks {file_best * 1e6:.1f} µs"))
+            print(f"gemv {qtype.name} {name}: " + ", ".join(
+                f"{key[0][0]}{key[1]}/{key[2]}/{key[3]} {v * 1e6:.1f}"
+                for key, v in sorted(times.items(), key=lambda kv: kv[1])), flush=True)
+
+
 def bench_repacked(args, bw: float, table: list[tuple[str, ...]]) -> None:
     """The repacked-Q4_K experiment (gguf_repacked.py) beside gguf_linear and bf16."""
     import torch
@@ -319,6 +378,8 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", default=["kernels", "e2e", "default"])
     ap.add_argument("--hf", action="store_true")
     ap.add_argument("--types", nargs="*", default=["Q4_K", "Q6_K", "Q8_0"])
+    ap.add_argument("--gemv-types", nargs="*",
+                    default=["Q4_K", "Q6_K", "Q5_K", "Q8_0", "Q4_0", "Q5_0"])
     ap.add_argument("--rows", nargs="*", type=int, default=list(ROWS))
     ap.add_argument("--smoke", action="store_true", help="CPU interpreter, tiny shapes")
     args = ap.parse_args()
@@ -326,6 +387,7 @@ def main() -> None:
     if args.smoke:
         os.environ.setdefault("TRITON_INTERPRET", "1")
         bench_kernels(args, 1.0, table)
+        bench_gemv(args, 1.0, table)
         bench_repacked(args, 1.0, table)
         smoke_random_gguf(table)
     else:
@@ -334,7 +396,8 @@ def main() -> None:
 
         bw = bandwidth_bytes_per_s(torch.device("cuda"))
         print(f"{torch.cuda.get_device_name()}: copy bandwidth {bw / 1e9:.0f} GB/s", flush=True)
-        for name, fn in (("kernels", bench_kernels), ("repacked", bench_repacked),
+        for name, fn in (("kernels", bench_kernels), ("gemv", bench_gemv),
+                         ("repacked", bench_repacked),
                          ("e2e", bench_e2e), ("default", bench_default)):
             if name in args.only:
                 fn(args, bw, table)

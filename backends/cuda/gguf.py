@@ -29,18 +29,25 @@ from localserve.quant.gguf import dequantize, set_quantized_weight
 
 
 class TritonGGUFLinearMethod:
-    """y = x W^T (+ b) straight from the raw blocks in `layer.qweight`."""
+    """y = x W^T (+ b) straight from the raw blocks in `layer.qweight`: one row (batch-1
+    decode) through the one-row kernel (kernels/triton/gguf_gemv.py), more through
+    `gguf_linear`."""
 
     def __init__(self) -> None:
         from localserve.kernels.triton.gguf import gguf_linear
+        from localserve.kernels.triton.gguf_gemv import gguf_gemv
 
-        self._linear = gguf_linear  # bound once: apply runs per layer per step
+        self._linear, self._gemv = gguf_linear, gguf_gemv  # bound once: apply runs per step
 
     def create_weights(self, layer: Linear) -> None:
         pass  # the loader sets qweight/qtype through set_quantized_weight
 
     def apply(self, layer: Linear, x: torch.Tensor) -> torch.Tensor:
-        return self._linear(x, layer.qweight, layer.qtype, layer.bias)
+        if x.numel() != x.shape[-1]:
+            return self._linear(x, layer.qweight, layer.qtype, layer.bias)
+        y = self._gemv(x.reshape(1, -1), layer.qweight, layer.qtype)
+        y = y.reshape(*x.shape[:-1], y.shape[-1])
+        return y if layer.bias is None else y + layer.bias
 
     def process_after_loading(self, layer: Linear) -> None:
         pass
@@ -95,16 +102,22 @@ def install_gguf_methods(model: nn.Module) -> tuple[int, int]:
     """Points every raw GGUF layer at the Triton kernels, or dequantizes it where they do not
     read its type or the blocks are off; returns (kept raw, dequantized). A tied LM head
     shares its embedding's blocks, or its dequantized weight."""
-    from localserve.kernels.triton.gguf import SUPPORTED_TYPES
+    from localserve.kernels.triton.gguf import SUPPORTED_TYPES, pad_blocks
 
     keep = keeps_gguf_blocks()
     kept = dequantized = 0
     floats: dict[int, nn.Parameter] = {}
+    padded: dict[int, torch.Tensor] = {}
     for module in model.modules():
         if not isinstance(module, Linear | VocabEmbedding) or not hasattr(module, "qweight"):
             continue
         linear = isinstance(module, Linear)
         if keep and module.qtype in SUPPORTED_TYPES:
+            # Q6_K's blocks padded to 4-byte alignment, once per tensor (a tied head shares).
+            raw = module.qweight
+            if raw.data_ptr() not in padded:
+                padded[raw.data_ptr()] = pad_blocks(raw, module.qtype)
+            module.qweight = padded[raw.data_ptr()]
             module.method = TritonGGUFLinearMethod() if linear else TritonGGUFEmbeddingMethod()
             kept += 1
             continue

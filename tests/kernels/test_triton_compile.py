@@ -39,6 +39,7 @@ from localserve.kernels.triton import (  # noqa: E402
     cache,
     gemv,
     gguf,
+    gguf_gemv,
     norm,
     paged_attention,
     rms_norm,
@@ -66,7 +67,8 @@ KERNELS = [(attention, "paged_attention_kernel"), (attention, "reduce_splits_ker
            (gemv, "_gemv_kernel"), (vector_gemv, "_vector_gemv_kernel"),
            (rope_cache, "_rope_cache_kernel"),
            (sampling, "_gumbel_argmax_kernel"), (sampling, "_pick_first_max_kernel"),
-           (gguf, "_gguf_matmul_kernel"), (gguf, "_gguf_dequant_kernel")]
+           (gguf, "_gguf_matmul_kernel"), (gguf, "_gguf_dequant_kernel"),
+           (gguf_gemv, "_gguf_gemv_kernel")]
 
 
 # Shared memory a program may use on each target (the GPUs refuse to launch a kernel needing more):
@@ -161,13 +163,20 @@ def _launch_every_kernel(half: torch.dtype) -> None:
         rope_and_cache(positions, q, kv, kv, torch.empty(64, rot), k_cache, k_cache.clone(),
                        positions, *norms)
     # GGUF blocks: every type at Llama-3-8B's q/k/v shape, 1 row (16-row blocks, 32 columns),
-    # 32 rows (32 x 64 tiles), fp32 (exact dots); rows of the embedding by id.
+    # 32 rows (32 x 64 tiles), fp32 (exact dots); rows of the embedding by id; the one-row
+    # kernel.
     for qtype in sorted(gguf.SUPPORTED_TYPES):
         raw = torch.empty(6144, row_bytes(qtype, 4096), dtype=torch.uint8)
         for x in (torch.empty(1, 4096, dtype=half), torch.empty(32, 4096, dtype=half),
                   torch.empty(2, 4096)):
             gguf.gguf_matmul(x, raw, qtype)
         gguf.gguf_dequant(raw, qtype, 4096, half, torch.zeros(8, dtype=torch.int64))
+        # One row: the down projection's K, Q6_K as loaded (padded) and as in the file.
+        down = torch.empty(4096, row_bytes(qtype, 14336), dtype=torch.uint8)
+        padded = [gguf.pad_blocks(down, qtype)] if qtype in gguf.PADDED_TYPES else []
+        for rows in [down, *padded]:
+            gguf_gemv.gguf_gemv(torch.empty(1, 14336, dtype=half), rows, qtype)
+        gguf_gemv.gguf_gemv(torch.empty(1, 4096), raw, qtype)
     # Fused sampling over a Qwen3-sized vocabulary in half precision and fp32.
     for dtype in (half, torch.float32):
         sampling.gumbel_argmax(torch.empty(4, 151936, dtype=dtype), torch.zeros(4),

@@ -37,9 +37,15 @@ from tests.helpers.tiny_models import make_tiny_checkpoint
 DEV = device()
 
 
-def logits(loaded, ids: list[int]) -> torch.Tensor:
+def logits(loaded, ids: list[int], decode: int | None = None) -> torch.Tensor:
+    """Logits of a prefill of `ids`, and with `decode` those of one more token after it (a
+    one-row step: the decode kernels)."""
     driver = PagedDriver(loaded.model, loaded.arch, device=DEV)
-    return driver.step([Chunk(ids, 0, driver.alloc(len(ids)))]).cpu()
+    blocks = driver.alloc(len(ids) + 1)
+    out = driver.step([Chunk(ids, 0, blocks)]).cpu()
+    if decode is None:
+        return out
+    return torch.cat([out, driver.step([Chunk([decode], len(ids), blocks)]).cpu()])
 
 
 @pytest.mark.parametrize("model_type", ["llama", "gemma3_text"])
@@ -51,7 +57,7 @@ def test_gguf_blocks_compute_what_the_dequantized_model_does(tmp_path, monkeypat
     ids = [3, 9, 27, 81, 243, 7, 11]
     dense = load_model(config, DEV, torch.float32)
     fuse_projections(dense.model)
-    want = logits(dense, ids)
+    want = logits(dense, ids, decode=5)
 
     blocks = load_model(config, DEV, torch.float32, keep_quantized=True)
     kept, dequantized = install_gguf_methods(blocks.model)
@@ -61,7 +67,7 @@ def test_gguf_blocks_compute_what_the_dequantized_model_does(tmp_path, monkeypat
     assert fused == layers  # gate/up (both Q8_0); q/k/v not, v being Q5_0
     methods = [type(m.method) for m in blocks.model.modules() if hasattr(m, "qweight")]
     assert set(methods) == {TritonGGUFLinearMethod, TritonGGUFEmbeddingMethod}
-    got = logits(blocks, ids)
+    got = logits(blocks, ids, decode=5)
     err = (got - want).abs().max().item()
     assert err <= 1e-5 * want.abs().max().item(), f"max err {err:.3g}"
 
@@ -106,3 +112,25 @@ def test_types_the_kernels_do_not_read_are_dequantized_once(monkeypatch):
     ids = torch.tensor([0, 15, 4], device=DEV)
     assert torch.equal(model["embed"](ids).cpu(), dequantize(q41, Q.Q4_1)[[0, 15, 4]])
 
+
+
+def test_q6_k_blocks_are_padded_once_and_shared(monkeypatch):
+    """Q6_K layers get 4-byte-aligned blocks (gguf.pad_blocks); a tied embedding and head
+    share one padded copy, and both still read the file's values."""
+    from localserve.kernels.triton.gguf import block_stride
+
+    monkeypatch.setenv("LOCALSERVE_GGUF_BLOCKS", "1")
+    rng = np.random.default_rng(0)
+    model = torch.nn.ModuleDict({"embed": VocabEmbedding(16, 256), "head": Linear(256, 16)})
+    q6 = torch.from_numpy(random_weight(Q.Q6_K, 16, 256, rng)).to(DEV)
+    for name in ("embed", "head"):
+        set_quantized_weight(model[name], q6, Q.Q6_K, torch.float32)
+    assert install_gguf_methods(model) == (2, 0)
+    assert model["head"].qweight is model["embed"].qweight
+    assert model["head"].qweight.shape == (16, block_stride(Q.Q6_K))
+    w = dequantize(q6, Q.Q6_K)
+    ids = torch.tensor([0, 15, 4], device=DEV)
+    assert torch.equal(model["embed"](ids).cpu(), w[[0, 15, 4]])
+    x = torch.randn(1, 256, device=DEV)
+    err = (model["head"](x).cpu() - x.cpu() @ w.t()).abs().max()
+    assert err <= 1e-5 * (x.cpu() @ w.t()).abs().max()

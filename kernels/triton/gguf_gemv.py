@@ -1,0 +1,322 @@
+"""The one-row GGUF matmul: y = x @ W^T for x [1, K] and W in llama.cpp's blocks.
+
+Batch-1 decode streams every weight once a token, so a Q4_K layer could run ~3.5x faster than
+its bf16 copy. `gguf.gguf_matmul` feeds `tl.dot` and is bound by its dequantization (4-19% of
+an H100's copy bandwidth, session 20). One row needs no `tl.dot` (as in vector_gemv.py): each
+program owns BLOCK_N rows of W and walks K a super-block (or eight 32-value blocks) at a time.
+What keeps the instruction count down:
+- Codes are read as 32-bit words, four bytes at once, and unpacked with word-wide masks and
+  shifts (four nibbles, or six-bit codes, per operation).
+- A code byte becomes a float as `bits(0x4B000000 | code) - (2^23 + offset)`: exact, and one
+  `prmt` plus one add on NVIDIA (int-to-float conversions run at a fraction of the FMA rate);
+  the type's offset (-8, -16, -32, -128) folds into the subtraction.
+- Products are summed per scale group in registers before the group's scale multiplies them;
+  Q4_K/Q5_K's minimums multiply the group's sum of x once.
+- x is read once per thread for all of its rows; rows past N repeat row N - 1 (only the store
+  is masked), and with K a multiple of a step no load is masked.
+Q6_K's 210-byte blocks are only 2-byte aligned; rows padded to 212-byte blocks
+(`gguf.pad_blocks`, done once at load) read whole words, others read two halves a word. The 32-value
+types (Q4_0, Q5_0, Q8_0) start their codes 2 bytes into a block and always read halves.
+Values equal ggml's fp32 dequantization up to the order of fp32 operations; the reference is
+`localserve.quant.gguf.dequantize`.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from localserve.kernels.triton._common import (
+    FLOAT_DTYPES,
+    check_last_dim_contiguous,
+    check_same_device,
+    check_tensor,
+    empty,
+    gpu_arch,
+    nvidia_capability,
+    pdl_launch,
+    pdl_wait,
+)
+from localserve.kernels.triton.gguf import (
+    Q4_0,
+    Q4_K,
+    Q5_0,
+    Q5_K,
+    Q6_K,
+    Q8_0,
+    check_raw,
+)
+
+MAGIC = tl.constexpr(0x4B000000)  # fp32 bits of 2^23: OR-ing in a code c < 2^23 gives 2^23 + c
+LOW_NIBBLES = tl.constexpr(0x0F0F0F0F)
+
+
+@triton.jit
+def _ld(ptr, ok, EVEN: tl.constexpr):
+    """tl.load, masked (zeros) unless EVEN: every address is in bounds."""
+    if EVEN:  # noqa: SIM108 (a constexpr branch)
+        value = tl.load(ptr)
+    else:
+        value = tl.load(ptr, mask=ok, other=0)
+    return value
+
+
+@triton.jit
+def _bytes_f32(word, OFFSET: tl.constexpr, USE_PRMT: tl.constexpr):
+    """The four bytes of int32 words (codes 0-255), each minus OFFSET, as four fp32 tensors:
+    byte k becomes the float with bits 0x4B0000kk (2^23 + code), then one subtraction."""
+    if USE_PRMT:  # NVIDIA: one byte permute builds those bits
+        b0, b1, b2, b3 = tl.inline_asm_elementwise(
+            asm="""{
+            .reg .b32 m;
+            mov.b32 m, 0x4B000000;
+            prmt.b32 $0, $4, m, 0x7540;
+            prmt.b32 $1, $4, m, 0x7541;
+            prmt.b32 $2, $4, m, 0x7542;
+            prmt.b32 $3, $4, m, 0x7543;
+            }""",
+            constraints="=r,=r,=r,=r,r", args=[word],
+            dtype=(tl.int32, tl.int32, tl.int32, tl.int32), is_pure=True, pack=1)
+    else:
+        b0 = (word & 255) | MAGIC
+        b1 = ((word >> 8) & 255) | MAGIC
+        b2 = ((word >> 16) & 255) | MAGIC
+        b3 = ((word >> 24) & 255) | MAGIC
+    base: tl.constexpr = 8388608.0 + OFFSET
+    return (b0.to(tl.float32, bitcast=True) - base, b1.to(tl.float32, bitcast=True) - base,
+            b2.to(tl.float32, bitcast=True) - base, b3.to(tl.float32, bitcast=True) - base)
+
+
+@triton.jit
+def _x(x_ptr, idx, ok, EVEN: tl.constexpr):
+    return _ld(x_ptr + idx, ok, EVEN).to(tl.float32)
+
+
+@triton.jit
+def _dot4(word, x_ptr, xi, ok, OFFSET: tl.constexpr, USE_PRMT: tl.constexpr,
+          EVEN: tl.constexpr):
+    """(sum over k of (byte k of word - OFFSET) * x[xi + k], sum over k of x[xi + k])."""
+    c0, c1, c2, c3 = _bytes_f32(word, OFFSET, USE_PRMT)
+    x0 = _x(x_ptr, xi, ok, EVEN)
+    x1 = _x(x_ptr, xi + 1, ok, EVEN)
+    x2 = _x(x_ptr, xi + 2, ok, EVEN)
+    x3 = _x(x_ptr, xi + 3, ok, EVEN)
+    return c0 * x0 + c1 * x1 + c2 * x2 + c3 * x3, x0 + x1 + x2 + x3
+
+
+@triton.jit
+def _word(w_ptr, base, wo, ok, ALIGNED: tl.constexpr, EVEN: tl.constexpr):
+    """The int32 words `wo` words after byte addresses `base`: multiples of 4 if ALIGNED,
+    else of 2 (two 16-bit loads a word)."""
+    if ALIGNED:
+        word = _ld(w_ptr.to(tl.pointer_type(tl.int32)) + base // 4 + wo, ok, EVEN)
+    else:
+        p = (w_ptr + base + 4 * wo).to(tl.pointer_type(tl.uint16))
+        word = _ld(p, ok, EVEN).to(tl.int32) | (_ld(p + 1, ok, EVEN).to(tl.int32) << 16)
+    return word
+
+
+@triton.jit
+def _fp16(ptr, ok, EVEN: tl.constexpr):
+    """The fp16 at 2-byte-aligned byte addresses (every GGUF block's scales), as fp32."""
+    return _ld(ptr.to(tl.pointer_type(tl.float16)), ok, EVEN).to(tl.float32)
+
+
+@triton.jit
+def _u8(ptr, ok, EVEN: tl.constexpr):
+    return _ld(ptr, ok, EVEN).to(tl.int32)
+
+
+@triton.jit
+def _group_sums(p, BLOCK_N: tl.constexpr, G: tl.constexpr, S: tl.constexpr):
+    """[BLOCK_N, G * S] -> the sums of each run of S: [BLOCK_N, G]."""
+    return tl.sum(tl.reshape(p, [BLOCK_N, G, S]), axis=2)
+
+
+@triton.jit
+def _k4_scale(head, j, ok, EVEN: tl.constexpr):
+    """Q4_K/Q5_K: sub-block j's 6-bit scale, from the 12 bytes after d and dmin."""
+    low = _u8(head + 4 + (j & 3), ok, EVEN)    # byte j (j < 4) or j - 4
+    top = _u8(head + 12 + (j & 3), ok, EVEN)   # byte j + 4 (j >= 4)
+    return tl.where(j < 4, low & 63, (top & 15) | ((low >> 6) << 4)).to(tl.float32)
+
+
+@triton.jit
+def _k4_min(head, j, ok, EVEN: tl.constexpr):
+    """Q4_K/Q5_K: sub-block j's 6-bit minimum."""
+    high = _u8(head + 8 + (j & 3), ok, EVEN)   # byte j + 4 (j < 4) or j
+    top = _u8(head + 12 + (j & 3), ok, EVEN)
+    return tl.where(j < 4, high & 63, (top >> 4) | ((high >> 6) << 4)).to(tl.float32)
+
+
+@triton.jit
+def _step_k4(w_ptr, x_ptr, row_start, v0, K, QTYPE: tl.constexpr, BYTES: tl.constexpr,
+             UNITS: tl.constexpr, BLOCK_N: tl.constexpr, USE_PRMT: tl.constexpr,
+             EVEN: tl.constexpr):
+    """Q4_K/Q5_K: UNITS super-blocks from value v0 as [BLOCK_N, 4 UNITS] sums, one a quarter
+    super-block: 64 values in 8 words, byte i holding value i in its low nibble and 32 + i
+    in its high one. The blocks are 16-byte aligned."""
+    G: tl.constexpr = 4 * UNITS
+    g2 = tl.arange(0, G)[None, :]
+    unit2 = v0 // 256 + g2 // 4
+    ok2 = unit2 * 256 < K
+    head = w_ptr + row_start[:, None] + unit2 * BYTES                       # [BLOCK_N, G]
+    sub = 2 * (g2 % 4)
+    j = tl.arange(0, 8 * G)                                                 # word of the step
+    unit = (v0 // 256 + j // 32)[None, :]
+    quarter = ((j // 8) % 4)[None, :]
+    ok = unit * 256 < K
+    QS: tl.constexpr = 48 if QTYPE == Q5_K else 16
+    row_words = (row_start // 4)[:, None]
+    w32 = w_ptr.to(tl.pointer_type(tl.int32))
+    codes = _ld(w32 + row_words + unit * (BYTES // 4) + QS // 4 + (j % 32)[None, :], ok, EVEN)
+    lo = codes & LOW_NIBBLES
+    hi = (codes >> 4) & LOW_NIBBLES
+    if QTYPE == Q5_K:  # a fifth bit per value: bit 2q (low) or 2q + 1 (high) of qh byte i
+        highs = _ld(w32 + row_words + unit * (BYTES // 4) + 4 + (j % 8)[None, :], ok,
+                    EVEN) >> (2 * quarter)
+        lo = lo | ((highs & 0x01010101) << 4)
+        hi = hi | (((highs >> 1) & 0x01010101) << 4)
+    xi = (v0 + 64 * (j // 8) + 4 * (j % 8))[None, :]
+    s_lo, x_lo = _dot4(lo, x_ptr, xi, ok, 0, USE_PRMT, EVEN)
+    s_hi, x_hi = _dot4(hi, x_ptr, xi + 32, ok, 0, USE_PRMT, EVEN)
+    s_lo = _group_sums(s_lo, BLOCK_N, G, 8)
+    s_hi = _group_sums(s_hi, BLOCK_N, G, 8)
+    x_lo = _group_sums(x_lo, 1, G, 8)
+    x_hi = _group_sums(x_hi, 1, G, 8)
+    d = _fp16(head, ok2, EVEN)
+    dmin = _fp16(head + 2, ok2, EVEN)
+    return (d * (s_lo * _k4_scale(head, sub, ok2, EVEN)
+                 + s_hi * _k4_scale(head, sub + 1, ok2, EVEN))
+            - dmin * (x_lo * _k4_min(head, sub, ok2, EVEN)
+                      + x_hi * _k4_min(head, sub + 1, ok2, EVEN)))
+
+
+@triton.jit
+def _step_q6_k(w_ptr, x_ptr, row_start, v0, K, BYTES: tl.constexpr, UNITS: tl.constexpr,
+               USE_PRMT: tl.constexpr, EVEN: tl.constexpr):
+    """Q6_K: UNITS super-blocks as [BLOCK_N, 8 UNITS] sums, one per 16 bytes of ql (group g):
+    their low nibbles are values 16 (g + 4 (g // 4)) + i, with scale g + 4 (g // 4); their
+    high nibbles the values (and scale) 64 (4) further on; the two high bits of each come
+    from qh byte 16 (2 (g // 4) + g % 2) + i, shifted by 2 ((g // 2) % 2), +4 for the high
+    nibbles."""
+    G: tl.constexpr = 8 * UNITS
+    g2 = tl.arange(0, G)[None, :]
+    unit2 = v0 // 256 + g2 // 8
+    grp2 = g2 % 8
+    ok2 = unit2 * 256 < K
+    head = w_ptr + row_start[:, None] + unit2 * BYTES
+    scale = grp2 + 4 * (grp2 // 4)
+    wd = tl.arange(0, 4)[None, None, :]                                     # word of a group
+    grp = grp2[:, :, None]
+    ok = ok2[:, :, None]
+    block = (row_start[:, None] + unit2 * BYTES)[:, :, None]
+    ql = _word(w_ptr, block, 4 * grp + wd, ok, BYTES % 4 == 0, EVEN)       # [BLOCK_N, G, 4]
+    qh = _word(w_ptr, block, 32 + 4 * (2 * (grp // 4) + grp % 2) + wd, ok, BYTES % 4 == 0,
+               EVEN) >> (2 * ((grp // 2) % 2))
+    lo = (ql & LOW_NIBBLES) | ((qh & 0x03030303) << 4)
+    hi = ((ql >> 4) & LOW_NIBBLES) | (((qh >> 4) & 0x03030303) << 4)
+    xi = (v0 + 256 * (g2 // 8) + 16 * scale)[:, :, None] + 4 * wd
+    p_lo, _ = _dot4(lo, x_ptr, xi, ok, 32, USE_PRMT, EVEN)
+    p_hi, _ = _dot4(hi, x_ptr, xi + 64, ok, 32, USE_PRMT, EVEN)
+    d = _fp16(head + 208, ok2, EVEN)
+    d_lo = d * _ld(head + 192 + scale, ok2, EVEN).to(tl.int8, bitcast=True)
+    d_hi = d * _ld(head + 196 + scale, ok2, EVEN).to(tl.int8, bitcast=True)
+    return d_lo * tl.sum(p_lo, axis=2) + d_hi * tl.sum(p_hi, axis=2)
+
+
+@triton.jit
+def _spread4(bits):
+    """Bits 0-3 of `bits` as bit 4 of bytes 0-3."""
+    return (((bits & 1) << 4) | ((bits & 2) << 11) | ((bits & 4) << 18)
+            | ((bits & 8) << 25))
+
+
+@triton.jit
+def _step_block32(w_ptr, x_ptr, row_start, v0, K, QTYPE: tl.constexpr, BYTES: tl.constexpr,
+                  UNITS: tl.constexpr, BLOCK_N: tl.constexpr, USE_PRMT: tl.constexpr,
+                  EVEN: tl.constexpr):
+    """Q4_0 / Q5_0 / Q8_0: 8 UNITS blocks of 32 values from value v0 (past K: zeros), as
+    [BLOCK_N, 8 UNITS] sums."""
+    G: tl.constexpr = 8 * UNITS
+    b2 = v0 // 32 + tl.arange(0, G)[None, :]
+    ok2 = b2 * 32 < K
+    d = _fp16(w_ptr + row_start[:, None] + b2 * BYTES, ok2, EVEN)
+    if QTYPE == Q8_0:  # d, 32 int8: 8 words a block, read as codes + 128
+        j = tl.arange(0, 8 * G)
+        b = (v0 // 32 + j // 8)[None, :]
+        ok = b * 32 < K
+        word = _word(w_ptr, row_start[:, None] + b * BYTES + 2, (j % 8)[None, :], ok, False,
+                     EVEN)
+        # -2139062144 is 0x80808080: flips each byte's sign bit (int8 -> code + 128)
+        p, _ = _dot4(word ^ (-2139062144), x_ptr, 32 * b + 4 * (j % 8)[None, :], ok, 128,
+                     USE_PRMT, EVEN)
+        sums = _group_sums(p, BLOCK_N, G, 8)
+    else:  # Q4_0 / Q5_0: 16 bytes a block, value i in byte i's low nibble, 16 + i in its high
+        j = tl.arange(0, 4 * G)
+        b = (v0 // 32 + j // 4)[None, :]
+        ok = b * 32 < K
+        block = row_start[:, None] + b * BYTES
+        QS: tl.constexpr = 2 if QTYPE == Q4_0 else 6
+        word = _word(w_ptr, block + QS, (j % 4)[None, :], ok, False, EVEN)
+        lo = word & LOW_NIBBLES
+        hi = (word >> 4) & LOW_NIBBLES
+        if QTYPE == Q5_0:  # 32 high bits after d: value i's is bit i
+            bits = _word(w_ptr, block + 2, 0, ok, False, EVEN) >> (4 * (j % 4))[None, :]
+            lo = lo | _spread4(bits)
+            hi = hi | _spread4(bits >> 16)
+            OFFSET: tl.constexpr = 16
+        else:
+            OFFSET: tl.constexpr = 8
+        xi = 32 * b + 4 * (j % 4)[None, :]
+        p_lo, _ = _dot4(lo, x_ptr, xi, ok, OFFSET, USE_PRMT, EVEN)
+        p_hi, _ = _dot4(hi, x_ptr, xi + 16, ok, OFFSET, USE_PRMT, EVEN)
+        sums = _group_sums(p_lo + p_hi, BLOCK_N, G, 4)
+    return d * sums
+
+
+@triton.jit
+def _gguf_gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, row_bytes, QTYPE: tl.constexpr,
+                      BYTES: tl.constexpr, BLOCK_N: tl.constexpr, UNITS: tl.constexpr,
+                      EVEN: tl.constexpr, USE_PRMT: tl.constexpr, USE_PDL: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_start = tl.minimum(rows, N - 1).to(tl.int64) * row_bytes
+    pdl_wait(USE_PDL)
+    G: tl.constexpr = 4 * UNITS if (QTYPE == Q4_K or QTYPE == Q5_K) else 8 * UNITS  # noqa: SIM109
+    acc = tl.zeros([BLOCK_N, G], tl.float32)
+    for step in range(0, tl.cdiv(K, 256 * UNITS)):
+        v0 = step * (256 * UNITS)
+        if QTYPE == Q4_K or QTYPE == Q5_K:  # noqa: SIM109 (jit: no `in` here)
+            acc += _step_k4(w_ptr, x_ptr, row_start, v0, K, QTYPE, BYTES, UNITS, BLOCK_N,
+                            USE_PRMT, EVEN)
+        elif QTYPE == Q6_K:
+            acc += _step_q6_k(w_ptr, x_ptr, row_start, v0, K, BYTES, UNITS, USE_PRMT, EVEN)
+        else:
+            acc += _step_block32(w_ptr, x_ptr, row_start, v0, K, QTYPE, BYTES, UNITS, BLOCK_N,
+                                 USE_PRMT, EVEN)
+    y = tl.sum(acc, axis=1)
+    tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=rows < N)
+
+
+def gguf_gemv(x: torch.Tensor, raw: torch.Tensor, qtype: int, block_n: int = 64,
+              units: int = 1, num_warps: int = 4) -> torch.Tensor:
+    """x [1, K] @ W^T -> [1, N] in x's dtype (fp32 accumulation), W = raw's N rows of K
+    `qtype` values: uint8 [N, row bytes], in ggml's blocks or `pad_blocks`' ones."""
+    check_tensor("x", x, ndim=2, dtypes=FLOAT_DTYPES)
+    check_last_dim_contiguous("x", x)
+    (m, k), n = x.shape, raw.shape[0]
+    if m != 1:
+        raise ValueError(f"gguf_gemv takes one row of x; got {m} (gguf_matmul takes more)")
+    block_bytes = check_raw(raw, qtype, k)
+    check_same_device(x=x, raw=raw)
+    y = empty((1, n), x.dtype, x.device)
+    if n == 0:
+        return y
+    _gguf_gemv_kernel[(triton.cdiv(n, block_n),)](
+        x, raw, y, n, k, raw.shape[1], QTYPE=int(qtype), BYTES=block_bytes, BLOCK_N=block_n,
+        UNITS=units, EVEN=k % (256 * units) == 0,
+        USE_PRMT=nvidia_capability(gpu_arch(x.device)) is not None,
+        num_warps=num_warps, **pdl_launch(x.device))
+    return y
+
