@@ -10,9 +10,8 @@ Usage (GPU machine): python benchmarks/gguf_gpu_bench.py [--only kernels gemv re
   gemvs the backend uses for 1-8 rows); GB/s of the blocks read and the fraction of the
   board's measured copy bandwidth.
 - gemv: the one-row kernel (gguf_gemv.py) on the same shapes for every type it reads, over a
-  sweep of tiles (rows a program, super-blocks a step, warps), as loaded (Q6_K padded to
-  4-byte-aligned blocks) and, for Q6_K, in the file's blocks; beside gguf_matmul at one row
-  and the bf16 vector gemv.
+  sweep of tiles (rows a program, super-blocks a step, warps; GGUF_GEMV_TILES), beside
+  gguf_matmul at one row and the bf16 vector gemv.
 - repacked: the experiment of gguf_repacked.py (Q4_K repacked at load: contiguous codes, fp32
   group scales, two K=32 dots a step) beside gguf_linear and bf16 cuBLAS, same shapes.
 - e2e: a random GGUF of Llama-3.1-8B's shapes in Q4_K_M's type mix (Q4_K; Q6_K for v, down and
@@ -196,8 +195,9 @@ def bench_kernels(args, bw: float, table: list[tuple[str, ...]]) -> None:
                               f"bf16 {tf * 1e6:.1f} µs ({tf / t:.2f}x)", narrow))
 
 
-GEMV_TILES = ((16, 1, 4), (32, 1, 4), (64, 1, 4), (32, 2, 4), (64, 2, 4), (64, 1, 8),
-              (128, 1, 8), (16, 1, 2), (32, 1, 2))  # (rows a program, units a step, warps)
+# (rows a program, super-blocks a step, warps); GGUF_GEMV_TILES="16/1/4 8/2/4 ..." overrides.
+GEMV_TILES = tuple(tuple(map(int, t.split("/"))) for t in os.environ.get(
+    "GGUF_GEMV_TILES", "8/1/4 8/2/4 8/4/4 16/1/4 16/2/4 16/4/4 32/1/2 8/2/2").split())
 
 
 def bench_gemv(args, bw: float, table: list[tuple[str, ...]]) -> None:
@@ -205,48 +205,42 @@ def bench_gemv(args, bw: float, table: list[tuple[str, ...]]) -> None:
     import torch
     from gguf import GGMLQuantizationType as Q
 
-    from localserve.kernels.triton.gguf import gguf_matmul, pad_blocks
+    from localserve.kernels.triton.gguf import gguf_matmul
     from localserve.kernels.triton.gguf_gemv import gguf_gemv
     from localserve.kernels.triton.vector_gemv import vector_gemv
     from localserve.quant.gguf import dequantize
 
     dev, dtype, shapes = projections(args)
     rng = np.random.default_rng(0)
-    tiles = GEMV_TILES if not args.smoke else ((16, 1, 4),)
+    tiles = GEMV_TILES if not args.smoke else ((8, 1, 4),)
     for qtype in (Q[t] for t in args.gemv_types):
         for name, (n, k) in shapes.items():
             raw = torch.from_numpy(random_blocks(qtype, n, k, rng)).to(dev)
             w = dequantize(raw, qtype).to(dev)
             x = torch.randn(1, k, device=dev).to(dtype)
             ref = x.float() @ w.t()
-            loaded = pad_blocks(raw, qtype)
-            layouts = {"loaded": loaded} | ({"file": raw} if loaded is not raw else {})
             times = {}
-            for layout, rows in layouts.items():
-                for bn, units, warps in tiles:
-                    run = partial(gguf_gemv, x, rows, qtype, bn, units, warps)
-                    err = checked(f"gguf_gemv {qtype.name} {name} {bn}/{units}/{warps}",
-                                  run(), ref, 2e-2 if dtype != torch.float16 else 2e-3)
-                    times[layout, bn, units, warps] = (do_bench_s(run) if not args.smoke
-                                                       else err)
+            for bn, units, warps in tiles:
+                run = partial(gguf_gemv, x, raw, qtype, bn, units, warps)
+                err = checked(f"gguf_gemv {qtype.name} {name} {bn}/{units}/{warps}", run(),
+                              ref, 2e-2 if dtype != torch.float16 else 2e-3)
+                times[bn, units, warps] = do_bench_s(run) if not args.smoke else err
             if args.smoke:
                 table.append((f"gemv {qtype.name} {name}", "relative error "
                               + ", ".join(f"{e:.2g}" for e in times.values()), "", ""))
                 continue
             best = min(times, key=times.get)
-            t = times[best]
-            t_dot = do_bench_s(partial(gguf_matmul, x, loaded, qtype))
+            t, t_default = times[best], do_bench_s(partial(gguf_gemv, x, raw, qtype))
+            t_dot = do_bench_s(partial(gguf_matmul, x, raw, qtype))
             t_bf16 = do_bench_s(partial(vector_gemv, x, w.to(dtype)))
-            gbs = (loaded.numel() + 2 * k) / t
-            file_best = min((v for key, v in times.items() if key[0] == "file"), default=None)
-            table.append((f"gemv {qtype.name} {name} {n}x{k}", f"{t * 1e6:.1f} µs",
+            gbs = (raw.numel() + 2 * k) / t_default
+            table.append((f"gemv {qtype.name} {name} {n}x{k}", f"{t_default * 1e6:.1f} µs",
                           f"{gbs / 1e9:.0f} GB/s ({gbs / bw:.0%})",
-                          f"tile {best[1]}/{best[2]}/{best[3]}",
-                          f"gguf_matmul {t_dot * 1e6:.1f} µs ({t_dot / t:.1f}x)",
-                          f"bf16 gemv {t_bf16 * 1e6:.1f} µs ({t_bf16 / t:.2f}x)",
-                          "" if file_best is None else f"file blocks {file_best * 1e6:.1f} µs"))
+                          f"best tile {'/'.join(map(str, best))} {t * 1e6:.1f} µs",
+                          f"gguf_matmul {t_dot * 1e6:.1f} µs ({t_dot / t_default:.1f}x)",
+                          f"bf16 gemv {t_bf16 * 1e6:.1f} µs ({t_bf16 / t_default:.2f}x)"))
             print(f"gemv {qtype.name} {name}: " + ", ".join(
-                f"{key[0][0]}{key[1]}/{key[2]}/{key[3]} {v * 1e6:.1f}"
+                f"{'/'.join(map(str, key))} {v * 1e6:.1f}"
                 for key, v in sorted(times.items(), key=lambda kv: kv[1])), flush=True)
 
 

@@ -102,22 +102,16 @@ def install_gguf_methods(model: nn.Module) -> tuple[int, int]:
     """Points every raw GGUF layer at the Triton kernels, or dequantizes it where they do not
     read its type or the blocks are off; returns (kept raw, dequantized). A tied LM head
     shares its embedding's blocks, or its dequantized weight."""
-    from localserve.kernels.triton.gguf import SUPPORTED_TYPES, pad_blocks
+    from localserve.kernels.triton.gguf import SUPPORTED_TYPES
 
     keep = keeps_gguf_blocks()
     kept = dequantized = 0
     floats: dict[int, nn.Parameter] = {}
-    padded: dict[int, torch.Tensor] = {}
     for module in model.modules():
         if not isinstance(module, Linear | VocabEmbedding) or not hasattr(module, "qweight"):
             continue
         linear = isinstance(module, Linear)
         if keep and module.qtype in SUPPORTED_TYPES:
-            # Q6_K's blocks padded to 4-byte alignment, once per tensor (a tied head shares).
-            raw = module.qweight
-            if raw.data_ptr() not in padded:
-                padded[raw.data_ptr()] = pad_blocks(raw, module.qtype)
-            module.qweight = padded[raw.data_ptr()]
             module.method = TritonGGUFLinearMethod() if linear else TritonGGUFEmbeddingMethod()
             kept += 1
             continue

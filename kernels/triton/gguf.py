@@ -47,9 +47,6 @@ from localserve.quant.gguf import row_bytes, type_name
 Q = GGMLQuantizationType
 SUPPORTED_TYPES: frozenset[int] = frozenset(
     {Q.Q4_0, Q.Q5_0, Q.Q8_0, Q.Q4_K, Q.Q5_K, Q.Q6_K})
-# Types whose blocks are not a multiple of 4 bytes but whose words are 4-byte aligned within a
-# block: padded at load (`pad_blocks`) for word loads. (Q6_K: 210 -> 212 bytes, +1%.)
-PADDED_TYPES: frozenset[int] = frozenset({Q.Q6_K})
 STEP = 64  # values of K per loop iteration (or dequantization program)
 # Above this many rows of x, gguf_linear dequantizes W (in slices of at most DEQUANT_ROWS rows
 # of W, to bound the scratch) and runs cuBLAS: the fused kernel redoes a tile's dequantization
@@ -203,27 +200,8 @@ def _gguf_dequant_kernel(w_ptr, ids_ptr, out_ptr, R, N, K, stride_o, row_bytes,
              w.to(out_ptr.dtype.element_ty), mask=r_ok[:, None] & (ks < K)[None, :])
 
 
-def block_stride(qtype: int) -> int:
-    """Bytes from one block of a row to the next as `pad_blocks` keeps them: ggml's block
-    size, rounded up to 4 bytes for PADDED_TYPES."""
-    size = GGML_QUANT_SIZES[Q(qtype)][1]
-    return (size + 3) // 4 * 4 if qtype in PADDED_TYPES else size
-
-
-def pad_blocks(raw: torch.Tensor, qtype: int) -> torch.Tensor:
-    """Raw rows with each block padded at its end to `block_stride` bytes, so that every block
-    starts 4-byte aligned (whole-word loads in gguf_gemv.py); every kernel here reads either
-    form. Rows of other types come back as they are."""
-    size, stride = GGML_QUANT_SIZES[Q(qtype)][1], block_stride(qtype)
-    if stride == size or raw.shape[1] % size or raw.shape[1] // size * stride == raw.shape[1]:
-        return raw
-    blocks = raw.view(raw.shape[0], -1, size)
-    return torch.nn.functional.pad(blocks, (0, stride - size)).reshape(raw.shape[0], -1)
-
-
 def check_raw(raw: torch.Tensor, qtype: int, in_features: int) -> int:
-    """Checks raw as `qtype` rows of `in_features` values, in ggml's blocks or padded ones
-    (`pad_blocks`); returns the bytes from one block to the next."""
+    """Checks raw as `qtype` rows of `in_features` values; returns the bytes of one block."""
     check_tensor("raw", raw, ndim=2, dtypes=(torch.uint8,))
     if qtype not in SUPPORTED_TYPES:
         names = ", ".join(type_name(t) for t in sorted(SUPPORTED_TYPES))
@@ -233,11 +211,10 @@ def check_raw(raw: torch.Tensor, qtype: int, in_features: int) -> int:
         raise ValueError(f"{type_name(qtype)} rows hold a multiple of {values} values; "
                          f"in_features is {in_features}")
     width = row_bytes(qtype, in_features)
-    padded = in_features // values * block_stride(qtype)
-    if raw.shape[1] not in (width, padded) or not raw.is_contiguous():
+    if raw.shape[1] != width or not raw.is_contiguous():
         raise ValueError(f"raw must be contiguous uint8 [rows, {width}] for {in_features} "
                          f"{type_name(qtype)} values a row; got {tuple(raw.shape)}")
-    return size if raw.shape[1] == width else block_stride(qtype)
+    return size
 
 
 def _tiles(m: int, device: torch.device) -> tuple[int, int]:

@@ -3,22 +3,24 @@
 Batch-1 decode streams every weight once a token, so a Q4_K layer could run ~3.5x faster than
 its bf16 copy. `gguf.gguf_matmul` feeds `tl.dot` and is bound by its dequantization (4-19% of
 an H100's copy bandwidth, session 20). One row needs no `tl.dot` (as in vector_gemv.py): each
-program owns BLOCK_N rows of W and walks K a super-block (or eight 32-value blocks) at a time.
-What keeps the instruction count down:
-- Codes are read as 32-bit words, four bytes at once, and unpacked with word-wide masks and
-  shifts (four nibbles, or six-bit codes, per operation).
-- A code byte becomes a float as `bits(0x4B000000 | code) - (2^23 + offset)`: exact, and one
-  `prmt` plus one add on NVIDIA (int-to-float conversions run at a fraction of the FMA rate);
+program owns BLOCK_N rows of W and walks K UNITS super-blocks (or 8 UNITS 32-value blocks) a
+step. What keeps the instruction count down:
+- Codes are read as 32-bit words and unpacked with word-wide masks and shifts (four nibbles,
+  or six-bit codes, an operation). Q4_K/Q5_K blocks are 16-byte aligned: whole-word (and
+  16-byte) loads; the others (Q6_K's 210-byte blocks; the 32-value types, whose codes start
+  2 bytes into a block) read a word as two 16-bit halves.
+- A code byte becomes a float as `bits(0x4B000000 | code) - (2^23 + offset)`: exact, one
+  `prmt` and one add on NVIDIA (int-to-float conversions run at a fraction of the FMA rate);
   the type's offset (-8, -16, -32, -128) folds into the subtraction.
-- Products are summed per scale group in registers before the group's scale multiplies them;
-  Q4_K/Q5_K's minimums multiply the group's sum of x once.
-- x is read once per thread for all of its rows; rows past N repeat row N - 1 (only the store
-  is masked), and with K a multiple of a step no load is masked.
-Q6_K's 210-byte blocks are only 2-byte aligned; rows padded to 212-byte blocks
-(`gguf.pad_blocks`, done once at load) read whole words, others read two halves a word. The 32-value
-types (Q4_0, Q5_0, Q8_0) start their codes 2 bytes into a block and always read halves.
-Values equal ggml's fp32 dequantization up to the order of fp32 operations; the reference is
-`localserve.quant.gguf.dequantize`.
+- Products are summed per scale group before the group's scale multiplies them; Q4_K/Q5_K's
+  minimums multiply the group's sum of x once.
+- Rows past N repeat row N - 1 (only the store is masked), and with K a multiple of a step no
+  load is masked.
+On an H100 (session 21, docs/benchmarks.md) it runs 2-5x faster than `gguf_matmul` at one
+row, about as fast as the bf16 vector gemv on Q4_K-Q6_K layers (which read 3-3.5x more
+bytes); more programs (8 rows each) won every shape, so it is bound by the memory parallelism
+it reaches, not by instructions. Values equal ggml's fp32 dequantization up to the order of
+fp32 operations; the reference is `localserve.quant.gguf.dequantize`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from gguf import GGMLQuantizationType as Q
 
 from localserve.kernels.triton._common import (
     FLOAT_DTYPES,
@@ -106,15 +109,11 @@ def _dot4(word, x_ptr, xi, ok, OFFSET: tl.constexpr, USE_PRMT: tl.constexpr,
 
 
 @triton.jit
-def _word(w_ptr, base, wo, ok, ALIGNED: tl.constexpr, EVEN: tl.constexpr):
-    """The int32 words `wo` words after byte addresses `base`: multiples of 4 if ALIGNED,
-    else of 2 (two 16-bit loads a word)."""
-    if ALIGNED:
-        word = _ld(w_ptr.to(tl.pointer_type(tl.int32)) + base // 4 + wo, ok, EVEN)
-    else:
-        p = (w_ptr + base + 4 * wo).to(tl.pointer_type(tl.uint16))
-        word = _ld(p, ok, EVEN).to(tl.int32) | (_ld(p + 1, ok, EVEN).to(tl.int32) << 16)
-    return word
+def _word(w_ptr, base, wo, ok, EVEN: tl.constexpr):
+    """The int32 words `wo` words after byte addresses `base` (multiples of 2: two 16-bit
+    loads a word)."""
+    p = (w_ptr + base + 4 * wo).to(tl.pointer_type(tl.uint16))
+    return _ld(p, ok, EVEN).to(tl.int32) | (_ld(p + 1, ok, EVEN).to(tl.int32) << 16)
 
 
 @triton.jit
@@ -212,8 +211,8 @@ def _step_q6_k(w_ptr, x_ptr, row_start, v0, K, BYTES: tl.constexpr, UNITS: tl.co
     grp = grp2[:, :, None]
     ok = ok2[:, :, None]
     block = (row_start[:, None] + unit2 * BYTES)[:, :, None]
-    ql = _word(w_ptr, block, 4 * grp + wd, ok, BYTES % 4 == 0, EVEN)       # [BLOCK_N, G, 4]
-    qh = _word(w_ptr, block, 32 + 4 * (2 * (grp // 4) + grp % 2) + wd, ok, BYTES % 4 == 0,
+    ql = _word(w_ptr, block, 4 * grp + wd, ok, EVEN)                       # [BLOCK_N, G, 4]
+    qh = _word(w_ptr, block, 32 + 4 * (2 * (grp // 4) + grp % 2) + wd, ok,
                EVEN) >> (2 * ((grp // 2) % 2))
     lo = (ql & LOW_NIBBLES) | ((qh & 0x03030303) << 4)
     hi = ((ql >> 4) & LOW_NIBBLES) | (((qh >> 4) & 0x03030303) << 4)
@@ -247,8 +246,7 @@ def _step_block32(w_ptr, x_ptr, row_start, v0, K, QTYPE: tl.constexpr, BYTES: tl
         j = tl.arange(0, 8 * G)
         b = (v0 // 32 + j // 8)[None, :]
         ok = b * 32 < K
-        word = _word(w_ptr, row_start[:, None] + b * BYTES + 2, (j % 8)[None, :], ok, False,
-                     EVEN)
+        word = _word(w_ptr, row_start[:, None] + b * BYTES + 2, (j % 8)[None, :], ok, EVEN)
         # -2139062144 is 0x80808080: flips each byte's sign bit (int8 -> code + 128)
         p, _ = _dot4(word ^ (-2139062144), x_ptr, 32 * b + 4 * (j % 8)[None, :], ok, 128,
                      USE_PRMT, EVEN)
@@ -259,11 +257,11 @@ def _step_block32(w_ptr, x_ptr, row_start, v0, K, QTYPE: tl.constexpr, BYTES: tl
         ok = b * 32 < K
         block = row_start[:, None] + b * BYTES
         QS: tl.constexpr = 2 if QTYPE == Q4_0 else 6
-        word = _word(w_ptr, block + QS, (j % 4)[None, :], ok, False, EVEN)
+        word = _word(w_ptr, block + QS, (j % 4)[None, :], ok, EVEN)
         lo = word & LOW_NIBBLES
         hi = (word >> 4) & LOW_NIBBLES
         if QTYPE == Q5_0:  # 32 high bits after d: value i's is bit i
-            bits = _word(w_ptr, block + 2, 0, ok, False, EVEN) >> (4 * (j % 4))[None, :]
+            bits = _word(w_ptr, block + 2, 0, ok, EVEN) >> (4 * (j % 4))[None, :]
             lo = lo | _spread4(bits)
             hi = hi | _spread4(bits >> 16)
             OFFSET: tl.constexpr = 16
@@ -299,10 +297,16 @@ def _gguf_gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, row_bytes, QTYPE: tl.constexpr,
     tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=rows < N)
 
 
-def gguf_gemv(x: torch.Tensor, raw: torch.Tensor, qtype: int, block_n: int = 64,
-              units: int = 1, num_warps: int = 4) -> torch.Tensor:
+# Super-blocks (or 8-block groups) a step by type, the fastest with 8 rows a program and 4
+# warps on an H100 (gguf_gpu_bench.py --only gemv, session 21).
+UNITS = {int(Q.Q4_K): 4, int(Q.Q5_K): 4, int(Q.Q6_K): 2, int(Q.Q8_0): 4, int(Q.Q4_0): 2,
+         int(Q.Q5_0): 2}
+
+
+def gguf_gemv(x: torch.Tensor, raw: torch.Tensor, qtype: int, block_n: int = 8,
+              units: int | None = None, num_warps: int = 4) -> torch.Tensor:
     """x [1, K] @ W^T -> [1, N] in x's dtype (fp32 accumulation), W = raw's N rows of K
-    `qtype` values: uint8 [N, row bytes], in ggml's blocks or `pad_blocks`' ones."""
+    `qtype` values (uint8 [N, row bytes], gguf.SUPPORTED_TYPES)."""
     check_tensor("x", x, ndim=2, dtypes=FLOAT_DTYPES)
     check_last_dim_contiguous("x", x)
     (m, k), n = x.shape, raw.shape[0]
@@ -313,6 +317,7 @@ def gguf_gemv(x: torch.Tensor, raw: torch.Tensor, qtype: int, block_n: int = 64,
     y = empty((1, n), x.dtype, x.device)
     if n == 0:
         return y
+    units = units or UNITS[int(qtype)]
     _gguf_gemv_kernel[(triton.cdiv(n, block_n),)](
         x, raw, y, n, k, raw.shape[1], QTYPE=int(qtype), BYTES=block_bytes, BLOCK_N=block_n,
         UNITS=units, EVEN=k % (256 * units) == 0,

@@ -171,12 +171,10 @@ def _launch_every_kernel(half: torch.dtype) -> None:
                   torch.empty(2, 4096)):
             gguf.gguf_matmul(x, raw, qtype)
         gguf.gguf_dequant(raw, qtype, 4096, half, torch.zeros(8, dtype=torch.int64))
-        # One row: the down projection's K, Q6_K as loaded (padded) and as in the file.
+        # One row: the down projection's K; fp32; 16 rows a program.
         down = torch.empty(4096, row_bytes(qtype, 14336), dtype=torch.uint8)
-        padded = [gguf.pad_blocks(down, qtype)] if qtype in gguf.PADDED_TYPES else []
-        for rows in [down, *padded]:
-            gguf_gemv.gguf_gemv(torch.empty(1, 14336, dtype=half), rows, qtype)
-        gguf_gemv.gguf_gemv(torch.empty(1, 4096), raw, qtype)
+        gguf_gemv.gguf_gemv(torch.empty(1, 14336, dtype=half), down, qtype)
+        gguf_gemv.gguf_gemv(torch.empty(1, 4096), raw, qtype, block_n=16)
     # Fused sampling over a Qwen3-sized vocabulary in half precision and fp32.
     for dtype in (half, torch.float32):
         sampling.gumbel_argmax(torch.empty(4, 151936, dtype=dtype), torch.zeros(4),

@@ -113,24 +113,3 @@ def test_types_the_kernels_do_not_read_are_dequantized_once(monkeypatch):
     assert torch.equal(model["embed"](ids).cpu(), dequantize(q41, Q.Q4_1)[[0, 15, 4]])
 
 
-
-def test_q6_k_blocks_are_padded_once_and_shared(monkeypatch):
-    """Q6_K layers get 4-byte-aligned blocks (gguf.pad_blocks); a tied embedding and head
-    share one padded copy, and both still read the file's values."""
-    from localserve.kernels.triton.gguf import block_stride
-
-    monkeypatch.setenv("LOCALSERVE_GGUF_BLOCKS", "1")
-    rng = np.random.default_rng(0)
-    model = torch.nn.ModuleDict({"embed": VocabEmbedding(16, 256), "head": Linear(256, 16)})
-    q6 = torch.from_numpy(random_weight(Q.Q6_K, 16, 256, rng)).to(DEV)
-    for name in ("embed", "head"):
-        set_quantized_weight(model[name], q6, Q.Q6_K, torch.float32)
-    assert install_gguf_methods(model) == (2, 0)
-    assert model["head"].qweight is model["embed"].qweight
-    assert model["head"].qweight.shape == (16, block_stride(Q.Q6_K))
-    w = dequantize(q6, Q.Q6_K)
-    ids = torch.tensor([0, 15, 4], device=DEV)
-    assert torch.equal(model["embed"](ids).cpu(), w[[0, 15, 4]])
-    x = torch.randn(1, 256, device=DEV)
-    err = (model["head"](x).cpu() - x.cpu() @ w.t()).abs().max()
-    assert err <= 1e-5 * (x.cpu() @ w.t()).abs().max()
