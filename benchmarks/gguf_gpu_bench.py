@@ -195,9 +195,11 @@ def bench_kernels(args, bw: float, table: list[tuple[str, ...]]) -> None:
                               f"bf16 {tf * 1e6:.1f} µs ({tf / t:.2f}x)", narrow))
 
 
-# (rows a program, super-blocks a step, warps); GGUF_GEMV_TILES="16/1/4 8/2/4 ..." overrides.
+# (rows a program, super-blocks a step, warps, shares of K); GGUF_GEMV_TILES="8/2/4/1 ..."
+# overrides.
 GEMV_TILES = tuple(tuple(map(int, t.split("/"))) for t in os.environ.get(
-    "GGUF_GEMV_TILES", "8/1/4 8/2/4 8/4/4 16/1/4 16/2/4 16/4/4 32/1/2 8/2/2").split())
+    "GGUF_GEMV_TILES", "8/2/4/1 8/4/4/1 8/2/4/2 8/4/4/2 16/2/4/2 16/4/4/4 32/2/4/4 32/4/4/4 "
+    "32/2/4/8 64/2/4/8 64/4/4/8 32/1/2/1").split())
 
 
 def bench_gemv(args, bw: float, table: list[tuple[str, ...]]) -> None:
@@ -212,7 +214,7 @@ def bench_gemv(args, bw: float, table: list[tuple[str, ...]]) -> None:
 
     dev, dtype, shapes = projections(args)
     rng = np.random.default_rng(0)
-    tiles = GEMV_TILES if not args.smoke else ((8, 1, 4),)
+    tiles = GEMV_TILES if not args.smoke else ((8, 1, 4, 1), (8, 1, 4, 3))
     for qtype in (Q[t] for t in args.gemv_types):
         for name, (n, k) in shapes.items():
             raw = torch.from_numpy(random_blocks(qtype, n, k, rng)).to(dev)
@@ -220,11 +222,11 @@ def bench_gemv(args, bw: float, table: list[tuple[str, ...]]) -> None:
             x = torch.randn(1, k, device=dev).to(dtype)
             ref = x.float() @ w.t()
             times = {}
-            for bn, units, warps in tiles:
-                run = partial(gguf_gemv, x, raw, qtype, bn, units, warps)
-                err = checked(f"gguf_gemv {qtype.name} {name} {bn}/{units}/{warps}", run(),
+            for tile in tiles:
+                run = partial(gguf_gemv, x, raw, qtype, *tile)
+                err = checked(f"gguf_gemv {qtype.name} {name} {tile}", run(),
                               ref, 2e-2 if dtype != torch.float16 else 2e-3)
-                times[bn, units, warps] = do_bench_s(run) if not args.smoke else err
+                times[tile] = do_bench_s(run) if not args.smoke else err
             if args.smoke:
                 table.append((f"gemv {qtype.name} {name}", "relative error "
                               + ", ".join(f"{e:.2g}" for e in times.values()), "", ""))

@@ -92,6 +92,17 @@ def cuda_fused_linear(parts: Sequence[Linear]) -> Linear | None:
     return fused_linear(parts) or gguf_fused_linear(parts)
 
 
+def reserve_gguf_scratch(model: nn.Module) -> None:
+    """Sizes the one-row kernel's split-K scratch for every GGUF linear (after fusion), so
+    that no launch allocates it during CUDA-graph capture."""
+    from localserve.kernels.triton.gguf_gemv import reserve_split_k
+
+    for module in model.modules():
+        if isinstance(module, Linear) and isinstance(module.method, TritonGGUFLinearMethod):
+            reserve_split_k(module.qweight.device, module.out_features, module.in_features,
+                            module.qtype)
+
+
 def keeps_gguf_blocks() -> bool:
     """Whether GGUF layers keep their blocks on the GPU (LOCALSERVE_GGUF_BLOCKS=1; see the
     module docstring for why it is off by default)."""

@@ -14,6 +14,7 @@ from localserve.backends.cuda.gguf import (
     cuda_fused_linear,
     install_gguf_methods,
     keeps_gguf_blocks,
+    reserve_gguf_scratch,
 )
 from localserve.backends.cuda.graphs import DecodeGraphs, PrefillGraphs
 from localserve.backends.cuda.linear import (
@@ -142,6 +143,7 @@ class CudaModelRunner(TorchModelRunner):
         self.weight_bytes = model_weight_bytes(self.model)
         install_layer_ops(self.model, triton_layer_ops())
         fuse_projections(self.model, cuda_fused_linear)
+        reserve_gguf_scratch(self.model)
         if kept or dequantized:
             log.info("GGUF: %d layers run from their blocks, %d of other types dequantized",
                      kept, dequantized)

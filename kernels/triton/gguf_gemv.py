@@ -37,6 +37,7 @@ from localserve.kernels.triton._common import (
     check_tensor,
     empty,
     gpu_arch,
+    num_sms,
     nvidia_capability,
     pdl_launch,
     pdl_wait,
@@ -275,15 +276,23 @@ def _step_block32(w_ptr, x_ptr, row_start, v0, K, QTYPE: tl.constexpr, BYTES: tl
 
 
 @triton.jit
-def _gguf_gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, row_bytes, QTYPE: tl.constexpr,
-                      BYTES: tl.constexpr, BLOCK_N: tl.constexpr, UNITS: tl.constexpr,
-                      EVEN: tl.constexpr, USE_PRMT: tl.constexpr, USE_PDL: tl.constexpr):
+def _gguf_gemv_kernel(x_ptr, w_ptr, y_ptr, partial_ptr, arrived_ptr, N, K, row_bytes,
+                      QTYPE: tl.constexpr, BYTES: tl.constexpr, BLOCK_N: tl.constexpr,
+                      UNITS: tl.constexpr, EVEN: tl.constexpr, SPLIT_K: tl.constexpr,
+                      USE_PRMT: tl.constexpr, USE_PDL: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_start = tl.minimum(rows, N - 1).to(tl.int64) * row_bytes
     pdl_wait(USE_PDL)
     G: tl.constexpr = 4 * UNITS if (QTYPE == Q4_K or QTYPE == Q5_K) else 8 * UNITS  # noqa: SIM109
     acc = tl.zeros([BLOCK_N, G], tl.float32)
-    for step in range(0, tl.cdiv(K, 256 * UNITS)):
+    steps = tl.cdiv(K, 256 * UNITS)
+    if SPLIT_K:  # this program's share of K: a contiguous run of steps
+        share = tl.cdiv(steps, tl.num_programs(1))
+        first = tl.program_id(1) * share
+        steps = tl.minimum(first + share, steps)
+    else:
+        first = 0
+    for step in range(first, steps):
         v0 = step * (256 * UNITS)
         if QTYPE == Q4_K or QTYPE == Q5_K:  # noqa: SIM109 (jit: no `in` here)
             acc += _step_k4(w_ptr, x_ptr, row_start, v0, K, QTYPE, BYTES, UNITS, BLOCK_N,
@@ -294,19 +303,79 @@ def _gguf_gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, row_bytes, QTYPE: tl.constexpr,
             acc += _step_block32(w_ptr, x_ptr, row_start, v0, K, QTYPE, BYTES, UNITS, BLOCK_N,
                                  USE_PRMT, EVEN)
     y = tl.sum(acc, axis=1)
-    tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=rows < N)
+    if SPLIT_K:
+        # Each share's sums go to the scratch; the last program of this row block to arrive
+        # adds them up in share order (the same result whatever the order of arrival) and
+        # resets the arrival count for the next launch.
+        splits = tl.num_programs(1)
+        tl.store(partial_ptr + tl.program_id(1) * N + rows, y, mask=rows < N)
+        tl.debug_barrier()  # every thread's sums written before the count is released
+        if tl.atomic_add(arrived_ptr + tl.program_id(0), 1, sem="acq_rel") == splits - 1:
+            total = tl.zeros([BLOCK_N], tl.float32)
+            for share in range(0, splits):
+                total += tl.load(partial_ptr + share * N + rows, mask=rows < N, other=0.0,
+                                 cache_modifier=".cg")
+            tl.store(y_ptr + rows, total.to(y_ptr.dtype.element_ty), mask=rows < N)
+            tl.atomic_xchg(arrived_ptr + tl.program_id(0), 0)
+    else:
+        tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=rows < N)
 
 
 # Super-blocks (or 8-block groups) a step by type, the fastest with 8 rows a program and 4
 # warps on an H100 (gguf_gpu_bench.py --only gemv, session 21).
 UNITS = {int(Q.Q4_K): 4, int(Q.Q5_K): 4, int(Q.Q6_K): 2, int(Q.Q8_0): 4, int(Q.Q4_0): 2,
          int(Q.Q5_0): 2}
+DEFAULT_BLOCK_N = 8
+MAX_SPLITS = 8
 
 
-def gguf_gemv(x: torch.Tensor, raw: torch.Tensor, qtype: int, block_n: int = 8,
-              units: int | None = None, num_warps: int = 4) -> torch.Tensor:
+class _Scratch:
+    """Per device: fp32 partial sums of split-K launches and their arrival counts (zeros
+    between launches: the last program of a row block resets its count). Launches on one
+    stream take turns (a launch waits for the previous one, PDL included), so one scratch
+    serves every layer."""
+
+    def __init__(self) -> None:
+        self._by_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def get(self, device: torch.device, partials: int, counts: int
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+        have = self._by_device.get(device)
+        if have is None or have[0].numel() < partials or have[1].numel() < counts:
+            # Grown outside CUDA-graph capture by `reserve_split_k` (the backend, at load).
+            sizes = (partials, counts) if have is None else (
+                max(partials, have[0].numel()), max(counts, have[1].numel()))
+            have = (torch.empty(sizes[0], dtype=torch.float32, device=device),
+                    torch.zeros(sizes[1], dtype=torch.int32, device=device))
+            self._by_device[device] = have
+        return have
+
+
+_SCRATCH = _Scratch()
+
+
+def split_for(n: int, k: int, qtype: int, block_n: int, units: int,
+              device: torch.device) -> int:
+    """Shares of K for an [n, k] layer: enough programs to give every SM four, when one per
+    row block gives fewer (the kernel is bound by the memory traffic in flight)."""
+    blocks, steps = triton.cdiv(n, block_n), triton.cdiv(k, 256 * units)
+    return max(1, min(MAX_SPLITS, steps, 4 * num_sms(device) // blocks))
+
+
+def reserve_split_k(device: torch.device, n: int, k: int, qtype: int) -> None:
+    """Sizes the split-K scratch for an [n, k] layer before any launch (graph capture)."""
+    units = UNITS[int(qtype)]
+    splits = split_for(n, k, qtype, DEFAULT_BLOCK_N, units, device)
+    if splits > 1:
+        _SCRATCH.get(device, splits * n, triton.cdiv(n, DEFAULT_BLOCK_N))
+
+
+def gguf_gemv(x: torch.Tensor, raw: torch.Tensor, qtype: int, block_n: int = DEFAULT_BLOCK_N,
+              units: int | None = None, num_warps: int = 4,
+              splits: int | None = None) -> torch.Tensor:
     """x [1, K] @ W^T -> [1, N] in x's dtype (fp32 accumulation), W = raw's N rows of K
-    `qtype` values (uint8 [N, row bytes], gguf.SUPPORTED_TYPES)."""
+    `qtype` values (uint8 [N, row bytes], gguf.SUPPORTED_TYPES); K in `splits` shares
+    (`split_for` by default) summed by the last program of each row block."""
     check_tensor("x", x, ndim=2, dtypes=FLOAT_DTYPES)
     check_last_dim_contiguous("x", x)
     (m, k), n = x.shape, raw.shape[0]
@@ -318,10 +387,13 @@ def gguf_gemv(x: torch.Tensor, raw: torch.Tensor, qtype: int, block_n: int = 8,
     if n == 0:
         return y
     units = units or UNITS[int(qtype)]
-    _gguf_gemv_kernel[(triton.cdiv(n, block_n),)](
-        x, raw, y, n, k, raw.shape[1], QTYPE=int(qtype), BYTES=block_bytes, BLOCK_N=block_n,
-        UNITS=units, EVEN=k % (256 * units) == 0,
+    blocks = triton.cdiv(n, block_n)
+    splits = splits or split_for(n, k, qtype, block_n, units, x.device)
+    partials, arrived = (_SCRATCH.get(x.device, splits * n, blocks) if splits > 1
+                         else (y, y))
+    _gguf_gemv_kernel[(blocks, splits)](
+        x, raw, y, partials, arrived, n, k, raw.shape[1], QTYPE=int(qtype), BYTES=block_bytes,
+        BLOCK_N=block_n, UNITS=units, EVEN=k % (256 * units) == 0, SPLIT_K=splits > 1,
         USE_PRMT=nvidia_capability(gpu_arch(x.device)) is not None,
         num_warps=num_warps, **pdl_launch(x.device))
     return y
-

@@ -174,7 +174,7 @@ def _launch_every_kernel(half: torch.dtype) -> None:
         # One row: the down projection's K; fp32; 16 rows a program.
         down = torch.empty(4096, row_bytes(qtype, 14336), dtype=torch.uint8)
         gguf_gemv.gguf_gemv(torch.empty(1, 14336, dtype=half), down, qtype)
-        gguf_gemv.gguf_gemv(torch.empty(1, 4096), raw, qtype, block_n=16)
+        gguf_gemv.gguf_gemv(torch.empty(1, 4096), raw, qtype, block_n=16, splits=4)
     # Fused sampling over a Qwen3-sized vocabulary in half precision and fp32.
     for dtype in (half, torch.float32):
         sampling.gumbel_argmax(torch.empty(4, 151936, dtype=dtype), torch.zeros(4),

@@ -132,13 +132,13 @@ def test_gemv_matches_reference(qtype, seed):
         for dtype in DTYPES:
             x = torch.randn(1, k, device=DEV).to(dtype)
             ref = reference.linear(x.float(), w32).to(dtype)
-            for units in (None, 1, 2):
+            for units, splits in ((None, None), (1, 1), (2, 1), (1, 3), (2, 8)):
                 with poisoned_outputs():
-                    out = gguf_gemv(x, raw, qtype, units=units)
+                    out = gguf_gemv(x, raw, qtype, units=units, splits=splits)
                 assert out.shape == (1, n) and out.dtype == dtype
                 err = rel_error(out, ref)
                 assert err <= ELEMENTWISE_TOL[dtype], (
-                    f"{n}x{k} {dtype} units {units}: error {err:.3g}")
+                    f"{n}x{k} {dtype} units {units} splits {splits}: error {err:.3g}")
 
 
 @pytest.mark.parametrize("block_n,num_warps", [(8, 4), (16, 2), (64, 8)])
@@ -151,6 +151,25 @@ def test_gemv_at_every_row_block(block_n, num_warps, seed):
     with poisoned_outputs():
         out = gguf_gemv(x, raw, qtype, block_n=block_n, num_warps=num_warps)
     assert rel_error(out, ref.to(dtype)) <= ELEMENTWISE_TOL[dtype]
+
+
+def test_split_k_sums_in_share_order_and_leaves_its_counts_at_zero(seed):
+    """K in shares (more shares than steps leaves some empty): the same bits as any other
+    launch with those shares, whatever order the programs finish in, and the arrival counts
+    back at zero for the next launch."""
+    from localserve.kernels.triton.gguf_gemv import _SCRATCH
+
+    qtype, n, k = Q.Q4_K, 40, 1024
+    raw = raw_weight(qtype, n, k, seed)
+    x = torch.randn(1, k, device=DEV)
+    ref = reference.linear(x, dequantize(raw, qtype).to(DEV))
+    first = gguf_gemv(x, raw, qtype, units=1, splits=3)
+    assert rel_error(first, ref) <= ELEMENTWISE_TOL[torch.float32]
+    for _ in range(2):
+        assert torch.equal(gguf_gemv(x, raw, qtype, units=1, splits=3), first)
+    assert rel_error(gguf_gemv(x, raw, qtype, units=1, splits=8), ref) <= 1e-5
+    _, arrived = _SCRATCH.get(x.device, 0, 0)
+    assert not arrived.any()
 
 
 def test_gemv_rejects_bad_input():
