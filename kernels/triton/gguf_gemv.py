@@ -17,9 +17,10 @@ step. What keeps the instruction count down:
 - Rows past N repeat row N - 1 (only the store is masked), and with K a multiple of a step no
   load is masked.
 On an H100 (session 21, docs/benchmarks.md) it runs 2-5x faster than `gguf_matmul` at one
-row, about as fast as the bf16 vector gemv on Q4_K-Q6_K layers (which read 3-3.5x more
-bytes); more programs (8 rows each) won every shape, so it is bound by the memory parallelism
-it reaches, not by instructions. Values equal ggml's fp32 dequantization up to the order of
+row and 1.0-1.3x as fast as the bf16 vector gemv on Q4_K-Q6_K layers (which read 3-3.5x more
+bytes): 17-43% of the copy bandwidth. More programs (8 rows each, or K split in shares) won
+nearly every shape, so it is bound by the memory traffic it keeps in flight, not by its
+instructions (5-7 a value). Values equal ggml's fp32 dequantization up to the order of
 fp32 operations; the reference is `localserve.quant.gguf.dequantize`.
 """
 
@@ -41,6 +42,7 @@ from localserve.kernels.triton._common import (
     nvidia_capability,
     pdl_launch,
     pdl_wait,
+    rdna,
 )
 from localserve.kernels.triton.gguf import (
     Q4_0,
@@ -321,12 +323,18 @@ def _gguf_gemv_kernel(x_ptr, w_ptr, y_ptr, partial_ptr, arrived_ptr, N, K, row_b
         tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=rows < N)
 
 
-# Super-blocks (or 8-block groups) a step by type, the fastest with 8 rows a program and 4
-# warps on an H100 (gguf_gpu_bench.py --only gemv, session 21).
-UNITS = {int(Q.Q4_K): 4, int(Q.Q5_K): 4, int(Q.Q6_K): 2, int(Q.Q8_0): 4, int(Q.Q4_0): 2,
-         int(Q.Q5_0): 2}
-DEFAULT_BLOCK_N = 8
 MAX_SPLITS = 8
+
+
+def tile_for(qtype: int, n: int, device: torch.device) -> tuple[int, int, int]:
+    """(rows a program, super-blocks or 8-block groups a step, warps) for an [n, k] layer:
+    the fastest of the H100 sweep (gguf_gpu_bench.py --only gemv, session 21, Llama-3-8B's
+    shapes). Q4_K/Q5_K: 32-row programs of 2 warps for wide layers (gate/up), 64-row ones
+    with K in 8 shares (`split_for`) for 4096-row ones (o, down), 8 rows otherwise; 8 rows
+    everywhere on RDNA3 Radeons, where 64 spill registers (test_triton_compile.py)."""
+    if qtype in (Q.Q4_K, Q.Q5_K) and not rdna(gpu_arch(device)):
+        return (32, 1, 2) if n >= 16384 else (64, 2, 4) if n <= 4096 else (8, 4, 4)
+    return (8, 4, 4) if qtype == Q.Q8_0 else (8, 2, 4)
 
 
 class _Scratch:
@@ -354,28 +362,27 @@ class _Scratch:
 _SCRATCH = _Scratch()
 
 
-def split_for(n: int, k: int, qtype: int, block_n: int, units: int,
-              device: torch.device) -> int:
+def split_for(n: int, k: int, block_n: int, units: int, device: torch.device) -> int:
     """Shares of K for an [n, k] layer: enough programs to give every SM four, when one per
-    row block gives fewer (the kernel is bound by the memory traffic in flight)."""
+    row block gives fewer (the kernel is bound by the memory traffic it has in flight)."""
     blocks, steps = triton.cdiv(n, block_n), triton.cdiv(k, 256 * units)
     return max(1, min(MAX_SPLITS, steps, 4 * num_sms(device) // blocks))
 
 
 def reserve_split_k(device: torch.device, n: int, k: int, qtype: int) -> None:
     """Sizes the split-K scratch for an [n, k] layer before any launch (graph capture)."""
-    units = UNITS[int(qtype)]
-    splits = split_for(n, k, qtype, DEFAULT_BLOCK_N, units, device)
+    block_n, units, _ = tile_for(qtype, n, device)
+    splits = split_for(n, k, block_n, units, device)
     if splits > 1:
-        _SCRATCH.get(device, splits * n, triton.cdiv(n, DEFAULT_BLOCK_N))
+        _SCRATCH.get(device, splits * n, triton.cdiv(n, block_n))
 
 
-def gguf_gemv(x: torch.Tensor, raw: torch.Tensor, qtype: int, block_n: int = DEFAULT_BLOCK_N,
-              units: int | None = None, num_warps: int = 4,
+def gguf_gemv(x: torch.Tensor, raw: torch.Tensor, qtype: int, block_n: int | None = None,
+              units: int | None = None, num_warps: int | None = None,
               splits: int | None = None) -> torch.Tensor:
     """x [1, K] @ W^T -> [1, N] in x's dtype (fp32 accumulation), W = raw's N rows of K
-    `qtype` values (uint8 [N, row bytes], gguf.SUPPORTED_TYPES); K in `splits` shares
-    (`split_for` by default) summed by the last program of each row block."""
+    `qtype` values (uint8 [N, row bytes], gguf.SUPPORTED_TYPES); K in `splits` shares summed
+    by the last program of each row block. Unset tiles come from `tile_for`/`split_for`."""
     check_tensor("x", x, ndim=2, dtypes=FLOAT_DTYPES)
     check_last_dim_contiguous("x", x)
     (m, k), n = x.shape, raw.shape[0]
@@ -386,9 +393,10 @@ def gguf_gemv(x: torch.Tensor, raw: torch.Tensor, qtype: int, block_n: int = DEF
     y = empty((1, n), x.dtype, x.device)
     if n == 0:
         return y
-    units = units or UNITS[int(qtype)]
+    tile = tile_for(qtype, n, x.device)
+    block_n, units, num_warps = block_n or tile[0], units or tile[1], num_warps or tile[2]
     blocks = triton.cdiv(n, block_n)
-    splits = splits or split_for(n, k, qtype, block_n, units, x.device)
+    splits = splits or split_for(n, k, block_n, units, x.device)
     partials, arrived = (_SCRATCH.get(x.device, splits * n, blocks) if splits > 1
                          else (y, y))
     _gguf_gemv_kernel[(blocks, splits)](

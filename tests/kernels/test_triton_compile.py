@@ -171,9 +171,11 @@ def _launch_every_kernel(half: torch.dtype) -> None:
                   torch.empty(2, 4096)):
             gguf.gguf_matmul(x, raw, qtype)
         gguf.gguf_dequant(raw, qtype, 4096, half, torch.zeros(8, dtype=torch.int64))
-        # One row: the down projection's K; fp32; 16 rows a program.
+        # One row: the down projection's K, gate/up's N (q/k/v's above), fp32 in shares.
         down = torch.empty(4096, row_bytes(qtype, 14336), dtype=torch.uint8)
         gguf_gemv.gguf_gemv(torch.empty(1, 14336, dtype=half), down, qtype)
+        gguf_gemv.gguf_gemv(row, torch.empty(28672, raw.shape[1], dtype=torch.uint8), qtype)
+        gguf_gemv.gguf_gemv(row, raw, qtype)
         gguf_gemv.gguf_gemv(torch.empty(1, 4096), raw, qtype, block_n=16, splits=4)
     # Fused sampling over a Qwen3-sized vocabulary in half precision and fp32.
     for dtype in (half, torch.float32):
