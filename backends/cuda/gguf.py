@@ -7,11 +7,12 @@ the float paths (cuBLAS, the decode gemv) then serve. Projections that read one 
 when their parts share a type, as float ones do (`layers/fusion.py`): one launch, one stream
 of blocks.
 
-Off by default (`keeps_gguf_blocks`; LOCALSERVE_GGUF_BLOCKS=1 turns it on, and only then does
-the runner load GGUF layers raw): correct on an H100, but its decode matmuls reached only
-4-19% of the copy bandwidth there, 1.4-4.4x slower than the same layers in bf16 although they
-read 2.4-3.6x fewer bytes (docs/benchmarks.md, session 20). So it buys memory (a Q4_K_M 8B in
-about 4.9 GB, not 16), not speed.
+Blocks or floats (`keeps_gguf_blocks`, LOCALSERVE_GGUF_BLOCKS=auto|1|0): the blocks take a
+third of the memory (a Q4_K_M 8B: 5.2 GB, not 16), and one-row decode steps run about as fast
+from them as from bf16 (kernels/triton/gguf_gemv.py), but batched steps run 2-3x slower
+(`gguf_matmul`; docs/benchmarks.md, session 21). So by default (auto) a model keeps its blocks
+only when its dequantized weights would take more than half of the GPU memory localserve may
+use: an 8B Q4_K_M on an 8 GB card runs from its blocks, on an 80 GB one from bf16.
 """
 
 from __future__ import annotations
@@ -103,19 +104,48 @@ def reserve_gguf_scratch(model: nn.Module) -> None:
                             module.qtype)
 
 
-def keeps_gguf_blocks() -> bool:
-    """Whether GGUF layers keep their blocks on the GPU (LOCALSERVE_GGUF_BLOCKS=1; see the
-    module docstring for why it is off by default)."""
-    return os.environ.get("LOCALSERVE_GGUF_BLOCKS", "0") == "1"
+SETTINGS = ("auto", "1", "0")
 
 
-def install_gguf_methods(model: nn.Module) -> tuple[int, int]:
-    """Points every raw GGUF layer at the Triton kernels, or dequantizes it where they do not
-    read its type or the blocks are off; returns (kept raw, dequantized). A tied LM head
-    shares its embedding's blocks, or its dequantized weight."""
+def gguf_blocks_setting() -> str:
+    """LOCALSERVE_GGUF_BLOCKS: "1" keeps GGUF blocks on the GPU, "0" dequantizes them at
+    load, "auto" (the default) decides by size (`keeps_gguf_blocks`)."""
+    value = os.environ.get("LOCALSERVE_GGUF_BLOCKS", "auto").strip().lower() or "auto"
+    if value not in SETTINGS:
+        raise ValueError(f"LOCALSERVE_GGUF_BLOCKS must be one of {', '.join(SETTINGS)}; "
+                         f"got {value!r}")
+    return value
+
+
+def dequantized_bytes(path: str, dtype: torch.dtype) -> int:
+    """The bytes of a GGUF file's tensors held as `dtype`."""
+    from math import prod
+
+    from localserve.loader.gguf_reader import GGUFFile
+
+    itemsize = torch.empty(0, dtype=dtype).element_size()
+    return sum(prod(t.shape) * itemsize for t in GGUFFile(path).tensors.values())
+
+
+def keeps_gguf_blocks(dequantized: int | None = None, budget: float | None = None) -> bool:
+    """Whether GGUF layers keep their blocks: as LOCALSERVE_GGUF_BLOCKS says, or (auto) when
+    the `dequantized` weights would take more than half of `budget`, the bytes of GPU memory
+    localserve may use (the rest holds the KV cache and activations); see the module
+    docstring for why."""
+    setting = gguf_blocks_setting()
+    if setting != "auto":
+        return setting == "1"
+    return dequantized is not None and budget is not None and dequantized > budget / 2
+
+
+def install_gguf_methods(model: nn.Module, keep: bool | None = None) -> tuple[int, int]:
+    """Points every raw GGUF layer at the Triton kernels when `keep` (default: the setting
+    is "1"), or dequantizes it when not, or where they do not read its type; returns (kept
+    raw, dequantized). A tied LM head shares its embedding's blocks, or its dequantized
+    weight."""
     from localserve.kernels.triton.gguf import SUPPORTED_TYPES
 
-    keep = keeps_gguf_blocks()
+    keep = keeps_gguf_blocks() if keep is None else keep
     kept = dequantized = 0
     floats: dict[int, nn.Parameter] = {}
     for module in model.modules():

@@ -12,6 +12,8 @@ import torch
 from localserve.backends.cuda.compile_ahead import compile_ahead, hash_triton_ahead
 from localserve.backends.cuda.gguf import (
     cuda_fused_linear,
+    dequantized_bytes,
+    gguf_blocks_setting,
     install_gguf_methods,
     keeps_gguf_blocks,
     reserve_gguf_scratch,
@@ -27,6 +29,7 @@ from localserve.config import EngineConfig
 from localserve.interfaces import RunnerCapabilities, SchedulerOutput
 from localserve.layers.fusion import fuse_projections
 from localserve.layers.ops import install_layer_ops
+from localserve.loader.source import CheckpointSource
 from localserve.runner.context import AttentionMetadata, ForwardContext, forward_context
 from localserve.runner.sampler import Sampler, SampleRequest
 from localserve.runner.torch_runner import TorchModelRunner, model_weight_bytes
@@ -126,10 +129,9 @@ class CudaModelRunner(TorchModelRunner):
         from localserve.kernels.triton import gumbel_argmax
 
         self._triton_key = hash_triton_ahead()  # joined before the first compile
-        # GGUF blocks stay raw only for the Triton GGUF kernels (backends/cuda/gguf.py); else
-        # the loader dequantizes them as it reads the file.
-        super().__init__(config, device, triton_attention_ops(),
-                         keep_quantized=keeps_gguf_blocks())
+        # GGUF blocks stay raw only for the Triton GGUF kernels (backends/cuda/gguf.py; decided
+        # at load); else the loader dequantizes them as it reads the file.
+        super().__init__(config, device, triton_attention_ops())
         self.graphs: DecodeGraphs | None = None
         self.prefill_graphs: PrefillGraphs | None = None
         self.draw_kernel = gumbel_argmax
@@ -137,9 +139,10 @@ class CudaModelRunner(TorchModelRunner):
     def load_model(self) -> None:
         torch.cuda.set_device(self.device)
         free, total = torch.cuda.mem_get_info(self.device)
+        self.keep_quantized = self._keeps_gguf_blocks(free)
         with self._refused_when_out_of_memory(lambda: self._weights_refusal(free, total)):
             super().load_model()
-            kept, dequantized = install_gguf_methods(self.model)
+            kept, dequantized = install_gguf_methods(self.model, self.keep_quantized)
         self.weight_bytes = model_weight_bytes(self.model)
         install_layer_ops(self.model, triton_layer_ops())
         fuse_projections(self.model, cuda_fused_linear)
@@ -160,16 +163,35 @@ class CudaModelRunner(TorchModelRunner):
         runner's memory given back (`shutdown`)."""
         return refused_when_out_of_memory(refusal, self.shutdown)
 
-    def _weights_refusal(self, free: int, total: int) -> GpuMemoryError:
+    def _source_and_dtype(self) -> tuple[CheckpointSource, torch.dtype]:
         from localserve.config import default_model_path
         from localserve.loader import read_arch, resolve_dtype
         from localserve.loader.source import resolve_source
 
         model = self.config.model
         source = resolve_source(model.model or default_model_path(), model.load_format)
-        dtype = resolve_dtype(model.dtype, self.device, read_arch(source))
+        return source, resolve_dtype(model.dtype, self.device, read_arch(source))
+
+    def _keeps_gguf_blocks(self, free: int) -> bool:
+        """The GGUF setting for this model and GPU (`gguf.keeps_gguf_blocks`); False for
+        other checkpoints."""
+        if gguf_blocks_setting() != "auto":
+            return keeps_gguf_blocks()
+        source, dtype = self._source_and_dtype()
+        if source.kind != "gguf":
+            return False
+        keep = keeps_gguf_blocks(dequantized_bytes(source.path, dtype),
+                                 free * self.config.cache.gpu_memory_utilization)
+        held = str(dtype).removeprefix("torch.")
+        log.info("GGUF: %s (LOCALSERVE_GGUF_BLOCKS=auto; 1 or 0 to choose)",
+                 f"blocks kept: in {held} they would take over half of the GPU memory" if keep
+                 else f"dequantized to {held}: they fit")
+        return keep
+
+    def _weights_refusal(self, free: int, total: int) -> GpuMemoryError:
+        source, dtype = self._source_and_dtype()
         return weights_do_not_fit(free, total, dtype, source.kind == "gguf",
-                                  keeps_gguf_blocks())
+                                  self.keep_quantized)
 
     def profile_num_blocks(self) -> int:
         """KV blocks that fit after a warm-up forward at the largest step the scheduler makes."""

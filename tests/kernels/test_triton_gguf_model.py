@@ -113,3 +113,41 @@ def test_types_the_kernels_do_not_read_are_dequantized_once(monkeypatch):
     assert torch.equal(model["embed"](ids).cpu(), dequantize(q41, Q.Q4_1)[[0, 15, 4]])
 
 
+
+
+@pytest.mark.parametrize("setting,dequantized,budget,keep", [
+    (None, 10, 30, False),   # auto: fits in half of the budget -> dequantize (faster batches)
+    (None, 16, 30, True),    # auto: would take over half -> keep the blocks
+    (None, None, None, False),  # auto, sizes unknown (a bare install) -> dequantize
+    ("auto", 16, 30, True),
+    ("1", 1, 1000, True),
+    ("0", 1000, 1, False)])
+def test_blocks_or_floats_by_setting_and_size(monkeypatch, setting, dequantized, budget, keep):
+    from localserve.backends.cuda.gguf import keeps_gguf_blocks
+
+    if setting is None:
+        monkeypatch.delenv("LOCALSERVE_GGUF_BLOCKS", raising=False)
+    else:
+        monkeypatch.setenv("LOCALSERVE_GGUF_BLOCKS", setting)
+    assert keeps_gguf_blocks(dequantized, budget) is keep
+
+
+def test_a_bad_blocks_setting_names_the_choices(monkeypatch):
+    from localserve.backends.cuda.gguf import keeps_gguf_blocks
+
+    monkeypatch.setenv("LOCALSERVE_GGUF_BLOCKS", "yes")
+    with pytest.raises(ValueError, match="must be one of auto, 1, 0; got 'yes'"):
+        keeps_gguf_blocks(1, 2)
+
+
+def test_dequantized_bytes_counts_every_tensor_in_the_dtype(tmp_path):
+    from math import prod
+
+    from localserve.backends.cuda.gguf import dequantized_bytes
+    from localserve.loader.gguf_reader import GGUFFile
+
+    ckpt = make_tiny_checkpoint(tmp_path, "llama", "gguf-q8_0")
+    values = sum(prod(t.shape) for t in GGUFFile(ckpt.path).tensors.values())
+    assert values > 0
+    assert dequantized_bytes(str(ckpt.path), torch.bfloat16) == 2 * values
+    assert dequantized_bytes(str(ckpt.path), torch.float32) == 4 * values
