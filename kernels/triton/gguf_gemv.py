@@ -16,12 +16,15 @@ step. What keeps the instruction count down:
   minimums multiply the group's sum of x once.
 - Rows past N repeat row N - 1 (only the store is masked), and with K a multiple of a step no
   load is masked.
+- Layers of few rows split K in shares (`split_for`): each share's sums go to a scratch, and
+  the last program of a row block to arrive adds them in share order (the same bits whatever
+  the order of arrival) and resets its arrival count for the next launch.
 On an H100 (session 21, docs/benchmarks.md) it runs 2.0-4.4x faster than `gguf_matmul` at
 one row and 1.07-1.34x faster than the bf16 vector gemv on Q4_K, Q5_K and Q6_K layers (Q8_0:
 0.70-0.84x), yet reaches only 18-42% of the copy bandwidth: more programs (8 rows each, or K
 split in shares) won nearly every shape, so it is bound by the memory traffic it keeps in
-flight, not by its instructions (5-7 a value). Values equal ggml's fp32 dequantization up to the order of
-fp32 operations; the reference is `localserve.quant.gguf.dequantize`.
+flight, not by its instructions (5-7 a value). Values equal ggml's fp32 dequantization up to
+the order of fp32 operations; the reference is `localserve.quant.gguf.dequantize`.
 """
 
 from __future__ import annotations
