@@ -227,22 +227,35 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return code
 
 
+def _gpu_weights(model: str, gpu: GpuInfo, utilization: float) -> tuple[int, str]:
+    """(bytes, what) the weights take on the GPU: 16-bit, or a GGUF file's blocks where the
+    cuda backend keeps them (`backends.cuda.gguf.keeps_gguf_blocks`: when in 16-bit they
+    would take over half of the memory localserve may use)."""
+    from localserve.model_store import num_parameters
+
+    weights = 2 * num_parameters(model)
+    if model.lower().endswith(".gguf"):
+        from localserve.backends.cuda.gguf import keeps_gguf_blocks
+
+        if keeps_gguf_blocks(weights, gpu.memory_free * utilization):
+            return os.path.getsize(model), "GGUF blocks kept as in the file"
+    return weights, "16-bit weights"
+
+
 def _print_gpu_pool(gpu: GpuInfo, model: str, per_token: int, utilization: float) -> bool:
     """Prints the KV pool the GPU backend would get; False when the weights leave none. An
     upper bound: start-up also sets aside one step's activations, measured by a warm-up, and
     logs the pool it really made."""
-    from localserve.model_store import num_parameters
-
     gib = 2**30
     try:
-        weights = 2 * num_parameters(model)  # 16-bit on the GPU (GGUF blocks dequantized)
+        weights, held = _gpu_weights(model, gpu, utilization)
     except (OSError, ValueError) as e:
         print(f"  cannot count the model's weights: {e}")
         return False
     in_use = gpu.memory_total - gpu.memory_free
     pool = gpu.memory_total * utilization - in_use - weights
     share = (f"{utilization:.0%} of {gpu.memory_total / gib:.1f} GiB, less {in_use / gib:.1f} "
-             f"GiB in use and {weights / gib:.2f} GiB of 16-bit weights")
+             f"GiB in use and {weights / gib:.2f} GiB of {held}")
     if pool <= 0:
         print(f"  KV pool: none ({share}): lower the other GPU work, raise "
               "--gpu-memory-utilization, or use a smaller model")

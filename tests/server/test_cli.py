@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import re
 import struct
 import subprocess
@@ -348,8 +349,9 @@ def test_pull(hub: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 def test_probe_sizes_the_gpu_kv_pool(capsys: pytest.CaptureFixture[str],
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """With the cuda backend chosen, probe prints the KV pool the GPU would get: memory
-    utilization x total, less what is in use and the 16-bit weights, in tokens of this
-    model; and exits 1, naming fixes, when the weights leave nothing."""
+    utilization x total, less what is in use and the weights (16-bit, or the GGUF's blocks
+    where the backend keeps them), in tokens of this model; and exits 1, naming fixes, when
+    the weights leave nothing."""
     import localserve.backends as backends
     import localserve.platform.probe as probe_module
     from localserve.backends import Selection
@@ -377,7 +379,17 @@ def test_probe_sizes_the_gpu_kv_pool(capsys: pytest.CaptureFixture[str],
     pool = 4 * gib - 1 * gib - weights
     assert f"KV pool: at most {pool / gib:.1f} GiB = {int(pool // per_token):,} tokens" in out
     assert "50% of 8.0 GiB, less 1.0 GiB in use" in out
+    # A small GPU: in 16-bit the weights would take over half of the memory localserve may
+    # use, so the cuda backend keeps the GGUF's blocks (backends/cuda/gguf.py), as sized here.
     with_gpu(1 * gib, 1 * gib // 2)
+    code, out, err = run_cli(capsys, "probe")
+    assert code == 0, err
+    blocks = os.path.getsize(model)
+    assert blocks < weights / 1.5
+    pool = 0.9 * gib - gib // 2 - blocks
+    assert f"KV pool: at most {pool / gib:.1f} GiB" in out
+    assert f"{blocks / gib:.2f} GiB of GGUF blocks kept as in the file" in out
+    with_gpu(gib // 2, gib // 4)
     code, out, _ = run_cli(capsys, "probe")
     assert code == 1 and "KV pool: none" in out and "smaller model" in out
 
