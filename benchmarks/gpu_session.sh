@@ -35,7 +35,7 @@ if [[ $what == default ]]; then
   "${pytest[@]}" -s -rs tests/e2e/test_cuda_default_model.py tests/unit/test_tokenizer.py 2>&1 \
     | tee "$OUT/default_model.log" | tail -15
 fi
-if [[ $what == gguf ]]; then  # GGUF blocks on the GPU (opt-in): tests, then gguf_gpu_bench.py "$@"
+if [[ $what == gguf ]]; then  # GGUF blocks on the GPU (forced on): tests, then gguf_gpu_bench.py "$@"
   install_default_model || exit 1
   LOCALSERVE_GGUF_BLOCKS=1 "${pytest[@]}" -s -rs tests/kernels/test_triton_gguf.py tests/kernels/test_triton_gguf_model.py \
     tests/e2e/test_cuda_default_model.py 2>&1 | tee "$OUT/gguf_tests.log" | tail -15
