@@ -1,4 +1,4 @@
-"""GGUF blocks on the GPU (kernels/triton/gguf.py, backends/cuda/gguf.py), measured.
+"""GGUF blocks on the GPU (kernels/triton/gguf.py, gguf_gemv.py, backends/cuda/gguf.py), measured.
 
 Usage (GPU machine): python benchmarks/gguf_gpu_bench.py [--only kernels gemv repacked e2e
         default]
@@ -15,7 +15,7 @@ Usage (GPU machine): python benchmarks/gguf_gpu_bench.py [--only kernels gemv re
 - repacked: the experiment of gguf_repacked.py (Q4_K repacked at load: contiguous codes, fp32
   group scales, two K=32 dots a step) beside gguf_linear and bf16 cuBLAS, same shapes.
 - e2e: a random GGUF of Llama-3.1-8B's shapes in Q4_K_M's type mix (Q4_K; Q6_K for v, down and
-  the LM head; 4.9 GB) written to a temporary folder, served by the engine: issue 6's (a)
+  the LM head; 5.2 GB) written to a temporary folder, served by the engine: issue 6's (a)
   (batch 1, a 512-token prompt, 128 greedy tokens, decode tok/s = 127 / (total - TTFT)) and
   the same for 16 sequences; beside it the bf16 dummy model of the same shapes (the backend's
   float path) in the same run. Roofline: measured bandwidth / bytes of weights read per token.

@@ -234,7 +234,7 @@ def _gpu_weights(model: str, gpu: GpuInfo, utilization: float) -> tuple[int, str
     from localserve.model_store import num_parameters
 
     weights = 2 * num_parameters(model)
-    if model.lower().endswith(".gguf"):
+    if os.path.isfile(model):  # a GGUF (a model_store model is a .gguf file or a folder)
         from localserve.backends.cuda.gguf import keeps_gguf_blocks
 
         if keeps_gguf_blocks(weights, gpu.memory_free * utilization):

@@ -117,16 +117,6 @@ def gguf_blocks_setting() -> str:
     return value
 
 
-def dequantized_bytes(path: str, dtype: torch.dtype) -> int:
-    """The bytes of a GGUF file's tensors held as `dtype`."""
-    from math import prod
-
-    from localserve.loader.gguf_reader import GGUFFile
-
-    itemsize = torch.empty(0, dtype=dtype).element_size()
-    return sum(prod(t.shape) * itemsize for t in GGUFFile(path).tensors.values())
-
-
 def keeps_gguf_blocks(dequantized: int | None = None, budget: float | None = None) -> bool:
     """Whether GGUF layers keep their blocks: as LOCALSERVE_GGUF_BLOCKS says, or (auto) when
     the `dequantized` weights would take more than half of `budget`, the bytes of GPU memory

@@ -12,7 +12,6 @@ import torch
 from localserve.backends.cuda.compile_ahead import compile_ahead, hash_triton_ahead
 from localserve.backends.cuda.gguf import (
     cuda_fused_linear,
-    dequantized_bytes,
     gguf_blocks_setting,
     install_gguf_methods,
     keeps_gguf_blocks,
@@ -177,11 +176,13 @@ class CudaModelRunner(TorchModelRunner):
         other checkpoints."""
         if gguf_blocks_setting() != "auto":
             return keeps_gguf_blocks()
+        from localserve.model_store import num_parameters
+
         source, dtype = self._source_and_dtype()
         if source.kind != "gguf":
             return False
-        keep = keeps_gguf_blocks(dequantized_bytes(source.path, dtype),
-                                 free * self.config.cache.gpu_memory_utilization)
+        dequantized = num_parameters(source.path) * dtype.itemsize
+        keep = keeps_gguf_blocks(dequantized, free * self.config.cache.gpu_memory_utilization)
         held = str(dtype).removeprefix("torch.")
         log.info("GGUF: %s (LOCALSERVE_GGUF_BLOCKS=auto; 1 or 0 to choose)",
                  f"blocks kept: in {held} they would take over half of the GPU memory" if keep

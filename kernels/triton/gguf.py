@@ -4,9 +4,9 @@ A Q4_K_M 8B model is 4.9 GB in its blocks and 16 GB in bf16: the blocks are what
 on an 8 GB card. They should also be faster at decode, where every step streams the weights,
 but these kernels are not: on an H100 (session 20, docs/benchmarks.md) `gguf_matmul` reached
 4-19% of the copy bandwidth, 1.4-4.4x slower than the bf16 layer, with 16 rows costing about
-what 1 row does on most layers (the in-register dequantization is the bottleneck). Hence the
-cuda backend uses them only when asked (backends/cuda/gguf.py). Two kernels read the raw rows
-(uint8 [rows, row_bytes]):
+what 1 row does on most layers (the in-register dequantization is the bottleneck). One-row
+steps therefore go through gguf_gemv.py; these kernels serve batched steps and lookups. Two
+kernels read the raw rows (uint8 [rows, row_bytes]):
 - `gguf_matmul`: y = x @ W^T for decode-sized batches. Each program dequantizes a [BLOCK_N,
   64] tile of W in registers (fp32, as ggml's dequantize_row_* computes it, then rounded to
   x's dtype) and multiplies it with `tl.dot`, K-step by K-step.

@@ -211,14 +211,14 @@ def _step_q6_k(w_ptr, x_ptr, row_start, v0, K, BYTES: tl.constexpr, UNITS: tl.co
     unit2 = v0 // 256 + g2 // 8
     grp2 = g2 % 8
     ok2 = unit2 * 256 < K
-    head = w_ptr + row_start[:, None] + unit2 * BYTES
+    block = row_start[:, None] + unit2 * BYTES                              # byte offsets
+    head = w_ptr + block
     scale = grp2 + 4 * (grp2 // 4)
     wd = tl.arange(0, 4)[None, None, :]                                     # word of a group
     grp = grp2[:, :, None]
     ok = ok2[:, :, None]
-    block = (row_start[:, None] + unit2 * BYTES)[:, :, None]
-    ql = _word(w_ptr, block, 4 * grp + wd, ok, EVEN)                       # [BLOCK_N, G, 4]
-    qh = _word(w_ptr, block, 32 + 4 * (2 * (grp // 4) + grp % 2) + wd, ok,
+    ql = _word(w_ptr, block[:, :, None], 4 * grp + wd, ok, EVEN)           # [BLOCK_N, G, 4]
+    qh = _word(w_ptr, block[:, :, None], 32 + 4 * (2 * (grp // 4) + grp % 2) + wd, ok,
                EVEN) >> (2 * ((grp // 2) % 2))
     lo = (ql & LOW_NIBBLES) | ((qh & 0x03030303) << 4)
     hi = ((ql >> 4) & LOW_NIBBLES) | (((qh >> 4) & 0x03030303) << 4)
@@ -340,29 +340,24 @@ def tile_for(qtype: int, n: int, device: torch.device) -> tuple[int, int, int]:
     return (8, 4, 4) if qtype == Q.Q8_0 else (8, 2, 4)
 
 
-class _Scratch:
-    """Per device: fp32 partial sums of split-K launches and their arrival counts (zeros
-    between launches: the last program of a row block resets its count). Launches on one
-    stream take turns (a launch waits for the previous one, PDL included), so one scratch
-    serves every layer."""
-
-    def __init__(self) -> None:
-        self._by_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def get(self, device: torch.device, partials: int, counts: int
-            ) -> tuple[torch.Tensor, torch.Tensor]:
-        have = self._by_device.get(device)
-        if have is None or have[0].numel() < partials or have[1].numel() < counts:
-            # Grown outside CUDA-graph capture by `reserve_split_k` (the backend, at load).
-            sizes = (partials, counts) if have is None else (
-                max(partials, have[0].numel()), max(counts, have[1].numel()))
-            have = (torch.empty(sizes[0], dtype=torch.float32, device=device),
-                    torch.zeros(sizes[1], dtype=torch.int32, device=device))
-            self._by_device[device] = have
-        return have
+# Per device: fp32 partial sums of split-K launches and their arrival counts (zeros between
+# launches: the last program of a row block resets its count). Launches on one stream take
+# turns (a launch waits for the previous one, PDL included), so one scratch serves every layer.
+_SCRATCH: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
-_SCRATCH = _Scratch()
+def _scratch(device: torch.device, partials: int, counts: int
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The device's scratch, grown to hold `partials` sums and `counts` counts (outside
+    CUDA-graph capture: `reserve_split_k` sizes it at load)."""
+    have = _SCRATCH.get(device)
+    if have is None or have[0].numel() < partials or have[1].numel() < counts:
+        partials = max(partials, 0 if have is None else have[0].numel())
+        counts = max(counts, 0 if have is None else have[1].numel())
+        have = (torch.empty(partials, dtype=torch.float32, device=device),
+                torch.zeros(counts, dtype=torch.int32, device=device))
+        _SCRATCH[device] = have
+    return have
 
 
 def split_for(n: int, k: int, block_n: int, units: int, device: torch.device) -> int:
@@ -377,7 +372,7 @@ def reserve_split_k(device: torch.device, n: int, k: int, qtype: int) -> None:
     block_n, units, _ = tile_for(qtype, n, device)
     splits = split_for(n, k, block_n, units, device)
     if splits > 1:
-        _SCRATCH.get(device, splits * n, triton.cdiv(n, block_n))
+        _scratch(device, splits * n, triton.cdiv(n, block_n))
 
 
 def gguf_gemv(x: torch.Tensor, raw: torch.Tensor, qtype: int, block_n: int | None = None,
@@ -400,8 +395,7 @@ def gguf_gemv(x: torch.Tensor, raw: torch.Tensor, qtype: int, block_n: int | Non
     block_n, units, num_warps = block_n or tile[0], units or tile[1], num_warps or tile[2]
     blocks = triton.cdiv(n, block_n)
     splits = splits or split_for(n, k, block_n, units, x.device)
-    partials, arrived = (_SCRATCH.get(x.device, splits * n, blocks) if splits > 1
-                         else (y, y))
+    partials, arrived = _scratch(x.device, splits * n, blocks) if splits > 1 else (y, y)
     _gguf_gemv_kernel[(blocks, splits)](
         x, raw, y, partials, arrived, n, k, raw.shape[1], QTYPE=int(qtype), BYTES=block_bytes,
         BLOCK_N=block_n, UNITS=units, EVEN=k % (256 * units) == 0, SPLIT_K=splits > 1,

@@ -74,12 +74,12 @@ def test_gguf_blocks_compute_what_the_dequantized_model_does(tmp_path, monkeypat
 
 @pytest.mark.parametrize("setting", ["0", None], ids=["off", "default"])
 def test_blocks_off_dequantizes_every_layer(tmp_path, monkeypatch, setting):
+    """Blocks off, or auto with no sizes to go by: the raw blocks become exactly the float
+    model that loading with dequantization gives (same weights, same logits, bit for bit)."""
     if setting is None:
         monkeypatch.delenv("LOCALSERVE_GGUF_BLOCKS", raising=False)
     else:
         monkeypatch.setenv("LOCALSERVE_GGUF_BLOCKS", setting)
-    """The default path: the raw blocks the cuda runner loads become exactly the float model
-    that loading with dequantization gives (same weights, same logits, bit for bit)."""
     ckpt = make_tiny_checkpoint(tmp_path, "gemma3_text", "gguf-q8_0")
     config = ModelConfig(model=str(ckpt.path))
     blocks = load_model(config, DEV, torch.float32, keep_quantized=True)
@@ -113,8 +113,6 @@ def test_types_the_kernels_do_not_read_are_dequantized_once(monkeypatch):
     assert torch.equal(model["embed"](ids).cpu(), dequantize(q41, Q.Q4_1)[[0, 15, 4]])
 
 
-
-
 @pytest.mark.parametrize("setting,dequantized,budget,keep", [
     (None, 10, 30, False),   # auto: fits in half of the budget -> dequantize (faster batches)
     (None, 16, 30, True),    # auto: would take over half -> keep the blocks
@@ -139,15 +137,3 @@ def test_a_bad_blocks_setting_names_the_choices(monkeypatch):
     with pytest.raises(ValueError, match="must be one of auto, 1, 0; got 'yes'"):
         keeps_gguf_blocks(1, 2)
 
-
-def test_dequantized_bytes_counts_every_tensor_in_the_dtype(tmp_path):
-    from math import prod
-
-    from localserve.backends.cuda.gguf import dequantized_bytes
-    from localserve.loader.gguf_reader import GGUFFile
-
-    ckpt = make_tiny_checkpoint(tmp_path, "llama", "gguf-q8_0")
-    values = sum(prod(t.shape) for t in GGUFFile(ckpt.path).tensors.values())
-    assert values > 0
-    assert dequantized_bytes(str(ckpt.path), torch.bfloat16) == 2 * values
-    assert dequantized_bytes(str(ckpt.path), torch.float32) == 4 * values
