@@ -1,8 +1,8 @@
 """GGUF blocks on the GPU (kernels/triton/gguf.py, gguf_gemv.py, backends/cuda/gguf.py), measured.
 
-Usage (GPU machine): python benchmarks/gguf_gpu_bench.py [--only kernels gemv repacked e2e
+Usage (GPU machine): python benchmarks/gguf_gpu_bench.py [--only kernels gemv q8 repacked e2e
         default]
-        [--hf] [--types Q4_K ...] [--gemv-types Q4_K ...] [--rows 1 16 ...]
+        [--hf] [--types Q4_K ...] [--gemv-types Q4_K ...] [--q8-types Q4_K ...] [--rows 1 16 ...]
         (CPU smoke run, interpreter, tiny shapes): python benchmarks/gguf_gpu_bench.py --smoke
 
 - kernels: `gguf_linear` on Llama-3-8B projection shapes in Q4_K, Q6_K and Q8_0 at 1-32 rows,
@@ -12,12 +12,15 @@ Usage (GPU machine): python benchmarks/gguf_gpu_bench.py [--only kernels gemv re
 - gemv: the one-row kernel (gguf_gemv.py) on the same shapes for every type it reads, over a
   sweep of tiles (rows a program, super-blocks a step, warps; GGUF_GEMV_TILES), beside
   gguf_matmul at one row and the bf16 vector gemv.
+- q8: the int8 few-row kernel (gguf_q8.py: x quantized to int8, int8 dots) at 2-32 rows over
+  a sweep of tiles (GGUF_Q8_TILES), beside gguf_matmul and bf16, its quantization of x timed
+  alone; checked against x rounded to int8 (tight) and x itself (loose).
 - repacked: the experiment of gguf_repacked.py (Q4_K repacked at load: contiguous codes, fp32
   group scales, two K=32 dots a step) beside gguf_linear and bf16 cuBLAS, same shapes.
 - e2e: a random GGUF of Llama-3.1-8B's shapes in Q4_K_M's type mix (Q4_K; Q6_K for v, down and
   the LM head; 5.2 GB) written to a temporary folder, served by the engine: issue 6's (a)
   (batch 1, a 512-token prompt, 128 greedy tokens, decode tok/s = 127 / (total - TTFT)) and
-  the same for 16 sequences; beside it the bf16 dummy model of the same shapes (the backend's
+  the same for 4 and 16 sequences; beside it the bf16 dummy model of the same shapes (the backend's
   float path) in the same run. Roofline: measured bandwidth / bytes of weights read per token.
 - default: the default model (Gemma 3 270M Q4_K_M) at batch 1 with its blocks kept
   (LOCALSERVE_GGUF_BLOCKS=1) and dequantized to bf16 at load (=0); --hf adds HF transformers'
@@ -246,6 +249,82 @@ def bench_gemv(args, bw: float, table: list[tuple[str, ...]]) -> None:
                 for key, v in sorted(times.items(), key=lambda kv: kv[1])), flush=True)
 
 
+# (rows of W a program, 64-value parts a step, warps, stages, shares of K; 0:
+# gguf_q8.split_for's); GGUF_Q8_TILES overrides.
+Q8_TILES = tuple(tuple(map(int, t.split("/"))) for t in os.environ.get(
+    "GGUF_Q8_TILES", "128/1/4/2/0 128/4/4/2/0 128/2/4/3/0 64/1/4/2/0 64/4/4/2/0 64/2/4/3/0 "
+    "32/1/4/2/0 32/4/4/2/0 32/4/4/3/0 128/4/8/2/0 64/4/4/2/1 16/4/4/2/0").split())
+
+
+def graph_bench_s(fn) -> float:
+    """Seconds a call, replayed in a CUDA graph as decode steps run (no launch overhead)."""
+    from triton.testing import do_bench_cudagraph
+
+    return do_bench_cudagraph(fn) * 1e-3
+
+
+def bench_q8(args, bw: float, table: list[tuple[str, ...]]) -> None:
+    """gguf_q8_matmul (2-32 rows, x quantized to int8) over Q8_TILES against gguf_matmul and
+    bf16 (the gemv up to 8 rows, cuBLAS above), on the same shapes, all timed in CUDA graphs
+    (each launch of these is shorter than Python's launch overhead); its error against x
+    rounded to int8 first (the kernel's contract) and against x itself."""
+    import torch
+    import torch.nn.functional as F
+    from gguf import GGMLQuantizationType as Q
+
+    from localserve.kernels import reference
+    from localserve.kernels.triton.gemv import gemv
+    from localserve.kernels.triton.gguf import gguf_matmul
+    from localserve.kernels.triton.gguf_q8 import gguf_q8_matmul, quantize_q8
+    from localserve.quant.gguf import dequantize
+
+    dev, dtype, shapes = projections(args)
+    rng = np.random.default_rng(0)
+    tiles = Q8_TILES if not args.smoke else ((32, 2, 4, 1, 0), (32, 1, 4, 1, 3))
+    rows = [m for m in args.rows if m > 1] if not args.smoke else (2, 17)
+    for qtype in (Q[t] for t in args.q8_types):
+        for name, (n, k) in shapes.items():
+            raw = torch.from_numpy(random_blocks(qtype, n, k, rng)).to(dev)
+            w = dequantize(raw, qtype).to(dev)
+            wb = w.to(dtype)
+            for m in rows:
+                x = torch.randn(m, k, device=dev).to(dtype)
+                q, d, _ = reference.quantize_q8(x)
+                x_q8 = (q.float().reshape(m, -1, 32) * d[..., None]).reshape(m, k)
+                ref_q8, ref = x_q8 @ w.t(), x.float() @ w.t()
+                times, err_x = {}, 0.0
+                for tile in tiles:
+                    bn, parts, warps, stages, splits = tile
+                    run = partial(gguf_q8_matmul, x, raw, qtype, bn, parts, warps, stages,
+                                  splits or None)
+                    out = run()
+                    # bf16 output rounding (2^-9) with room; fp16 smoke: 2^-11
+                    checked(f"gguf_q8_matmul {qtype.name} {name} {m} {tile}", out, ref_q8,
+                            1e-2 if dtype != torch.float16 else 2e-3)
+                    err_x = max(err_x, checked("gguf_q8_matmul against x", out, ref, 5e-2))
+                    times[tile] = graph_bench_s(run) if not args.smoke else 0.0
+                if args.smoke:
+                    table.append((f"q8 {qtype.name} {name} {m} rows",
+                                  f"max error against x {err_x:.2g}", "", ""))
+                    continue
+                best = min(times, key=times.get)
+                t = graph_bench_s(partial(gguf_q8_matmul, x, raw, qtype))
+                t_quant = graph_bench_s(partial(quantize_q8, x))
+                t_dot = graph_bench_s(partial(gguf_matmul, x, raw, qtype))
+                t_bf16 = graph_bench_s(partial(gemv if m <= 8 else F.linear, x, wb))
+                gbs = raw.numel() / t
+                table.append((f"q8 {qtype.name} {name} {n}x{k}, {m} rows", f"{t * 1e6:.1f} µs",
+                              f"{gbs / 1e9:.0f} GB/s ({gbs / bw:.0%})",
+                              f"best {'/'.join(map(str, best))} {times[best] * 1e6:.1f} µs",
+                              f"of it quantize {t_quant * 1e6:.1f} µs",
+                              f"gguf_matmul {t_dot * 1e6:.1f} µs ({t_dot / t:.2f}x)",
+                              f"bf16 {t_bf16 * 1e6:.1f} µs ({t_bf16 / t:.2f}x)",
+                              f"error vs x {err_x:.2g}"))
+                print(f"q8 {qtype.name} {name} {m}: " + ", ".join(
+                    f"{'/'.join(map(str, key))} {v * 1e6:.1f}"
+                    for key, v in sorted(times.items(), key=lambda kv: kv[1])), flush=True)
+
+
 def bench_repacked(args, bw: float, table: list[tuple[str, ...]]) -> None:
     """The repacked-Q4_K experiment (gguf_repacked.py) beside gguf_linear and bf16."""
     import torch
@@ -299,11 +378,13 @@ def bench_e2e(args, bw: float, table: list[tuple[str, ...]]) -> None:
             start = time.perf_counter() - t
             weights = llm.engine.runner.weight_bytes
             rate, ttft = decode_rate(llm, [prompt])
+            rate4, _ = decode_rate(llm, batch[:4])
             rate16, _ = decode_rate(llm, batch)
             roof = bw / weights
             table.append((f"8B {label}: batch 1", f"{rate:.1f} tok/s, TTFT {ttft * 1e3:.1f} ms",
                           f"{rate / roof:.0%} of {roof:.0f} ({weights / 1e9:.2f} GB)",
                           f"start {start:.1f} s"))
+            table.append((f"8B {label}: 4 sequences", f"{4 * rate4:.0f} tok/s", "", ""))
             table.append((f"8B {label}: 16 sequences", f"{16 * rate16:.0f} tok/s", "", ""))
             release(llm)
             del llm
@@ -376,6 +457,7 @@ def main() -> None:
     ap.add_argument("--types", nargs="*", default=["Q4_K", "Q6_K", "Q8_0"])
     ap.add_argument("--gemv-types", nargs="*",
                     default=["Q4_K", "Q6_K", "Q5_K", "Q8_0", "Q4_0", "Q5_0"])
+    ap.add_argument("--q8-types", nargs="*", default=["Q4_K", "Q6_K", "Q5_K", "Q8_0"])
     ap.add_argument("--rows", nargs="*", type=int, default=list(ROWS))
     ap.add_argument("--smoke", action="store_true", help="CPU interpreter, tiny shapes")
     args = ap.parse_args()
@@ -384,6 +466,7 @@ def main() -> None:
         os.environ.setdefault("TRITON_INTERPRET", "1")
         bench_kernels(args, 1.0, table)
         bench_gemv(args, 1.0, table)
+        bench_q8(args, 1.0, table)
         bench_repacked(args, 1.0, table)
         smoke_random_gguf(table)
     else:
@@ -392,7 +475,7 @@ def main() -> None:
 
         bw = bandwidth_bytes_per_s(torch.device("cuda"))
         print(f"{torch.cuda.get_device_name()}: copy bandwidth {bw / 1e9:.0f} GB/s", flush=True)
-        for name, fn in (("kernels", bench_kernels), ("gemv", bench_gemv),
+        for name, fn in (("kernels", bench_kernels), ("gemv", bench_gemv), ("q8", bench_q8),
                          ("repacked", bench_repacked),
                          ("e2e", bench_e2e), ("default", bench_default)):
             if name in args.only:

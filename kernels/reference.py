@@ -198,3 +198,15 @@ def gguf_linear(x: torch.Tensor, raw: np.ndarray, qtype: int) -> torch.Tensor:
     w = torch.from_numpy(np.asarray(dequantize(raw, qtype), dtype=np.float64))
     return x.double() @ w.T
 
+
+
+def quantize_q8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x [M, K] in blocks of 32 values -> (int8 values round-to-even(x * 127 / amax), fp32
+    scales amax / 127, fp32 scale x the block's int8 sum): llama.cpp's q8_1 for x, with x'
+    = values * scales the quantized x."""
+    blocks = x.float().reshape(x.shape[0], -1, 32)
+    amax = blocks.abs().amax(dim=-1)
+    inverse = torch.where(amax > 0, 127.0 / amax.clamp_min(1e-30), torch.zeros_like(amax))
+    q = torch.round(blocks * inverse[..., None])
+    d = amax / 127.0
+    return q.to(torch.int8).reshape(x.shape), d, d * q.sum(dim=-1)

@@ -31,22 +31,32 @@ from localserve.quant.gguf import dequantize, set_quantized_weight
 
 class TritonGGUFLinearMethod:
     """y = x W^T (+ b) straight from the raw blocks in `layer.qweight`: one row (batch-1
-    decode) through the one-row kernel (kernels/triton/gguf_gemv.py), more through
+    decode) through the one-row kernel (kernels/triton/gguf_gemv.py), up to
+    gguf_q8.MAX_ROWS through the int8 kernel (kernels/triton/gguf_q8.py: x rounded to int8
+    first, as llama.cpp does; not on Turing, which lacks its int8 dots), more through
     `gguf_linear`."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: torch.device) -> None:
         from localserve.kernels.triton.gguf import gguf_linear
         from localserve.kernels.triton.gguf_gemv import gguf_gemv
+        from localserve.kernels.triton.gguf_q8 import MAX_ROWS, gguf_q8_matmul, int8_dots
 
-        self._linear, self._gemv = gguf_linear, gguf_gemv  # bound once: apply runs per step
+        # bound once: apply runs per step
+        self._linear, self._gemv, self._q8 = gguf_linear, gguf_gemv, gguf_q8_matmul
+        self._q8_rows = MAX_ROWS if int8_dots(device) else 1
 
     def create_weights(self, layer: Linear) -> None:
         pass  # the loader sets qweight/qtype through set_quantized_weight
 
     def apply(self, layer: Linear, x: torch.Tensor) -> torch.Tensor:
-        if x.numel() != x.shape[-1]:
+        x2 = x.reshape(-1, x.shape[-1])
+        rows = x2.shape[0]
+        if rows > self._q8_rows:
             return self._linear(x, layer.qweight, layer.qtype, layer.bias)
-        y = self._gemv(x.reshape(1, -1), layer.qweight, layer.qtype)
+        if x2.stride(-1) != 1:
+            x2 = x2.contiguous()
+        kernel = self._gemv if rows == 1 else self._q8
+        y = kernel(x2, layer.qweight, layer.qtype)
         y = y.reshape(*x.shape[:-1], y.shape[-1])
         return y if layer.bias is None else y + layer.bias
 
@@ -84,7 +94,7 @@ def gguf_fused_linear(parts: Sequence[Linear]) -> Linear | None:
     if fused is not None:
         set_quantized_weight(fused, torch.cat([p.qweight for p in parts]), parts[0].qtype,
                              parts[0].compute_dtype)
-        fused.method = TritonGGUFLinearMethod()
+        fused.method = TritonGGUFLinearMethod(fused.qweight.device)
     return fused
 
 
@@ -94,14 +104,15 @@ def cuda_fused_linear(parts: Sequence[Linear]) -> Linear | None:
 
 
 def reserve_gguf_scratch(model: nn.Module) -> None:
-    """Sizes the one-row kernel's split-K scratch for every GGUF linear (after fusion), so
-    that no launch allocates it during CUDA-graph capture."""
-    from localserve.kernels.triton.gguf_gemv import reserve_split_k
+    """Sizes the one-row and int8 kernels' split-K scratch for every GGUF linear (after
+    fusion), so that no launch allocates it during CUDA-graph capture."""
+    from localserve.kernels.triton import gguf_gemv, gguf_q8
 
     for module in model.modules():
         if isinstance(module, Linear) and isinstance(module.method, TritonGGUFLinearMethod):
-            reserve_split_k(module.qweight.device, module.out_features, module.in_features,
-                            module.qtype)
+            device, n, k = module.qweight.device, module.out_features, module.in_features
+            gguf_gemv.reserve_split_k(device, n, k, module.qtype)
+            gguf_q8.reserve_split_k(device, n, k)
 
 
 SETTINGS = ("auto", "1", "0")
@@ -143,7 +154,8 @@ def install_gguf_methods(model: nn.Module, keep: bool | None = None) -> tuple[in
             continue
         linear = isinstance(module, Linear)
         if keep and module.qtype in SUPPORTED_TYPES:
-            module.method = TritonGGUFLinearMethod() if linear else TritonGGUFEmbeddingMethod()
+            module.method = (TritonGGUFLinearMethod(module.qweight.device) if linear
+                             else TritonGGUFEmbeddingMethod())
             kept += 1
             continue
         raw = module.qweight

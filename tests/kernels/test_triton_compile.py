@@ -40,6 +40,7 @@ from localserve.kernels.triton import (  # noqa: E402
     gemv,
     gguf,
     gguf_gemv,
+    gguf_q8,
     norm,
     paged_attention,
     rms_norm,
@@ -68,7 +69,8 @@ KERNELS = [(attention, "paged_attention_kernel"), (attention, "reduce_splits_ker
            (rope_cache, "_rope_cache_kernel"),
            (sampling, "_gumbel_argmax_kernel"), (sampling, "_pick_first_max_kernel"),
            (gguf, "_gguf_matmul_kernel"), (gguf, "_gguf_dequant_kernel"),
-           (gguf_gemv, "_gguf_gemv_kernel")]
+           (gguf_gemv, "_gguf_gemv_kernel"), (gguf_q8, "_quantize_q8_kernel"),
+           (gguf_q8, "_gguf_q8_kernel")]
 
 
 # Shared memory a program may use on each target (the GPUs refuse to launch a kernel needing more):
@@ -177,6 +179,11 @@ def _launch_every_kernel(half: torch.dtype) -> None:
         gguf_gemv.gguf_gemv(row, torch.empty(28672, raw.shape[1], dtype=torch.uint8), qtype)
         gguf_gemv.gguf_gemv(row, raw, qtype)
         gguf_gemv.gguf_gemv(torch.empty(1, 4096), raw, qtype, block_n=16, splits=4)
+        # Int8 dots for 2-32 rows (16- and 32-row tiles), in shares (o/down-sized layers);
+        # not on Turing (gguf_matmul serves it).
+        for m in (4, 32) if gguf_q8.int8_dots(row.device) else ():
+            gguf_q8.gguf_q8_matmul(torch.empty(m, 4096, dtype=half), raw, qtype)
+            gguf_q8.gguf_q8_matmul(torch.empty(m, 14336, dtype=half), down, qtype)
     # Fused sampling over a Qwen3-sized vocabulary in half precision and fp32.
     for dtype in (half, torch.float32):
         sampling.gumbel_argmax(torch.empty(4, 151936, dtype=dtype), torch.zeros(4),

@@ -1,11 +1,13 @@
-"""Triton GGUF kernels (kernels/triton/gguf.py, gguf_gemv.py) against the `gguf` package's
-dequantization (`localserve.quant.gguf.dequantize`).
+"""Triton GGUF kernels (kernels/triton/gguf.py, gguf_gemv.py, gguf_q8.py) against the `gguf`
+package's dequantization (`localserve.quant.gguf.dequantize`).
 
 Every type the kernels read, random blocks (tests/helpers/gguf_blocks.py). `gguf_dequant` must
 reproduce the reference's fp32 values (to 1e-6 relative: ggml's order of fp32 operations,
 an FMA at most apart); `gguf_matmul` / `gguf_linear` must match x @ W^T with W rounded to x's
 dtype first, as the kernel does (ELEMENTWISE_TOL of the output dtype: both sides accumulate in
-fp32); `gguf_gemv` (one row) must match x @ W^T with W in fp32, as it computes. Interpreter
+fp32); `gguf_gemv` (one row) must match x @ W^T with W in fp32, as it computes;
+`gguf_q8_matmul` (2-32 rows) must match x' @ W^T with W in fp32 and x' = x rounded to int8 as
+`reference.quantize_q8` does, as it computes (and stay within Q8_TOL of x @ W^T). Interpreter
 (CPU) at small shapes; on a GPU, Llama-3-8B projection shapes. Outputs start NaN.
 """
 
@@ -22,6 +24,7 @@ from localserve.kernels import reference
 from localserve.kernels.triton import gguf as tg
 from localserve.kernels.triton._common import poisoned_outputs
 from localserve.kernels.triton.gguf_gemv import gguf_gemv
+from localserve.kernels.triton.gguf_q8 import MAX_ROWS, gguf_q8_matmul, quantize_q8
 from localserve.kernels.triton.testing import ELEMENTWISE_TOL, device, full_shapes, rel_error
 from localserve.quant.gguf import dequantize
 from tests.helpers.gguf_blocks import random_weight
@@ -179,3 +182,74 @@ def test_gemv_rejects_bad_input():
         gguf_gemv(torch.randn(1, 256, device=DEV), raw[:, :200].contiguous(), Q.Q6_K)
     with pytest.raises(ValueError, match="read Q4_0"):
         gguf_gemv(torch.randn(1, 256, device=DEV), raw, Q.Q2_K)
+
+
+# x's int8 rounding (half a step of 1/127 of a block's largest value) against x @ W^T, as the
+# largest error over the output relative to its largest value; measured 0.3-1% on these shapes.
+Q8_TOL = 3e-2
+
+
+def q8_reference(x: torch.Tensor, w32: torch.Tensor) -> torch.Tensor:
+    """x' @ W^T in fp32, x' = x rounded to int8 in blocks of 32 (reference.quantize_q8)."""
+    q, d, _ = reference.quantize_q8(x)
+    x_q8 = (q.float().reshape(x.shape[0], -1, 32) * d[..., None]).reshape(x.shape)
+    return reference.linear(x_q8, w32)
+
+
+def test_quantize_q8_reproduces_the_reference(seed):
+    torch.manual_seed(seed)
+    x = torch.randn(5, 1024, device=DEV) * torch.rand(5, 1024, device=DEV)
+    x[1, :32] = 0  # a block of zeros: scale 0, values 0
+    q, d, s = quantize_q8(x)
+    ref_q, ref_d, ref_s = reference.quantize_q8(x)
+    assert torch.equal(q, ref_q)
+    assert not d[1, 0] and not s[1, 0]
+    assert rel_error(d, ref_d) <= 1e-6 and rel_error(s, ref_s) <= 1e-6
+    assert (q.abs() <= 127).all() and (q.abs().amax(dim=1) == 127).all()
+
+
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+def test_q8_matmul_matches_reference(qtype, seed):
+    """2 to MAX_ROWS rows of x, every type, K that fills the last step and K that does not,
+    N not a multiple of the row block, K whole or in shares."""
+    torch.manual_seed(seed)
+    for n, k in [*shapes_for(qtype), (20, 768)]:
+        raw = raw_weight(qtype, n, k, seed)
+        w32 = dequantize(raw, qtype).to(DEV)
+        for m, dtype in ((2, DTYPES[0]), (5, DTYPES[-1]), (MAX_ROWS, DTYPES[0])):
+            x = torch.randn(m, k, device=DEV).to(dtype)
+            ref = q8_reference(x, w32).to(dtype)
+            exact = reference.linear(x.float(), w32)
+            for splits in (None, 1, 3):
+                with poisoned_outputs():
+                    out = gguf_q8_matmul(x, raw, qtype, splits=splits)
+                assert out.shape == (m, n) and out.dtype == dtype
+                err = rel_error(out, ref)
+                assert err <= ELEMENTWISE_TOL[dtype], (
+                    f"{n}x{k} {m} rows {dtype} splits {splits}: error {err:.3g}")
+                err = ((out.float() - exact).abs().max() / exact.abs().max()).item()
+                assert err <= Q8_TOL, f"{n}x{k} {m} rows: {err:.3g} from x @ W^T"
+
+
+def test_q8_split_k_sums_in_share_order_and_leaves_its_counts_at_zero(seed):
+    from localserve.kernels.triton.gguf_gemv import _SCRATCH
+
+    qtype, n, k = Q.Q6_K, 40, 1024
+    raw = raw_weight(qtype, n, k, seed)
+    x = torch.randn(3, k, device=DEV)
+    first = gguf_q8_matmul(x, raw, qtype, splits=3)
+    assert rel_error(first, q8_reference(x, dequantize(raw, qtype).to(DEV))) <= 1e-5
+    for _ in range(2):
+        assert torch.equal(gguf_q8_matmul(x, raw, qtype, splits=3), first)
+    _, arrived = _SCRATCH[x.device]
+    assert not arrived.any()
+
+
+def test_q8_rejects_bad_input():
+    raw = raw_weight(Q.Q4_K, 8, 256, 0)
+    with pytest.raises(ValueError, match=f"at most {MAX_ROWS} rows"):
+        gguf_q8_matmul(torch.randn(MAX_ROWS + 1, 256, device=DEV), raw, Q.Q4_K)
+    with pytest.raises(ValueError, match=r"uint8 \[rows, 144\]"):
+        gguf_q8_matmul(torch.randn(2, 256, device=DEV), raw[:, :100].contiguous(), Q.Q4_K)
+    with pytest.raises(ValueError, match="multiple of 32 values"):
+        quantize_q8(torch.randn(2, 48, device=DEV))

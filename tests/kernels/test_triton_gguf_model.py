@@ -5,7 +5,9 @@ Tiny Llama and Gemma 3 GGUFs with llama.cpp's type mix (Q8_0, and Q5_0 for v and
 layers keep their blocks and run through the Triton GGUF kernels (the interpreter on the CPU),
 projections of one type fuse, the tied LM head shares the embedding's blocks. Against: the
 file dequantized by the loader, fused as float weights. fp32, reference attention on both
-sides; tolerance 1e-5 of the largest logit (only the sums' order differs).
+sides. A prefill of more than gguf_q8.MAX_ROWS tokens (W dequantized for cuBLAS) and a
+one-token step (the one-row kernel) to 1e-5 of the largest logit (only the sums' order
+differs); a step of a few tokens (the int8 kernel, x rounded to int8) to Q8_STEP_TOL.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from localserve.backends.cuda.gguf import (
     install_gguf_methods,
 )
 from localserve.config import ModelConfig
+from localserve.kernels.triton.gguf_q8 import MAX_ROWS
 from localserve.kernels.triton.testing import device
 from localserve.layers.embedding import VocabEmbedding
 from localserve.layers.fusion import fuse_projections
@@ -37,15 +40,21 @@ from tests.helpers.tiny_models import make_tiny_checkpoint
 DEV = device()
 
 
-def logits(loaded, ids: list[int], decode: int | None = None) -> torch.Tensor:
-    """Logits of a prefill of `ids`, and with `decode` those of one more token after it (a
-    one-row step: the decode kernels)."""
+def logits(loaded, ids: list[int], *then: list[int]) -> list[torch.Tensor]:
+    """Logits of a prefill of `ids`, then of each chunk of `then` in turn (the same
+    sequence)."""
     driver = PagedDriver(loaded.model, loaded.arch, device=DEV)
-    blocks = driver.alloc(len(ids) + 1)
-    out = driver.step([Chunk(ids, 0, blocks)]).cpu()
-    if decode is None:
-        return out
-    return torch.cat([out, driver.step([Chunk([decode], len(ids), blocks)]).cpu()])
+    blocks = driver.alloc(len(ids) + sum(map(len, then)))
+    out = [driver.step([Chunk(ids, 0, blocks)]).cpu()]
+    start = len(ids)
+    for chunk in then:
+        out.append(driver.step([Chunk(chunk, start, blocks)]).cpu())
+        start += len(chunk)
+    return out
+
+
+PROMPT = [(3 ** i) % 251 for i in range(MAX_ROWS + 8)]  # a prefill past the int8 kernel
+Q8_STEP_TOL = 2e-2  # of the largest logit: x's int8 rounding through two layers
 
 
 @pytest.mark.parametrize("model_type", ["llama", "gemma3_text"])
@@ -54,10 +63,9 @@ def test_gguf_blocks_compute_what_the_dequantized_model_does(tmp_path, monkeypat
     monkeypatch.setenv("LOCALSERVE_GGUF_BLOCKS", "1")
     ckpt = make_tiny_checkpoint(tmp_path, model_type, "gguf-q8_0")
     config = ModelConfig(model=str(ckpt.path))
-    ids = [3, 9, 27, 81, 243, 7, 11]
     dense = load_model(config, DEV, torch.float32)
     fuse_projections(dense.model)
-    want = logits(dense, ids, decode=5)
+    want = logits(dense, PROMPT, [5], [7, 11, 13])
 
     blocks = load_model(config, DEV, torch.float32, keep_quantized=True)
     kept, dequantized = install_gguf_methods(blocks.model)
@@ -67,9 +75,12 @@ def test_gguf_blocks_compute_what_the_dequantized_model_does(tmp_path, monkeypat
     assert fused == layers  # gate/up (both Q8_0); q/k/v not, v being Q5_0
     methods = [type(m.method) for m in blocks.model.modules() if hasattr(m, "qweight")]
     assert set(methods) == {TritonGGUFLinearMethod, TritonGGUFEmbeddingMethod}
-    got = logits(blocks, ids, decode=5)
-    err = (got - want).abs().max().item()
-    assert err <= 1e-5 * want.abs().max().item(), f"max err {err:.3g}"
+    got = logits(blocks, PROMPT, [5], [7, 11, 13])
+    for step, tol in zip(("prefill", "one token", "three tokens"), (1e-5, 1e-5, Q8_STEP_TOL),
+                         strict=True):
+        g, w = got.pop(0), want.pop(0)
+        err = (g - w).abs().max().item() / w.abs().max().item()
+        assert err <= tol, f"{step}: relative max error {err:.3g}"
 
 
 @pytest.mark.parametrize("setting", ["0", None], ids=["off", "default"])
@@ -88,7 +99,7 @@ def test_blocks_off_dequantizes_every_layer(tmp_path, monkeypatch, setting):
     assert not any(hasattr(m, "qweight") for m in blocks.model.modules())
     dense = load_model(config, DEV, torch.float32)
     ids = [3, 9, 27, 81, 243, 7, 11]
-    assert torch.equal(logits(blocks, ids), logits(dense, ids))
+    assert torch.equal(logits(blocks, ids)[0], logits(dense, ids)[0])
 
 
 def test_types_the_kernels_do_not_read_are_dequantized_once(monkeypatch):
@@ -137,3 +148,25 @@ def test_a_bad_blocks_setting_names_the_choices(monkeypatch):
     with pytest.raises(ValueError, match="must be one of auto, 1, 0; got 'yes'"):
         keeps_gguf_blocks(1, 2)
 
+
+
+def test_turing_keeps_the_float_kernel_for_a_few_rows():
+    """sm_75 has no int8 dots in Triton: a few rows go through gguf_linear (floats), whose
+    result is x @ W^T to fp32 rounding, not x rounded to int8."""
+    from localserve.kernels.triton._common import arch_override
+    from localserve.kernels.triton.gguf_q8 import gguf_q8_matmul
+
+    rng = np.random.default_rng(0)
+    layer = Linear(256, 8)
+    raw = torch.from_numpy(random_weight(Q.Q4_K, 8, 256, rng)).to(DEV)
+    set_quantized_weight(layer, raw, Q.Q4_K, torch.float32)
+    x = torch.randn(3, 256, device=DEV)
+    exact = x @ dequantize(raw, Q.Q4_K).to(DEV).T
+    with arch_override("sm_75"):
+        layer.method = TritonGGUFLinearMethod(DEV)
+        y = layer(x)
+        with pytest.raises(ValueError, match=r"needs int8 dots.*sm_75"):
+            gguf_q8_matmul(x, raw, Q.Q4_K)
+    assert (y - exact).abs().max() <= 1e-5 * exact.abs().max()
+    layer.method = TritonGGUFLinearMethod(DEV)  # the interpreter: int8 dots
+    assert (layer(x) - exact).abs().max() > 1e-4 * exact.abs().max()  # x rounded to int8
