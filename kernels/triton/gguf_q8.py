@@ -298,12 +298,11 @@ def quantize_q8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
 
 
 def tile_for(m: int, device: torch.device) -> tuple[int, int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, 64-value parts a step, warps, stages) for m rows of x. Not yet
-    swept on a GPU: 16 rows of x (the smallest int8 dot) against 128 rows of W had the fewest
-    instructions a weight in the offline sm_90 build (0.2 warp instructions a Q4_K value,
-    0.18-0.59 over the types); RDNA3 Radeons spilled registers at 128 and 64
-    (test_triton_compile.py) and take 32."""
-    return (16 if m <= 16 else 32), 32 if rdna(gpu_arch(device)) else 128, 1, 4, 2
+    """(BLOCK_M, BLOCK_N, 64-value parts a step, warps, stages) for m rows of x: 16 rows of x
+    (the smallest int8 dot) up to 16, 64 rows of W, four parts a step (more loads in flight
+    for a kernel bound by them, as the one-row kernel is); RDNA3 Radeons spilled registers
+    at 64 rows of W (test_triton_compile.py) and take 32. Being swept on the H100."""
+    return (16 if m <= 16 else 32), 32 if rdna(gpu_arch(device)) else 64, 1, 4, 2
 
 
 def split_for(m: int, n: int, k: int, device: torch.device) -> int:
