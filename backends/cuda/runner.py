@@ -50,7 +50,9 @@ def weights_do_not_fit(free: int, total: int, dtype: torch.dtype, gguf: bool,
     """The refusal when loading the weights ran out of GPU memory. It names fixes that work
     here: with `blocks` (`gguf.keeps_gguf_blocks`) GGUF blocks of the types the Triton kernels
     read stay as they are, so a smaller quantization is smaller on the GPU too; otherwise GGUF
-    and float checkpoints are held in `dtype`. The CPU backend runs GGUF blocks from RAM."""
+    and float checkpoints are held in `dtype`, and keeping the blocks (LOCALSERVE_GGUF_BLOCKS=1,
+    or by default for a file whose floats would not fit) is the fix. The CPU backend runs GGUF
+    blocks from RAM."""
     held = str(dtype).removeprefix("torch.")
     if gguf and blocks:
         from localserve.kernels.triton.gguf import SUPPORTED_TYPES
@@ -60,11 +62,13 @@ def weights_do_not_fit(free: int, total: int, dtype: torch.dtype, gguf: bool,
         why = f"this backend keeps GGUF {kept} blocks as they are and holds other types in {held}"
         fix = "a smaller model or quantization (e.g. Q4_K_M)"
     elif gguf:
-        why = f"this backend dequantizes GGUF weights to {held}"
-        fix = "a smaller model"
+        why = f"this backend dequantized the GGUF weights to {held}"
+        fix = "LOCALSERVE_GGUF_BLOCKS=1 (the blocks stay as they are: about a third of that), " \
+              "a smaller model"
     else:
         why = f"this backend holds the weights in {held}"
-        fix = "a smaller model"
+        fix = "a smaller model, a GGUF quantization of this one (e.g. Q4_K_M: its blocks stay " \
+              "as they are when its floats would not fit)"
     return GpuMemoryError(
         f"the weights do not fit: {free / GiB:.1f} GiB of {total / GiB:.1f} GiB were free on the "
         f"GPU, and {why}. Use {fix}, or --backend cpu (it runs GGUF blocks from RAM).")

@@ -31,13 +31,15 @@ def test_weights_refusal_for_gguf_names_what_is_kept_and_the_cpu_backend():
 
 def test_weights_refusal_with_gguf_blocks_off_says_they_are_dequantized():
     text = str(weights_do_not_fit(3 * GiB, 8 * GiB, torch.bfloat16, gguf=True))
-    assert "dequantizes GGUF weights to bfloat16" in text and "--backend cpu" in text
+    assert "dequantized the GGUF weights to bfloat16" in text and "--backend cpu" in text
+    assert "LOCALSERVE_GGUF_BLOCKS=1" in text  # keeping the blocks is the fix
     assert "quantization" not in text  # a smaller one would be dequantized all the same
 
 
-def test_weights_refusal_for_float_checkpoints_names_the_dtype():
+def test_weights_refusal_for_float_checkpoints_names_the_dtype_and_gguf():
     text = str(weights_do_not_fit(1 * GiB, 6 * GiB, torch.float16, gguf=False))
     assert "holds the weights in float16" in text and "smaller model" in text
+    assert "GGUF quantization of this one (e.g. Q4_K_M" in text and "--backend cpu" in text
 
 
 def flags() -> set[str]:
