@@ -9,10 +9,11 @@ of blocks.
 
 Blocks or floats (`keeps_gguf_blocks`, LOCALSERVE_GGUF_BLOCKS=auto|1|0): the blocks take a
 third of the memory (a Q4_K_M 8B: 5.2 GB, not 16), and one-row decode steps run about as fast
-from them as from bf16 (kernels/triton/gguf_gemv.py), but batched steps run 2-3x slower
-(`gguf_matmul`; docs/benchmarks.md, session 21). So by default (auto) a model keeps its blocks
-only when its dequantized weights would take more than half of the GPU memory localserve may
-use: an 8B Q4_K_M on an 8 GB card runs from its blocks, on an 80 GB one from bf16.
+from them as from bf16 (kernels/triton/gguf_gemv.py), but batched steps ran 2-3x slower
+(`gguf_matmul`; docs/benchmarks.md, session 21; session 22's int8 kernel, gguf_q8.py, now
+takes 2-32 rows). So by default (auto) a model keeps its blocks only when its dequantized
+weights would take more than half of the GPU memory localserve may use: an 8B Q4_K_M on an
+8 GB card runs from its blocks, on an 80 GB one from bf16.
 """
 
 from __future__ import annotations
