@@ -155,6 +155,12 @@ def checked(label: str, out, ref, tol: float) -> float:
     return err
 
 
+def print_sweep(label: str, times: dict[tuple[int, ...], float]) -> None:
+    """One line: every tile of a sweep, fastest first, in µs."""
+    print(f"{label}: " + ", ".join(f"{'/'.join(map(str, tile))} {t * 1e6:.1f}" for tile, t in
+                                   sorted(times.items(), key=lambda kv: kv[1])), flush=True)
+
+
 def do_bench_s(fn) -> float:
     from triton.testing import do_bench
 
@@ -244,9 +250,7 @@ def bench_gemv(args, bw: float, table: list[tuple[str, ...]]) -> None:
                           f"best tile {'/'.join(map(str, best))} {t * 1e6:.1f} µs",
                           f"gguf_matmul {t_dot * 1e6:.1f} µs ({t_dot / t_default:.1f}x)",
                           f"bf16 gemv {t_bf16 * 1e6:.1f} µs ({t_bf16 / t_default:.2f}x)"))
-            print(f"gemv {qtype.name} {name}: " + ", ".join(
-                f"{'/'.join(map(str, key))} {v * 1e6:.1f}"
-                for key, v in sorted(times.items(), key=lambda kv: kv[1])), flush=True)
+            print_sweep(f"gemv {qtype.name} {name}", times)
 
 
 # (rows of W a program, 64-value parts a step, warps, stages, shares of K; 0:
@@ -320,9 +324,7 @@ def bench_q8(args, bw: float, table: list[tuple[str, ...]]) -> None:
                               f"gguf_matmul {t_dot * 1e6:.1f} µs ({t_dot / t:.2f}x)",
                               f"bf16 {t_bf16 * 1e6:.1f} µs ({t_bf16 / t:.2f}x)",
                               f"error vs x {err_x:.2g}"))
-                print(f"q8 {qtype.name} {name} {m}: " + ", ".join(
-                    f"{'/'.join(map(str, key))} {v * 1e6:.1f}"
-                    for key, v in sorted(times.items(), key=lambda kv: kv[1])), flush=True)
+                print_sweep(f"q8 {qtype.name} {name} {m}", times)
 
 
 def bench_repacked(args, bw: float, table: list[tuple[str, ...]]) -> None:
