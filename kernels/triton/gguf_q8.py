@@ -15,8 +15,9 @@ weights stay small integers:
 The result equals x' @ W^T in fp32 up to the order of fp32 operations, x' being x after its
 int8 round trip (`kernels.reference.quantize_q8`); against x itself the error is the
 quantization's: at most half a step (|the block's largest value| / 254) a value of x.
-Each program owns BLOCK_N rows of W and BLOCK_M rows of x and walks K 64 values (two blocks
-of x) a step. Rows of W past N and of x past M repeat the last one and are not stored.
+Each program owns BLOCK_N rows of W and BLOCK_M rows of x and walks K PARTS runs of 64 values
+(two blocks of x each) a step, K in shares for layers of few rows (`split_for`, as in
+gguf_gemv.py). Rows of W past N and of x past M repeat the last one and are not stored.
 Triton 3.6 has int8 dots on NVIDIA sm_80 and newer and on AMD (`int8_dots`); Turing (sm_75)
 fails to compile them (test_triton_compile.py), so it keeps `gguf_matmul`.
 """
@@ -113,33 +114,33 @@ def _idot(x, w):
 
 
 @triton.jit
-def _step_k4(w_ptr, xq_ptr, xd_ptr, xs_ptr, row_start, x_rows, x_blocks, v0, K,
+def _step_k4(w_ptr, xq_ptr, xd_ptr, xs_ptr, row_start, x_rows, x_blocks, v0,
              QTYPE: tl.constexpr, BYTES: tl.constexpr):
     """Q4_K/Q5_K: quarter super-block v0 // 64: bytes 32q .. 32q + 31 of qs hold values
     64q + i (low nibbles) and 64q + 32 + i (high), sub-blocks 2q and 2q + 1."""
     q = (v0 // 64) % 4
     head = w_ptr + row_start + (v0 // 256) * BYTES                          # [BLOCK_N]
+    ok = True  # rows of whole super-blocks (K % 256 == 0): every load is in bounds
     QS: tl.constexpr = 48 if QTYPE == Q5_K else 16
-    codes = _bytes(head + QS + 32 * q, True, 32, True, True)
+    codes = _bytes(head + QS + 32 * q, ok, 32, True, True)
     lo = codes & 15
     hi = codes >> 4
     if QTYPE == Q5_K:  # a fifth bit per value: bit 2q (low) or 2q + 1 (high) of qh byte i
-        qh = _bytes(head + 16, True, 32, True, True) >> (2 * q)
+        qh = _bytes(head + 16, ok, 32, True, True) >> (2 * q)
         lo = lo | ((qh & 1) << 4)
         hi = hi | ((qh & 2) << 3)
-    i_lo = _idot(_x_block(xq_ptr, x_rows, v0, True, True), lo)
-    i_hi = _idot(_x_block(xq_ptr, x_rows, v0 + 32, True, True), hi)
-    ok = True  # K4 rows hold whole super-blocks: every load is in bounds
+    i_lo = _idot(_x_block(xq_ptr, x_rows, v0, ok, True), lo)
+    i_hi = _idot(_x_block(xq_ptr, x_rows, v0 + 32, ok, True), hi)
     d = _fp16(head, ok, True)
     dmin = _fp16(head + 2, ok, True)
     block = v0 // 32
-    return ((i_lo * _x_scale(xd_ptr, x_blocks, block, True, True)
+    return ((i_lo * _x_scale(xd_ptr, x_blocks, block, ok, True)
              * (d * _k4_scale(head, 2 * q, ok, True))[None, :])
-            + (i_hi * _x_scale(xd_ptr, x_blocks, block + 1, True, True)
+            + (i_hi * _x_scale(xd_ptr, x_blocks, block + 1, ok, True)
                * (d * _k4_scale(head, 2 * q + 1, ok, True))[None, :])
-            - _x_scale(xs_ptr, x_blocks, block, True, True)
+            - _x_scale(xs_ptr, x_blocks, block, ok, True)
             * (dmin * _k4_min(head, 2 * q, ok, True))[None, :]
-            - _x_scale(xs_ptr, x_blocks, block + 1, True, True)
+            - _x_scale(xs_ptr, x_blocks, block + 1, ok, True)
             * (dmin * _k4_min(head, 2 * q + 1, ok, True))[None, :])
 
 
@@ -152,22 +153,22 @@ def _step_q6_k(w_ptr, xq_ptr, xd_ptr, row_start, x_rows, x_blocks, v0, BYTES: tl
     n = quarter // 2
     h = quarter % 2
     head = w_ptr + row_start + (v0 // 256) * BYTES
-    ok = True
+    ok = True  # rows of whole super-blocks: every load is in bounds
     ql_a = _bytes(head + 64 * n, ok, 32, False, True)
     ql_b = _bytes(head + 64 * n + 32, ok, 32, False, True)
     qh = _bytes(head + 128 + 32 * n, ok, 32, False, True) >> (4 * h)
     first = (((ql_a >> (4 * h)) & 15) | ((qh & 3) << 4)) - 32
     second = (((ql_b >> (4 * h)) & 15) | ((qh & 12) << 2)) - 32
     half = (tl.arange(0, 32) < 16)[None, :]
-    x_a = _x_block(xq_ptr, x_rows, v0, True, True)
-    x_b = _x_block(xq_ptr, x_rows, v0 + 32, True, True)
+    x_a = _x_block(xq_ptr, x_rows, v0, ok, True)
+    x_b = _x_block(xq_ptr, x_rows, v0 + 32, ok, True)
     d = _fp16(head + 208, ok, True)
     sc = head + 192 + v0 % 256 // 16                                       # this step's 4
     block = v0 // 32
-    return (_x_scale(xd_ptr, x_blocks, block, True, True)
+    return (_x_scale(xd_ptr, x_blocks, block, ok, True)
             * (_idot(tl.where(half, x_a, 0), first) * _q6_scale(d, sc, 0)
                + _idot(tl.where(half, 0, x_a), first) * _q6_scale(d, sc, 1))
-            + _x_scale(xd_ptr, x_blocks, block + 1, True, True)
+            + _x_scale(xd_ptr, x_blocks, block + 1, ok, True)
             * (_idot(tl.where(half, x_b, 0), second) * _q6_scale(d, sc, 2)
                + _idot(tl.where(half, 0, x_b), second) * _q6_scale(d, sc, 3)))
 
@@ -244,7 +245,7 @@ def _gguf_q8_kernel(xq_ptr, xd_ptr, xs_ptr, w_ptr, y_ptr, partial_ptr, arrived_p
             v0 = (step * PARTS + part) * 64
             if QTYPE == Q4_K or QTYPE == Q5_K:  # noqa: SIM109 (jit: no `in` here)
                 acc += _step_k4(w_ptr, xq_ptr, xd_ptr, xs_ptr, row_start, x_rows, x_blocks, v0,
-                                K, QTYPE, BYTES)
+                                QTYPE, BYTES)
             elif QTYPE == Q6_K:
                 acc += _step_q6_k(w_ptr, xq_ptr, xd_ptr, row_start, x_rows, x_blocks, v0,
                                   BYTES)
