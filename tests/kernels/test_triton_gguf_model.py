@@ -170,3 +170,24 @@ def test_turing_keeps_the_float_kernel_for_a_few_rows():
     assert (y - exact).abs().max() <= 1e-5 * exact.abs().max()
     layer.method = TritonGGUFLinearMethod(DEV)  # the interpreter: int8 dots
     assert (layer(x) - exact).abs().max() > 1e-4 * exact.abs().max()  # x rounded to int8
+
+
+def test_split_k_scratch_is_sized_before_any_launch(monkeypatch):
+    """CUDA-graph capture must not allocate: after reserve_gguf_scratch, steps of 1, 16 and
+    32 rows (K in shares for a layer of few rows) find the shared scratch big enough."""
+    from localserve.backends.cuda.gguf import reserve_gguf_scratch
+    from localserve.kernels.triton import gguf_gemv, gguf_q8
+
+    monkeypatch.setattr(gguf_gemv, "_SCRATCH", {})
+    k, n = 2048, 64
+    rng = np.random.default_rng(0)
+    layer = Linear(k, n)
+    set_quantized_weight(layer, torch.from_numpy(random_weight(Q.Q4_K, n, k, rng)).to(DEV),
+                         Q.Q4_K, torch.float32)
+    layer.method = TritonGGUFLinearMethod(DEV)
+    assert gguf_q8.split_for(32, n, k, DEV) > 1  # the case that needs the scratch
+    reserve_gguf_scratch(torch.nn.ModuleDict({"layer": layer}))
+    reserved = gguf_gemv._SCRATCH[DEV]
+    for rows in (1, 16, 32):
+        layer(torch.randn(rows, k, device=DEV))
+        assert all(a is b for a, b in zip(gguf_gemv._SCRATCH[DEV], reserved, strict=True))
