@@ -52,11 +52,14 @@ class TritonGGUFLinearMethod:
     def apply(self, layer: Linear, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, x.shape[-1])
         rows = x2.shape[0]
-        if rows > self._q8_rows:
+        if rows == 1:
+            kernel = self._gemv
+        elif 1 < rows <= self._q8_rows:
+            kernel = self._q8
+        else:
             return self._linear(x, layer.qweight, layer.qtype, layer.bias)
         if x2.stride(-1) != 1:
             x2 = x2.contiguous()
-        kernel = self._gemv if rows == 1 else self._q8
         y = kernel(x2, layer.qweight, layer.qtype)
         y = y.reshape(*x.shape[:-1], y.shape[-1])
         return y if layer.bias is None else y + layer.bias

@@ -167,6 +167,7 @@ def test_turing_keeps_the_float_kernel_for_a_few_rows():
         y = layer(x)
         with pytest.raises(ValueError, match=r"needs int8 dots.*sm_75"):
             gguf_q8_matmul(x, raw, Q.Q4_K)
+        assert layer(x[:0]).shape == (0, 8)  # no rows: not the int8 kernel either
     assert (y - exact).abs().max() <= 1e-5 * exact.abs().max()
     layer.method = TritonGGUFLinearMethod(DEV)  # the interpreter: int8 dots
     assert (layer(x) - exact).abs().max() > 1e-4 * exact.abs().max()  # x rounded to int8
