@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device-machine call: install the carried wheels and localserve, run the GPU tests and the
 # benchmarks, keep logs under $OUT. Usage (device tool, carry .whl, made by fetch_gpu_wheels.sh):
-#   bash benchmarks/gpu_session.sh [tests|parity|default|gguf|kernels|bench|profile|probe|server|all]
+#   bash benchmarks/gpu_session.sh [tests|parity|default|gguf|q8|kernels|bench|profile|probe|server|all]
 #   [args...]
 set -uo pipefail
 what=${1:-all}; shift || true
@@ -40,6 +40,11 @@ if [[ $what == gguf ]]; then  # GGUF blocks on the GPU (forced on): tests, then 
   LOCALSERVE_GGUF_BLOCKS=1 "${pytest[@]}" -s -rs tests/kernels/test_triton_gguf.py tests/kernels/test_triton_gguf_model.py \
     tests/e2e/test_cuda_default_model.py 2>&1 | tee "$OUT/gguf_tests.log" | tail -15
   python3 benchmarks/gguf_gpu_bench.py "$@" 2>&1 | tee "$OUT/gguf_bench.log" | tail -60
+fi
+if [[ $what == q8 ]]; then  # the int8 GGUF kernel (2-32 rows): its GPU tests, then gguf_gpu_bench.py "$@"
+  "${pytest[@]}" -rs tests/kernels/test_triton_gguf.py tests/kernels/test_triton_gguf_model.py \
+    -k "q8 or turing or compute_what or scratch" 2>&1 | tee "$OUT/q8_tests.log" | tail -5
+  python3 benchmarks/gguf_gpu_bench.py "$@" 2>&1 | tee "$OUT/q8_bench.log" | tail -60
 fi
 if [[ $what == kernels || $what == all ]]; then
   python3 benchmarks/triton_kernels.py 2>&1 | tee "$OUT/triton_kernels.log" | tail -30
