@@ -199,7 +199,6 @@ def gguf_linear(x: torch.Tensor, raw: np.ndarray, qtype: int) -> torch.Tensor:
     return x.double() @ w.T
 
 
-
 def quantize_q8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """x [M, K] in blocks of 32 values -> (int8 values round-to-even(x * 127 / amax), fp32
     scales amax / 127, fp32 scale x the block's int8 sum): llama.cpp's q8_1 for x, with x'
@@ -210,3 +209,11 @@ def quantize_q8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     q = torch.round(blocks * inverse[..., None])
     d = amax / 127.0
     return q.to(torch.int8).reshape(x.shape), d, d * q.sum(dim=-1)
+
+
+def gguf_q8_matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x' @ weight^T in fp32, x' = x after its int8 round trip (`quantize_q8`): what the
+    int8 GGUF kernel computes, `weight` being the GGUF blocks dequantized."""
+    q, d, _ = quantize_q8(x)
+    x_q8 = (q.float().reshape(x.shape[0], -1, 32) * d[..., None]).reshape(x.shape)
+    return x_q8 @ weight.float().T

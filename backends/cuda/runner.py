@@ -176,8 +176,9 @@ class CudaModelRunner(TorchModelRunner):
         return source, resolve_dtype(model.dtype, self.device, read_arch(source))
 
     def _keeps_gguf_blocks(self, free: int) -> bool:
-        """The GGUF setting for this model and GPU (`gguf.keeps_gguf_blocks`); False for
-        other checkpoints."""
+        """Whether GGUF blocks stay raw for this model and GPU: LOCALSERVE_GGUF_BLOCKS=1 or 0,
+        or (auto) `gguf.keeps_gguf_blocks` by the file's size, False for other checkpoints
+        (the flag only changes how GGUF files load)."""
         if gguf_blocks_setting() != "auto":
             return keeps_gguf_blocks()
         from localserve.model_store import num_parameters

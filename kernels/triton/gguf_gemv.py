@@ -18,7 +18,8 @@ step. What keeps the instruction count down:
   load is masked.
 - Layers of few rows split K in shares (`split_for`): each share's sums go to a scratch, and
   the last program of a row block to arrive adds them in share order (the same bits whatever
-  the order of arrival) and resets its arrival count for the next launch.
+  the order of arrival) and resets its arrival count for the next launch
+  (`store_sum_of_shares`, which gguf_q8.py shares).
 On an H100 (session 21, docs/benchmarks.md) it runs 2.0-4.4x faster than `gguf_matmul` at
 one row and 1.07-1.34x faster than the bf16 vector gemv on Q4_K, Q5_K and Q6_K layers (Q8_0:
 0.70-0.84x), yet reaches only 18-42% of the copy bandwidth: more programs (8 rows each, or K
@@ -281,6 +282,39 @@ def _step_block32(w_ptr, x_ptr, row_start, v0, K, QTYPE: tl.constexpr, BYTES: tl
 
 
 @triton.jit
+def share_of_k(steps, SPLIT_K: tl.constexpr, AXIS: tl.constexpr):
+    """(first, end): the K-steps of this program, a contiguous share of `steps` when K is
+    split over grid axis AXIS, else all of them."""
+    if SPLIT_K:
+        share = tl.cdiv(steps, tl.num_programs(AXIS))
+        first = tl.program_id(AXIS) * share
+        end = tl.minimum(first + share, steps)
+    else:
+        first = 0
+        end = steps
+    return first, end
+
+
+@triton.jit
+def store_sum_of_shares(y, y_ptr, partial_ptr, arrived_ptr, out, stored, size, tile,
+                        AXIS: tl.constexpr):
+    """Split K: this program's sums `y` (for offsets `out` of y_ptr, mask `stored`) go to its
+    share's slice of the scratch (`size` sums a share); the last program of `tile` to
+    arrive adds the shares in share order (the same bits whatever the order of arrival),
+    stores them and resets the tile's arrival count for the next launch."""
+    splits = tl.num_programs(AXIS)
+    tl.store(partial_ptr + tl.program_id(AXIS) * size + out, y, mask=stored)
+    tl.debug_barrier()  # every thread's sums written before the count is released
+    if tl.atomic_add(arrived_ptr + tile, 1, sem="acq_rel") == splits - 1:
+        total = tl.zeros_like(y)
+        for share in range(0, splits):
+            total += tl.load(partial_ptr + share * size + out, mask=stored, other=0.0,
+                             cache_modifier=".cg")
+        tl.store(y_ptr + out, total.to(y_ptr.dtype.element_ty), mask=stored)
+        tl.atomic_xchg(arrived_ptr + tile, 0)
+
+
+@triton.jit
 def _gguf_gemv_kernel(x_ptr, w_ptr, y_ptr, partial_ptr, arrived_ptr, N, K, row_bytes,
                       QTYPE: tl.constexpr, BYTES: tl.constexpr, BLOCK_N: tl.constexpr,
                       UNITS: tl.constexpr, EVEN: tl.constexpr, SPLIT_K: tl.constexpr,
@@ -290,13 +324,7 @@ def _gguf_gemv_kernel(x_ptr, w_ptr, y_ptr, partial_ptr, arrived_ptr, N, K, row_b
     pdl_wait(USE_PDL)
     G: tl.constexpr = 4 * UNITS if (QTYPE == Q4_K or QTYPE == Q5_K) else 8 * UNITS  # noqa: SIM109
     acc = tl.zeros([BLOCK_N, G], tl.float32)
-    steps = tl.cdiv(K, 256 * UNITS)
-    if SPLIT_K:  # this program's share of K: a contiguous run of steps
-        share = tl.cdiv(steps, tl.num_programs(1))
-        first = tl.program_id(1) * share
-        steps = tl.minimum(first + share, steps)
-    else:
-        first = 0
+    first, steps = share_of_k(tl.cdiv(K, 256 * UNITS), SPLIT_K, 1)
     for step in range(first, steps):
         v0 = step * (256 * UNITS)
         if QTYPE == Q4_K or QTYPE == Q5_K:  # noqa: SIM109 (jit: no `in` here)
@@ -309,19 +337,8 @@ def _gguf_gemv_kernel(x_ptr, w_ptr, y_ptr, partial_ptr, arrived_ptr, N, K, row_b
                                  USE_PRMT, EVEN)
     y = tl.sum(acc, axis=1)
     if SPLIT_K:
-        # Each share's sums go to the scratch; the last program of this row block to arrive
-        # adds them up in share order (the same result whatever the order of arrival) and
-        # resets the arrival count for the next launch.
-        splits = tl.num_programs(1)
-        tl.store(partial_ptr + tl.program_id(1) * N + rows, y, mask=rows < N)
-        tl.debug_barrier()  # every thread's sums written before the count is released
-        if tl.atomic_add(arrived_ptr + tl.program_id(0), 1, sem="acq_rel") == splits - 1:
-            total = tl.zeros([BLOCK_N], tl.float32)
-            for share in range(0, splits):
-                total += tl.load(partial_ptr + share * N + rows, mask=rows < N, other=0.0,
-                                 cache_modifier=".cg")
-            tl.store(y_ptr + rows, total.to(y_ptr.dtype.element_ty), mask=rows < N)
-            tl.atomic_xchg(arrived_ptr + tl.program_id(0), 0)
+        store_sum_of_shares(y, y_ptr, partial_ptr, arrived_ptr, rows, rows < N, N,
+                            tl.program_id(0), 1)
     else:
         tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=rows < N)
 
@@ -346,7 +363,7 @@ def tile_for(qtype: int, n: int, device: torch.device) -> tuple[int, int, int]:
 _SCRATCH: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
-def _scratch(device: torch.device, partials: int, counts: int
+def split_k_scratch(device: torch.device, partials: int, counts: int
              ) -> tuple[torch.Tensor, torch.Tensor]:
     """The device's scratch, grown to hold `partials` sums and `counts` counts (outside
     CUDA-graph capture: `reserve_split_k` sizes it at load)."""
@@ -360,11 +377,16 @@ def _scratch(device: torch.device, partials: int, counts: int
     return have
 
 
+def shares_for(programs: int, steps: int, device: torch.device) -> int:
+    """Shares of K: enough programs to give every SM four, when `programs` (one per tile)
+    give fewer (these kernels are bound by the memory traffic they keep in flight); at most
+    MAX_SPLITS and `steps` (K-steps)."""
+    return max(1, min(MAX_SPLITS, steps, 4 * num_sms(device) // programs))
+
+
 def split_for(n: int, k: int, block_n: int, units: int, device: torch.device) -> int:
-    """Shares of K for an [n, k] layer: enough programs to give every SM four, when one per
-    row block gives fewer (the kernel is bound by the memory traffic it has in flight)."""
-    blocks, steps = triton.cdiv(n, block_n), triton.cdiv(k, 256 * units)
-    return max(1, min(MAX_SPLITS, steps, 4 * num_sms(device) // blocks))
+    """Shares of K for an [n, k] layer (`shares_for`)."""
+    return shares_for(triton.cdiv(n, block_n), triton.cdiv(k, 256 * units), device)
 
 
 def reserve_split_k(device: torch.device, n: int, k: int, qtype: int) -> None:
@@ -372,7 +394,7 @@ def reserve_split_k(device: torch.device, n: int, k: int, qtype: int) -> None:
     block_n, units, _ = tile_for(qtype, n, device)
     splits = split_for(n, k, block_n, units, device)
     if splits > 1:
-        _scratch(device, splits * n, triton.cdiv(n, block_n))
+        split_k_scratch(device, splits * n, triton.cdiv(n, block_n))
 
 
 def gguf_gemv(x: torch.Tensor, raw: torch.Tensor, qtype: int, block_n: int | None = None,
@@ -395,7 +417,7 @@ def gguf_gemv(x: torch.Tensor, raw: torch.Tensor, qtype: int, block_n: int | Non
     block_n, units, num_warps = block_n or tile[0], units or tile[1], num_warps or tile[2]
     blocks = triton.cdiv(n, block_n)
     splits = splits or split_for(n, k, block_n, units, x.device)
-    partials, arrived = _scratch(x.device, splits * n, blocks) if splits > 1 else (y, y)
+    partials, arrived = split_k_scratch(x.device, splits * n, blocks) if splits > 1 else (y, y)
     _gguf_gemv_kernel[(blocks, splits)](
         x, raw, y, partials, arrived, n, k, raw.shape[1], QTYPE=int(qtype), BYTES=block_bytes,
         BLOCK_N=block_n, UNITS=units, EVEN=k % (256 * units) == 0, SPLIT_K=splits > 1,

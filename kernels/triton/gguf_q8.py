@@ -35,7 +35,6 @@ from localserve.kernels.triton._common import (
     check_tensor,
     empty,
     gpu_arch,
-    num_sms,
     nvidia_capability,
     pdl_launch,
     pdl_wait,
@@ -43,12 +42,14 @@ from localserve.kernels.triton._common import (
 )
 from localserve.kernels.triton.gguf import Q4_0, Q4_K, Q5_0, Q5_K, Q6_K, Q8_0, check_raw
 from localserve.kernels.triton.gguf_gemv import (
-    MAX_SPLITS,
     _fp16,
     _k4_min,
     _k4_scale,
     _ld,
-    _scratch,
+    share_of_k,
+    shares_for,
+    split_k_scratch,
+    store_sum_of_shares,
 )
 
 MAX_ROWS = 32  # more rows of x: gguf_linear dequantizes W for cuBLAS
@@ -233,13 +234,8 @@ def _gguf_q8_kernel(xq_ptr, xd_ptr, xs_ptr, w_ptr, y_ptr, partial_ptr, arrived_p
     x_blocks = tl.minimum(m, M - 1) * (K // 32)
     pdl_wait(USE_PDL)
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-    steps = tl.cdiv(K, 64 * PARTS)  # a step: PARTS runs of 64 values, their loads together
-    if SPLIT_K:  # this program's share of K: a contiguous run of steps
-        share = tl.cdiv(steps, tl.num_programs(2))
-        first = tl.program_id(2) * share
-        steps = tl.minimum(first + share, steps)
-    else:
-        first = 0
+    # A step: PARTS runs of 64 values, their loads together.
+    first, steps = share_of_k(tl.cdiv(K, 64 * PARTS), SPLIT_K, 2)
     for step in range(first, steps):
         for part in tl.static_range(PARTS):
             v0 = (step * PARTS + part) * 64
@@ -254,18 +250,9 @@ def _gguf_q8_kernel(xq_ptr, xd_ptr, xs_ptr, w_ptr, y_ptr, partial_ptr, arrived_p
                                      x_blocks, v0, K, QTYPE, BYTES, EVEN)
     out = m[:, None] * N + rows[None, :]
     stored = (m[:, None] < M) & (rows[None, :] < N)
-    if SPLIT_K:  # as in gguf_gemv: the last program of a tile to arrive adds the shares in order
-        splits = tl.num_programs(2)
+    if SPLIT_K:
         tile = tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
-        tl.store(partial_ptr + tl.program_id(2) * M * N + out, acc, mask=stored)
-        tl.debug_barrier()  # every thread's sums written before the count is released
-        if tl.atomic_add(arrived_ptr + tile, 1, sem="acq_rel") == splits - 1:
-            total = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-            for share in range(0, splits):
-                total += tl.load(partial_ptr + share * M * N + out, mask=stored, other=0.0,
-                                 cache_modifier=".cg")
-            tl.store(y_ptr + out, total.to(y_ptr.dtype.element_ty), mask=stored)
-            tl.atomic_xchg(arrived_ptr + tile, 0)
+        store_sum_of_shares(acc, y_ptr, partial_ptr, arrived_ptr, out, stored, M * N, tile, 2)
     else:
         tl.store(y_ptr + out, acc.to(y_ptr.dtype.element_ty), mask=stored)
 
@@ -300,27 +287,34 @@ def quantize_q8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
 
 def tile_for(m: int, device: torch.device) -> tuple[int, int, int, int, int]:
     """(BLOCK_M, BLOCK_N, 64-value parts a step, warps, stages) for m rows of x: 16 rows of x
-    (the smallest int8 dot) up to 16, 64 rows of W, four parts a step (more loads in flight
-    for a kernel bound by them, as the one-row kernel is); RDNA3 Radeons spilled registers
-    at 64 rows of W (test_triton_compile.py) and take 32. Being swept on the H100."""
+    (the smallest int8 dot) up to 16, 64 rows of W, one part a step. Not swept on a GPU yet:
+    offline (sm_90 SASS) 128 rows of W issue the fewest instructions a weight (0.18-0.59
+    warp instructions a value over the types, 0.23-0.66 at 64), but more programs won the
+    one-row kernel's sweep; four parts a step spilled registers on sm_90 and AMD, and RDNA3
+    spilled at 64 rows of W (test_triton_compile.py) and takes 32."""
     return (16 if m <= 16 else 32), 32 if rdna(gpu_arch(device)) else 64, 1, 4, 2
 
 
 def split_for(m: int, n: int, k: int, device: torch.device) -> int:
-    """Shares of K: enough programs to give every SM four (as gguf_gemv.split_for)."""
+    """Shares of K for m rows of x and an [n, k] layer (`gguf_gemv.shares_for`)."""
     block_m, block_n, parts, _, _ = tile_for(m, device)
     tiles = triton.cdiv(n, block_n) * triton.cdiv(m, block_m)
-    return max(1, min(MAX_SPLITS, triton.cdiv(k, 64 * parts), 4 * num_sms(device) // tiles))
+    return shares_for(tiles, triton.cdiv(k, 64 * parts), device)
 
 
 def reserve_split_k(device: torch.device, n: int, k: int) -> None:
-    """Sizes the shared split-K scratch for an [n, k] layer at MAX_ROWS rows of x before any
-    launch (CUDA-graph capture must not allocate it)."""
-    for m in (16, MAX_ROWS):
+    """Sizes the shared split-K scratch for an [n, k] layer and every row count this kernel
+    takes, before any launch (CUDA-graph capture must not allocate it): one growth, to the
+    largest."""
+    partials = counts = 0
+    for m in range(2, MAX_ROWS + 1):
         splits = split_for(m, n, k, device)
         if splits > 1:
             block_m, block_n, _, _, _ = tile_for(m, device)
-            _scratch(device, splits * m * n, triton.cdiv(n, block_n) * triton.cdiv(m, block_m))
+            partials = max(partials, splits * m * n)
+            counts = max(counts, triton.cdiv(n, block_n) * triton.cdiv(m, block_m))
+    if partials:
+        split_k_scratch(device, partials, counts)
 
 
 def gguf_q8_matmul(x: torch.Tensor, raw: torch.Tensor, qtype: int,
@@ -349,8 +343,8 @@ def gguf_q8_matmul(x: torch.Tensor, raw: torch.Tensor, qtype: int,
     block_n, parts = block_n or tile_n, parts or tile_parts
     grid = (triton.cdiv(n, block_n), triton.cdiv(m, block_m))
     splits = splits or split_for(m, n, k, x.device)
-    partials, arrived = _scratch(x.device, splits * m * n, grid[0] * grid[1]) if splits > 1 \
-        else (y, y)
+    partials, arrived = split_k_scratch(x.device, splits * m * n, grid[0] * grid[1]) \
+        if splits > 1 else (y, y)
     _gguf_q8_kernel[(*grid, splits)](
         xq, xd, xs, raw, y, partials, arrived, m, n, k, raw.shape[1], QTYPE=int(qtype),
         BYTES=block_bytes, BLOCK_M=block_m, BLOCK_N=block_n, PARTS=parts,

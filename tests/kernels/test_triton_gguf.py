@@ -6,9 +6,9 @@ reproduce the reference's fp32 values (to 1e-6 relative: ggml's order of fp32 op
 an FMA at most apart); `gguf_matmul` / `gguf_linear` must match x @ W^T with W rounded to x's
 dtype first, as the kernel does (ELEMENTWISE_TOL of the output dtype: both sides accumulate in
 fp32); `gguf_gemv` (one row) must match x @ W^T with W in fp32, as it computes;
-`gguf_q8_matmul` (2-32 rows) must match x' @ W^T with W in fp32 and x' = x rounded to int8 as
-`reference.quantize_q8` does, as it computes (and stay within Q8_TOL of x @ W^T). Interpreter
-(CPU) at small shapes; on a GPU, Llama-3-8B projection shapes. Outputs start NaN.
+`gguf_q8_matmul` (2-32 rows) must match `reference.gguf_q8_matmul` (x rounded to int8, then
+x' @ W^T in fp32, as it computes) and stay within Q8_TOL of x @ W^T. Interpreter (CPU) at
+small shapes; on a GPU, Llama-3-8B projection shapes. Outputs start NaN.
 """
 
 from __future__ import annotations
@@ -189,13 +189,6 @@ def test_gemv_rejects_bad_input():
 Q8_TOL = 3e-2
 
 
-def q8_reference(x: torch.Tensor, w32: torch.Tensor) -> torch.Tensor:
-    """x' @ W^T in fp32, x' = x rounded to int8 in blocks of 32 (reference.quantize_q8)."""
-    q, d, _ = reference.quantize_q8(x)
-    x_q8 = (q.float().reshape(x.shape[0], -1, 32) * d[..., None]).reshape(x.shape)
-    return reference.linear(x_q8, w32)
-
-
 def test_quantize_q8_reproduces_the_reference(seed):
     torch.manual_seed(seed)
     x = torch.randn(5, 1024, device=DEV) * torch.rand(5, 1024, device=DEV)
@@ -218,7 +211,7 @@ def test_q8_matmul_matches_reference(qtype, seed):
         w32 = dequantize(raw, qtype).to(DEV)
         for m, dtype in ((2, DTYPES[0]), (5, DTYPES[-1]), (MAX_ROWS, DTYPES[0])):
             x = torch.randn(m, k, device=DEV).to(dtype)
-            ref = q8_reference(x, w32).to(dtype)
+            ref = reference.gguf_q8_matmul(x, w32).to(dtype)
             exact = reference.linear(x.float(), w32)
             for splits in (None, 1, 3):
                 with poisoned_outputs():
@@ -238,7 +231,7 @@ def test_q8_split_k_sums_in_share_order_and_leaves_its_counts_at_zero(seed):
     raw = raw_weight(qtype, n, k, seed)
     x = torch.randn(3, k, device=DEV)
     first = gguf_q8_matmul(x, raw, qtype, splits=3)
-    assert rel_error(first, q8_reference(x, dequantize(raw, qtype).to(DEV))) <= 1e-5
+    assert rel_error(first, reference.gguf_q8_matmul(x, dequantize(raw, qtype).to(DEV))) <= 1e-5
     for _ in range(2):
         assert torch.equal(gguf_q8_matmul(x, raw, qtype, splits=3), first)
     _, arrived = _SCRATCH[x.device]

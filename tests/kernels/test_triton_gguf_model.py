@@ -149,7 +149,6 @@ def test_a_bad_blocks_setting_names_the_choices(monkeypatch):
         keeps_gguf_blocks(1, 2)
 
 
-
 def test_turing_keeps_the_float_kernel_for_a_few_rows():
     """sm_75 has no int8 dots in Triton: a few rows go through gguf_linear (floats), whose
     result is x @ W^T to fp32 rounding, not x rounded to int8."""
