@@ -1,7 +1,7 @@
 """GGUF blocks on the GPU (kernels/triton/gguf.py, gguf_gemv.py, backends/cuda/gguf.py), measured.
 
-Usage (GPU machine): python benchmarks/gguf_gpu_bench.py [--only kernels gemv q8 repacked e2e
-        default]
+Usage (GPU machine): python benchmarks/gguf_gpu_bench.py [--only kernels gemv q8 fused repacked
+        e2e default]
         [--hf] [--types Q4_K ...] [--gemv-types Q4_K ...] [--q8-types Q4_K ...] [--rows 1 16 ...]
         (CPU smoke run, interpreter, tiny shapes): python benchmarks/gguf_gpu_bench.py --smoke
 
@@ -15,6 +15,9 @@ Usage (GPU machine): python benchmarks/gguf_gpu_bench.py [--only kernels gemv q8
 - q8: the int8 few-row kernel (gguf_q8.py: x quantized to int8, int8 dots) at 2-32 rows over
   a sweep of tiles (GGUF_Q8_TILES), beside gguf_matmul and bf16, its quantization of x timed
   alone; checked against x rounded to int8 (tight) and x itself (loose).
+- fused: what quantizing x inside the RMSNorm and the gated activation that produce it saves
+  (`rms_norm_q8`, `act_and_mul_q8` against each op then `quantize_q8`; Llama-3-8B's hidden
+  and intermediate sizes, 2-32 rows, CUDA graphs; checked bit for bit).
 - repacked: the experiment of gguf_repacked.py (Q4_K repacked at load: contiguous codes, fp32
   group scales, two K=32 dots a step) beside gguf_linear and bf16 cuBLAS, same shapes.
 - e2e: a random GGUF of Llama-3.1-8B's shapes in Q4_K_M's type mix (Q4_K; Q6_K for v, down and
@@ -279,7 +282,8 @@ def bench_q8(args, bw: float, table: list[tuple[str, ...]]) -> None:
     from localserve.kernels import reference
     from localserve.kernels.triton.gemv import gemv
     from localserve.kernels.triton.gguf import gguf_matmul
-    from localserve.kernels.triton.gguf_q8 import gguf_q8_matmul, quantize_q8
+    from localserve.kernels.triton.gguf_q8 import gguf_q8_matmul
+    from localserve.kernels.triton.quantize import quantize_q8
     from localserve.quant.gguf import dequantize
 
     dev, dtype, shapes = projections(args)
@@ -323,6 +327,50 @@ def bench_q8(args, bw: float, table: list[tuple[str, ...]]) -> None:
                               f"bf16 {t_bf16 * 1e6:.1f} µs ({t_bf16 / t:.2f}x)",
                               f"error vs x {err_x:.2g}"))
                 print_sweep(f"q8 {qtype.name} {name} {m}", times)
+
+
+def bench_fused(args, bw: float, table: list[tuple[str, ...]]) -> None:
+    """An RMSNorm (with the residual add) over Llama-3-8B's hidden size and SiLU-and-mul over
+    its intermediate size, each then quantize_q8 (two launches) against the fused `_q8`
+    kernel (one), at 2-32 rows; the outputs must agree bit for bit."""
+    import torch
+
+    from localserve.kernels.triton.activation import act_and_mul, act_and_mul_q8
+    from localserve.kernels.triton.norm import rms_norm, rms_norm_q8
+    from localserve.kernels.triton.quantize import quantize_q8
+
+    dev, dtype, _ = projections(args)
+    hidden, inter = (4096, 14336) if not args.smoke else (64, 96)
+    w = torch.randn(hidden, device=dev).to(dtype)
+
+    def norm_then_quantize(x, r):
+        out, _ = rms_norm(x, w, 1e-5, r)
+        return out, quantize_q8(out)
+
+    def norm_q8(x, r):
+        out, _, q8 = rms_norm_q8(x, w, 1e-5, r)
+        return out, q8
+
+    def act_then_quantize(g):
+        out = act_and_mul(g, "silu")
+        return out, quantize_q8(out)
+
+    for m in [m for m in args.rows if m > 1] if not args.smoke else (3,):
+        x, r = (torch.randn(m, hidden, device=dev).to(dtype) for _ in range(2))
+        g = torch.randn(m, 2 * inter, device=dev).to(dtype)
+        cases = (("RMSNorm + residual", partial(norm_then_quantize, x, r), partial(norm_q8, x, r)),
+                 ("SiLU-and-mul", partial(act_then_quantize, g),
+                  partial(act_and_mul_q8, g, "silu")))
+        for label, apart, fused in cases:
+            (out, q8), (f_out, f_q8) = apart(), fused()
+            if not all(torch.equal(a, b) for a, b in zip((out, *q8), (f_out, *f_q8), strict=True)):
+                raise SystemExit(f"{label} {m} rows: the fused int8 output differs")
+            if args.smoke:
+                table.append((f"fused {label} {m} rows", "bit for bit", "", ""))
+                continue
+            t_apart, t_fused = graph_bench_s(apart), graph_bench_s(fused)
+            table.append((f"fused {label}, {m} rows", f"then quantize_q8 {t_apart * 1e6:.1f} µs",
+                          f"fused {t_fused * 1e6:.1f} µs ({t_apart / t_fused:.2f}x)", ""))
 
 
 def bench_repacked(args, bw: float, table: list[tuple[str, ...]]) -> None:
@@ -450,9 +498,19 @@ def smoke_random_gguf(table: list[tuple[str, ...]]) -> None:
                   f"generated {out}", ""))
 
 
+class Table(list):
+    """The final table's rows, each also printed as it comes (a run cut by a time limit keeps
+    what it measured in its log)."""
+
+    def append(self, row: tuple[str, ...]) -> None:
+        print("row: " + "  ".join(c for c in row if c), flush=True)
+        super().append(row)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--only", nargs="*", default=["kernels", "e2e", "default"])
+    ap.add_argument("--only", nargs="*", default=["kernels", "e2e", "default"],
+                    choices=["kernels", "gemv", "q8", "fused", "repacked", "e2e", "default"])
     ap.add_argument("--hf", action="store_true")
     ap.add_argument("--types", nargs="*", default=["Q4_K", "Q6_K", "Q8_0"])
     ap.add_argument("--gemv-types", nargs="*",
@@ -461,12 +519,13 @@ def main() -> None:
     ap.add_argument("--rows", nargs="*", type=int, default=list(ROWS))
     ap.add_argument("--smoke", action="store_true", help="CPU interpreter, tiny shapes")
     args = ap.parse_args()
-    table: list[tuple[str, ...]] = []
+    table: list[tuple[str, ...]] = Table()
     if args.smoke:
         os.environ.setdefault("TRITON_INTERPRET", "1")
         bench_kernels(args, 1.0, table)
         bench_gemv(args, 1.0, table)
         bench_q8(args, 1.0, table)
+        bench_fused(args, 1.0, table)
         bench_repacked(args, 1.0, table)
         smoke_random_gguf(table)
     else:
@@ -475,11 +534,11 @@ def main() -> None:
 
         bw = bandwidth_bytes_per_s(torch.device("cuda"))
         print(f"{torch.cuda.get_device_name()}: copy bandwidth {bw / 1e9:.0f} GB/s", flush=True)
-        for name, fn in (("kernels", bench_kernels), ("gemv", bench_gemv), ("q8", bench_q8),
-                         ("repacked", bench_repacked),
-                         ("e2e", bench_e2e), ("default", bench_default)):
-            if name in args.only:
-                fn(args, bw, table)
+        sections = {"kernels": bench_kernels, "gemv": bench_gemv, "q8": bench_q8,
+                    "fused": bench_fused, "repacked": bench_repacked, "e2e": bench_e2e,
+                    "default": bench_default}
+        for name in args.only:  # in the order given: what must not be cut by a time limit first
+            sections[name](args, bw, table)
     width = max(len(r[0]) for r in table)
     for row in table:
         print(f"{row[0]:<{width}}  " + "  ".join(c for c in row[1:] if c))

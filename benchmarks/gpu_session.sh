@@ -43,7 +43,8 @@ if [[ $what == gguf ]]; then  # GGUF blocks on the GPU (forced on): tests, then 
 fi
 if [[ $what == q8 ]]; then  # the int8 GGUF kernel (2-32 rows): its GPU tests, then gguf_gpu_bench.py "$@"
   "${pytest[@]}" -rs tests/kernels/test_triton_gguf.py tests/kernels/test_triton_gguf_model.py \
-    -k "q8 or turing or compute_what or scratch" 2>&1 | tee "$OUT/q8_tests.log" | tail -5
+    tests/kernels/test_triton_norm.py tests/kernels/test_triton_activation.py \
+    -k "q8 or turing or compute_what or scratch or once" 2>&1 | tee "$OUT/q8_tests.log" | tail -5
   python3 benchmarks/gguf_gpu_bench.py "$@" 2>&1 | tee "$OUT/q8_bench.log" | tail -60
 fi
 if [[ $what == kernels || $what == all ]]; then

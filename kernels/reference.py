@@ -205,7 +205,10 @@ def quantize_q8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     = values * scales the quantized x."""
     blocks = x.float().reshape(x.shape[0], -1, 32)
     amax = blocks.abs().amax(dim=-1)
-    inverse = torch.where(amax > 0, 127.0 / amax.clamp_min(1e-30), torch.zeros_like(amax))
+    # A tensor divisor: torch's CPU `scalar / tensor` multiplies by a reciprocal, 1 ulp off
+    # the correctly rounded quotient the kernels use, which moves values at .5 ties.
+    inverse = torch.where(amax > 0, torch.full_like(amax, 127.0) / amax.clamp_min(1e-30),
+                          torch.zeros_like(amax))
     q = torch.round(blocks * inverse[..., None])
     d = amax / 127.0
     return q.to(torch.int8).reshape(x.shape), d, d * q.sum(dim=-1)

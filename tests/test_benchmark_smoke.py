@@ -65,6 +65,7 @@ def test_gguf_gpu_bench_smoke():
     text = run("gguf_gpu_bench.py", "--smoke")
     assert "Q6_K tiny 32 rows" in text and "random Q4_K_M GGUF" in text
     assert "repacked Q4_K tiny 20 rows" in text
+    assert "fused RMSNorm + residual 3 rows" in text and "fused SiLU-and-mul 3 rows" in text
 
 
 def test_c_step_model_prefers_admitting_everything():

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -27,24 +29,90 @@ from torch import nn
 from localserve.layers.embedding import UnquantizedEmbeddingMethod, VocabEmbedding
 from localserve.layers.fusion import fused_linear, stacked_linear
 from localserve.layers.linear import Linear, UnquantizedMethod
+from localserve.layers.ops import LayerOps
 from localserve.quant.gguf import dequantize, set_quantized_weight
+
+if TYPE_CHECKING:  # Triton is imported where the kernels are first needed
+    from localserve.kernels.triton.quantize import Q8
+
+
+class Int8Activations:
+    """Inputs of the int8 GGUF kernel rounded to int8 once, however many matmuls read them.
+
+    A layer input is quantized by the RMSNorm or gated activation that produces it (their
+    `_q8` kernels, which `layer_ops` installs) or else by the first matmul that reads it; the
+    next matmul on the same tensor (q/k and v, or gate and up, kept apart by their types)
+    finds it here. One tensor is remembered, by identity (the object is held, so its id is
+    not reused): nothing writes a layer input after the layer reads it.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        from localserve.kernels.triton.activation import act_and_mul_q8
+        from localserve.kernels.triton.gguf_q8 import MAX_ROWS, int8_dots
+        from localserve.kernels.triton.norm import MAX_FUSED_HIDDEN, rms_norm_q8
+        from localserve.kernels.triton.quantize import QK, quantize_q8
+
+        self.max_rows = MAX_ROWS if int8_dots(device) else 1  # 1: the int8 kernel is not used
+        self._max_hidden, self._qk = MAX_FUSED_HIDDEN, QK
+        self._quantize, self._rms_norm_q8, self._act_and_mul_q8 = (
+            quantize_q8, rms_norm_q8, act_and_mul_q8)
+        self._source: torch.Tensor | None = None
+        self._q8: Q8 | None = None
+
+    def of(self, x: torch.Tensor, rows: torch.Tensor) -> Q8:
+        """x rounded to int8 (`rows`: x as [rows, K], contiguous)."""
+        if x is not self._source:
+            self._remember(x, self._quantize(rows))
+        assert self._q8 is not None
+        return self._q8
+
+    def _remember(self, x: torch.Tensor, q8: Q8) -> None:
+        self._source, self._q8 = x, q8
+
+    def _takes(self, x: torch.Tensor, k: int) -> bool:
+        """Whether x [rows, k] is an input the int8 kernel would read, worth quantizing."""
+        return x.dim() == 2 and 2 <= x.shape[0] <= self.max_rows and k % self._qk == 0
+
+    def layer_ops(self, base: LayerOps) -> LayerOps:
+        """`base` with its RMSNorm and gated activation quantizing their outputs for the int8
+        kernel when it will read them (2-D, 2 to max_rows rows), else `base`'s own."""
+
+        def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
+                     residual: torch.Tensor | None = None, weight_offset: float = 0.0
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+            if not self._takes(x, x.shape[-1]) or x.shape[-1] > self._max_hidden:
+                return base.rms_norm(x, weight, eps, residual, weight_offset)
+            out, summed, q8 = self._rms_norm_q8(x, weight, eps, residual, weight_offset)
+            self._remember(out, q8)
+            return out, summed
+
+        def act_and_mul(x: torch.Tensor, activation: str) -> torch.Tensor:
+            if not self._takes(x, x.shape[-1] // 2):
+                return base.act_and_mul(x, activation)
+            out, q8 = self._act_and_mul_q8(x, activation)
+            self._remember(out, q8)
+            return out
+
+        return replace(base, rms_norm=rms_norm, act_and_mul=act_and_mul)
 
 
 class TritonGGUFLinearMethod:
     """y = x W^T (+ b) straight from the raw blocks in `layer.qweight`: one row (batch-1
     decode) through the one-row kernel (kernels/triton/gguf_gemv.py), up to
     gguf_q8.MAX_ROWS through the int8 kernel (kernels/triton/gguf_q8.py: x rounded to int8
-    first, as llama.cpp does; not on Turing, which lacks its int8 dots), more through
-    `gguf_linear`."""
+    first, as llama.cpp does, once for all the layers that read it: `activations`; not on
+    Turing, which lacks its int8 dots), more through `gguf_linear`."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, activations: Int8Activations | None = None
+                 ) -> None:
         from localserve.kernels.triton.gguf import gguf_linear
         from localserve.kernels.triton.gguf_gemv import gguf_gemv
-        from localserve.kernels.triton.gguf_q8 import MAX_ROWS, gguf_q8_matmul, int8_dots
+        from localserve.kernels.triton.gguf_q8 import gguf_q8_matmul
 
         # bound once: apply runs per step
         self._linear, self._gemv, self._q8 = gguf_linear, gguf_gemv, gguf_q8_matmul
-        self._q8_rows = MAX_ROWS if int8_dots(device) else 1
+        self.activations = activations or Int8Activations(device)
+        self._q8_rows = self.activations.max_rows
 
     def create_weights(self, layer: Linear) -> None:
         pass  # the loader sets qweight/qtype through set_quantized_weight
@@ -52,15 +120,14 @@ class TritonGGUFLinearMethod:
     def apply(self, layer: Linear, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, x.shape[-1])
         rows = x2.shape[0]
-        if rows == 1:
-            kernel = self._gemv
-        elif 1 < rows <= self._q8_rows:
-            kernel = self._q8
-        else:
+        if rows > self._q8_rows or rows == 0:
             return self._linear(x, layer.qweight, layer.qtype, layer.bias)
         if x2.stride(-1) != 1:
             x2 = x2.contiguous()
-        y = kernel(x2, layer.qweight, layer.qtype)
+        if rows == 1:
+            y = self._gemv(x2, layer.qweight, layer.qtype)
+        else:
+            y = self._q8(x2, layer.qweight, layer.qtype, x_q8=self.activations.of(x, x2))
         y = y.reshape(*x.shape[:-1], y.shape[-1])
         return y if layer.bias is None else y + layer.bias
 
@@ -98,13 +165,23 @@ def gguf_fused_linear(parts: Sequence[Linear]) -> Linear | None:
     if fused is not None:
         set_quantized_weight(fused, torch.cat([p.qweight for p in parts]), parts[0].qtype,
                              parts[0].compute_dtype)
-        fused.method = TritonGGUFLinearMethod(fused.qweight.device)
+        fused.method = TritonGGUFLinearMethod(fused.qweight.device, parts[0].method.activations)
     return fused
 
 
 def cuda_fused_linear(parts: Sequence[Linear]) -> Linear | None:
     """`fuse_projections`' rule on this backend: float parts as everywhere, GGUF parts here."""
     return fused_linear(parts) or gguf_fused_linear(parts)
+
+
+def gguf_layer_ops(model: nn.Module, base: LayerOps) -> LayerOps:
+    """The layer ops for `model`: `base`, with the RMSNorm and activation quantizing their
+    outputs (`Int8Activations.layer_ops`) where GGUF layers run the int8 kernel."""
+    for module in model.modules():
+        method = getattr(module, "method", None)
+        if isinstance(method, TritonGGUFLinearMethod) and method.activations.max_rows > 1:
+            return method.activations.layer_ops(base)
+    return base
 
 
 def reserve_gguf_scratch(model: nn.Module) -> None:
@@ -153,13 +230,17 @@ def install_gguf_methods(model: nn.Module, keep: bool | None = None) -> tuple[in
     keep = keeps_gguf_blocks() if keep is None else keep
     kept = dequantized = 0
     floats: dict[int, nn.Parameter] = {}
+    activations: Int8Activations | None = None  # one for the model
     for module in model.modules():
         if not isinstance(module, Linear | VocabEmbedding) or not hasattr(module, "qweight"):
             continue
         linear = isinstance(module, Linear)
         if keep and module.qtype in SUPPORTED_TYPES:
-            module.method = (TritonGGUFLinearMethod(module.qweight.device) if linear
-                             else TritonGGUFEmbeddingMethod())
+            if linear:
+                activations = activations or Int8Activations(module.qweight.device)
+                module.method = TritonGGUFLinearMethod(module.qweight.device, activations)
+            else:
+                module.method = TritonGGUFEmbeddingMethod()
             kept += 1
             continue
         raw = module.qweight

@@ -13,6 +13,7 @@ from localserve.backends.cuda.compile_ahead import compile_ahead, hash_triton_ah
 from localserve.backends.cuda.gguf import (
     cuda_fused_linear,
     gguf_blocks_setting,
+    gguf_layer_ops,
     install_gguf_methods,
     keeps_gguf_blocks,
     reserve_gguf_scratch,
@@ -147,7 +148,7 @@ class CudaModelRunner(TorchModelRunner):
             super().load_model()
             kept, dequantized = install_gguf_methods(self.model, self.keep_quantized)
         self.weight_bytes = model_weight_bytes(self.model)
-        install_layer_ops(self.model, triton_layer_ops())
+        install_layer_ops(self.model, gguf_layer_ops(self.model, triton_layer_ops()))
         fuse_projections(self.model, cuda_fused_linear)
         reserve_gguf_scratch(self.model)
         if kept or dequantized:

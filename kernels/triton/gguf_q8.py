@@ -4,7 +4,8 @@ A batched decode step (a few sequences) reads every weight once, as batch 1 does
 times the arithmetic. `gguf_matmul` dequantizes each weight to a float for `tl.dot`, and that
 dequantization (byte gathers, an int-to-float conversion and a scale a value) bounds it at
 4-19% of an H100's copy bandwidth (session 20). Here, as llama.cpp's MMQ kernels do, x is
-quantized instead (`quantize_q8`: int8 in blocks of 32 values, one fp32 scale each) and the
+quantized instead (quantize.py's `quantize_q8`: int8 in blocks of 32 values, one fp32 scale
+each; or passed in already quantized, by the RMSNorm or activation that produced x) and the
 weights stay small integers:
 - a weight code becomes an int8 with a mask or a shift (Q6_K: and 32 taken away); int8
   `tl.dot`s of one 32-value block (one scale of x, one of W) give exact int32 sums;
@@ -51,30 +52,9 @@ from localserve.kernels.triton.gguf_gemv import (
     split_k_scratch,
     store_sum_of_shares,
 )
+from localserve.kernels.triton.quantize import Q8, check_q8, quantize_q8
 
 MAX_ROWS = 32  # more rows of x: gguf_linear dequantizes W for cuBLAS
-QK = 32  # values of x a scale
-RNE = tl.constexpr(12582912.0)  # 1.5 * 2^23: (v + RNE) - RNE rounds |v| < 2^22 to even
-
-
-@triton.jit
-def _quantize_q8_kernel(x_ptr, q_ptr, d_ptr, s_ptr, K, stride_x, BLOCKS: tl.constexpr,
-                        USE_PDL: tl.constexpr):
-    """BLOCKS blocks of 32 values of one row of x: int8 values, their scale and scaled sum."""
-    row = tl.program_id(0)
-    block = tl.program_id(1) * BLOCKS + tl.arange(0, BLOCKS)
-    ok = block < K // 32
-    cols = block[:, None] * 32 + tl.arange(0, 32)[None, :]
-    pdl_wait(USE_PDL)
-    x = tl.load(x_ptr + row * stride_x + cols, mask=ok[:, None], other=0.0).to(tl.float32)
-    amax = tl.max(tl.abs(x), axis=1)
-    inverse = tl.where(amax > 0, tl.math.div_rn(tl.full(amax.shape, 127.0, tl.float32),
-                                                tl.maximum(amax, 1e-30)), 0.0)
-    q = (x * inverse[:, None] + RNE) - RNE
-    d = tl.math.div_rn(amax, tl.full(amax.shape, 127.0, tl.float32))
-    tl.store(q_ptr + row * K + cols, q.to(tl.int8), mask=ok[:, None])
-    tl.store(d_ptr + row * (K // 32) + block, d, mask=ok)
-    tl.store(s_ptr + row * (K // 32) + block, d * tl.sum(q, axis=1), mask=ok)
 
 
 @triton.jit
@@ -257,32 +237,10 @@ def _gguf_q8_kernel(xq_ptr, xd_ptr, xs_ptr, w_ptr, y_ptr, partial_ptr, arrived_p
         tl.store(y_ptr + out, acc.to(y_ptr.dtype.element_ty), mask=stored)
 
 
-QUANTIZE_BLOCKS = 32  # 32-value blocks a quantization program
-
-
 def int8_dots(device: torch.device) -> bool:
     """Whether this kernel builds for `device`: not on NVIDIA before Ampere (sm_80)."""
     capability = nvidia_capability(gpu_arch(device))
     return capability is None or capability >= (8, 0)
-
-
-def quantize_q8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """x [M, K] (K a multiple of 32) -> (int8 [M, K], scales fp32 [M, K/32], scaled sums fp32
-    [M, K/32]): each block of 32 values as round-to-even(x * 127 / amax), amax / 127, and
-    that scale times the block's int8 sum (kernels.reference.quantize_q8)."""
-    check_tensor("x", x, ndim=2, dtypes=FLOAT_DTYPES)
-    check_last_dim_contiguous("x", x)
-    m, k = x.shape
-    if k % QK:
-        raise ValueError(f"quantize_q8 takes rows of a multiple of {QK} values; got {k}")
-    q = empty((m, k), torch.int8, x.device)
-    d = empty((m, k // QK), torch.float32, x.device)
-    s = empty((m, k // QK), torch.float32, x.device)
-    if m and k:
-        _quantize_q8_kernel[(m, triton.cdiv(k // QK, QUANTIZE_BLOCKS))](
-            x, q, d, s, k, x.stride(0), BLOCKS=QUANTIZE_BLOCKS, num_warps=4,
-            **pdl_launch(x.device))
-    return q, d, s
 
 
 def tile_for(m: int, device: torch.device) -> tuple[int, int, int, int, int]:
@@ -320,11 +278,11 @@ def reserve_split_k(device: torch.device, n: int, k: int) -> None:
 def gguf_q8_matmul(x: torch.Tensor, raw: torch.Tensor, qtype: int,
                    block_n: int | None = None, parts: int | None = None,
                    num_warps: int | None = None, num_stages: int | None = None,
-                   splits: int | None = None) -> torch.Tensor:
+                   splits: int | None = None, *, x_q8: Q8 | None = None) -> torch.Tensor:
     """x [M, K] (M <= MAX_ROWS) @ W^T -> [M, N] in x's dtype, W = raw's N rows of K `qtype`
-    values (uint8 [N, row bytes], gguf.SUPPORTED_TYPES), x quantized to int8 first; K in
-    `splits` shares summed in order by the last program of each tile. Unset tiles come
-    from `tile_for` / `split_for`."""
+    values (uint8 [N, row bytes], gguf.SUPPORTED_TYPES), x quantized to int8 first (or
+    `x_q8`, x already quantized: quantize.py); K in `splits` shares summed in order by the
+    last program of each tile. Unset tiles come from `tile_for` / `split_for`."""
     check_tensor("x", x, ndim=2, dtypes=FLOAT_DTYPES)
     check_last_dim_contiguous("x", x)
     (m, k), n = x.shape, raw.shape[0]
@@ -338,7 +296,7 @@ def gguf_q8_matmul(x: torch.Tensor, raw: torch.Tensor, qtype: int,
     y = empty((m, n), x.dtype, x.device)
     if m == 0 or n == 0:
         return y
-    xq, xd, xs = quantize_q8(x)
+    xq, xd, xs = quantize_q8(x) if x_q8 is None else check_q8(x_q8, m, k, x.device)
     block_m, tile_n, tile_parts, warps, stages = tile_for(m, x.device)
     block_n, parts = block_n or tile_n, parts or tile_parts
     grid = (triton.cdiv(n, block_n), triton.cdiv(m, block_m))

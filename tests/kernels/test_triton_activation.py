@@ -14,6 +14,8 @@ pytest.importorskip("triton")
 from localserve.kernels import reference
 from localserve.kernels.triton import act_and_mul
 from localserve.kernels.triton._common import poisoned_outputs
+from localserve.kernels.triton.activation import act_and_mul_q8
+from localserve.kernels.triton.quantize import quantize_q8
 from localserve.kernels.triton.testing import (
     ELEMENTWISE_TOL,
     device,
@@ -73,3 +75,26 @@ def test_input_errors():
         act_and_mul(x[:, :63], "silu")
     with pytest.raises(TypeError, match="x must have dtype"):
         act_and_mul(x.double(), "silu")
+
+
+@pytest.mark.parametrize("activation", ["silu", "gelu_tanh"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("d", [14336, 3072, 2080] if FULL else [64, 96, 2080])
+def test_q8_is_the_activation_then_quantize_q8_bit_for_bit(activation, dtype, d, seed):
+    """act_and_mul_q8 (for the int8 GGUF kernel) = act_and_mul, then quantize_q8 of its
+    output: each program quantizes its own columns (2080: two programs, the second mostly
+    past d)."""
+    x = (torch.randn(3, 2 * d, device=DEV) * 6).to(dtype)
+    want = act_and_mul(x, activation)
+    with poisoned_outputs():
+        out, q8 = act_and_mul_q8(x, activation)
+    assert torch.equal(out, want)
+    for got, ref in zip(q8, quantize_q8(want), strict=True):
+        assert torch.equal(got, ref)
+
+
+def test_q8_input_errors():
+    with pytest.raises(ValueError, match="multiple of 32 values"):
+        act_and_mul_q8(torch.randn(2, 96, device=DEV), "silu")
+    with pytest.raises(ValueError, match="x must have 2 dim"):
+        act_and_mul_q8(torch.randn(2, 2, 128, device=DEV), "silu")

@@ -43,6 +43,7 @@ from localserve.kernels.triton import (  # noqa: E402
     gguf_q8,
     norm,
     paged_attention,
+    quantize,
     rms_norm,
     rope_and_cache,
     rope_cache,
@@ -69,7 +70,7 @@ KERNELS = [(attention, "paged_attention_kernel"), (attention, "reduce_splits_ker
            (rope_cache, "_rope_cache_kernel"),
            (sampling, "_gumbel_argmax_kernel"), (sampling, "_pick_first_max_kernel"),
            (gguf, "_gguf_matmul_kernel"), (gguf, "_gguf_dequant_kernel"),
-           (gguf_gemv, "_gguf_gemv_kernel"), (gguf_q8, "_quantize_q8_kernel"),
+           (gguf_gemv, "_gguf_gemv_kernel"), (quantize, "_quantize_q8_kernel"),
            (gguf_q8, "_gguf_q8_kernel")]
 
 
@@ -142,6 +143,12 @@ def _launch_every_kernel(half: torch.dtype) -> None:
     rotary_embedding(torch.arange(8), q, k, torch.empty(64, 128), inplace=True)
     for act in ("silu", "gelu_tanh"):
         act_and_mul(torch.empty(8, 2 * 14336, dtype=half), act)
+    # The same writing their outputs in int8 too, for the int8 GGUF kernel (not on Turing).
+    if gguf_q8.int8_dots(torch.device("cpu")):
+        x = torch.empty(8, 4096, dtype=half)
+        norm.rms_norm_q8(x, torch.empty(4096, dtype=half), 1e-6, x.clone())
+        for act in ("silu", "gelu_tanh"):
+            activation.act_and_mul_q8(torch.empty(8, 2 * 14336, dtype=half), act)
     # Decode gemv: Llama-3-8B's qkv, an uneven K with bias, fp32 (exact dots).
     gemv.gemv(torch.empty(1, 4096, dtype=half), torch.empty(6144, 4096, dtype=half))
     gemv.gemv(torch.empty(8, 1000, dtype=half), torch.empty(64, 1000, dtype=half),

@@ -24,7 +24,8 @@ from localserve.kernels import reference
 from localserve.kernels.triton import gguf as tg
 from localserve.kernels.triton._common import poisoned_outputs
 from localserve.kernels.triton.gguf_gemv import gguf_gemv
-from localserve.kernels.triton.gguf_q8 import MAX_ROWS, gguf_q8_matmul, quantize_q8
+from localserve.kernels.triton.gguf_q8 import MAX_ROWS, gguf_q8_matmul
+from localserve.kernels.triton.quantize import quantize_q8
 from localserve.kernels.triton.testing import ELEMENTWISE_TOL, device, full_shapes, rel_error
 from localserve.quant.gguf import dequantize
 from tests.helpers.gguf_blocks import random_weight
@@ -201,6 +202,15 @@ def test_quantize_q8_reproduces_the_reference(seed):
     assert (q.abs() <= 127).all() and (q.abs().amax(dim=1) == 127).all()
 
 
+def test_quantize_q8_rounds_a_tie_to_even():
+    """x * (127 / amax) is exactly -57.5 here with the quotient correctly rounded (the kernel's
+    div_rn; torch's CPU `127.0 / tensor` was 1 ulp off and gave -57.499996: -57): -58."""
+    x = torch.zeros(1, 32, device=DEV)
+    x[0, 0], x[0, 1] = 2.327962636947632, -1.0539988279342651
+    for q in (quantize_q8(x)[0], reference.quantize_q8(x)[0]):
+        assert q[0, :2].tolist() == [127, -58]
+
+
 @pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
 def test_q8_matmul_matches_reference(qtype, seed):
     """2 to MAX_ROWS rows of x, every type, K that fills the last step and K that does not,
@@ -236,6 +246,20 @@ def test_q8_split_k_sums_in_share_order_and_leaves_its_counts_at_zero(seed):
         assert torch.equal(gguf_q8_matmul(x, raw, qtype, splits=3), first)
     _, arrived = _SCRATCH[x.device]
     assert not arrived.any()
+
+
+def test_q8_takes_x_already_quantized(seed):
+    """x_q8 (x quantized by the norm or activation that produced it) gives the same bits as
+    quantizing x here; a quantization of another shape is refused."""
+    qtype, n, k = Q.Q4_K, 24, 512
+    raw = raw_weight(qtype, n, k, seed)
+    x = torch.randn(4, k, device=DEV)
+    x_q8 = quantize_q8(x)
+    assert torch.equal(gguf_q8_matmul(x, raw, qtype, x_q8=x_q8), gguf_q8_matmul(x, raw, qtype))
+    with pytest.raises(ValueError, match=r"x_q8 must be contiguous \(int8 \[4, 512\]"):
+        gguf_q8_matmul(x, raw, qtype, x_q8=quantize_q8(x[:3]))
+    with pytest.raises(ValueError, match="x_q8 must be"):
+        gguf_q8_matmul(x, raw, qtype, x_q8=(x_q8[0], x_q8[1].double(), x_q8[2]))
 
 
 def test_q8_rejects_bad_input():

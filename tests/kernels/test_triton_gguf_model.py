@@ -83,6 +83,56 @@ def test_gguf_blocks_compute_what_the_dequantized_model_does(tmp_path, monkeypat
         assert err <= tol, f"{step}: relative max error {err:.3g}"
 
 
+class CountedLaunches:
+    """Stands in for a kernel object: counts its launches, then launches it."""
+
+    def __init__(self, kernel) -> None:
+        self.kernel, self.count = kernel, 0
+
+    def __getitem__(self, grid):
+        self.count += 1
+        return self.kernel[grid]
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gemma3_text"])
+def test_layer_inputs_are_rounded_to_int8_once(tmp_path, monkeypatch, model_type):
+    """With the model's shared Int8Activations and `gguf_layer_ops` (the RMSNorms and the
+    activation write their outputs in int8 too; q, k and v, kept apart by their types, read
+    one quantization) steps of three tokens give the same logits, bit for bit, as every
+    matmul quantizing its own input, with one quantize launch a layer (o's input, from
+    attention) instead of six (q, k, v, o, gate|up, down) and none for the LM head."""
+    from localserve.backends.cuda.gguf import gguf_layer_ops
+    from localserve.backends.cuda.ops import triton_layer_ops
+    from localserve.kernels.triton import quantize
+    from localserve.layers.ops import install_layer_ops
+
+    monkeypatch.setenv("LOCALSERVE_GGUF_BLOCKS", "1")
+    config = ModelConfig(model=str(make_tiny_checkpoint(tmp_path, model_type, "gguf-q8_0").path))
+    got, launches = {}, {}
+    for shared in (False, True):
+        loaded = load_model(config, DEV, torch.float32, keep_quantized=True)
+        install_gguf_methods(loaded.model)
+        ops = triton_layer_ops()
+        if shared:
+            ops = gguf_layer_ops(loaded.model, ops)
+        else:
+            for module in loaded.model.modules():
+                if isinstance(getattr(module, "method", None), TritonGGUFLinearMethod):
+                    module.method = TritonGGUFLinearMethod(DEV)  # an Int8Activations of its own
+        install_layer_ops(loaded.model, ops)
+        fuse_projections(loaded.model, cuda_fused_linear)
+        counted = CountedLaunches(quantize._quantize_q8_kernel)
+        monkeypatch.setattr(quantize, "_quantize_q8_kernel", counted)
+        got[shared] = logits(loaded, [3, 9, 27], [7, 11, 13])
+        launches[shared] = counted.count
+    layers = loaded.arch.num_layers
+    for want, have in zip(got[False], got[True], strict=True):
+        assert torch.equal(want, have)
+    # Two steps; the tied LM head reads the final norm's output (every token's logits here):
+    # one more launch a step unshared, none shared.
+    assert (launches[False], launches[True]) == (2 * (6 * layers + 1), 2 * layers)
+
+
 @pytest.mark.parametrize("setting", ["0", None], ids=["off", "default"])
 def test_blocks_off_dequantizes_every_layer(tmp_path, monkeypatch, setting):
     """Blocks off, or auto with no sizes to go by: the raw blocks become exactly the float

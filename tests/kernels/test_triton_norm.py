@@ -14,7 +14,8 @@ pytest.importorskip("triton")
 from localserve.kernels import reference
 from localserve.kernels.triton import rms_norm
 from localserve.kernels.triton._common import poisoned_outputs
-from localserve.kernels.triton.norm import MAX_FUSED_HIDDEN
+from localserve.kernels.triton.norm import MAX_FUSED_HIDDEN, rms_norm_q8
+from localserve.kernels.triton.quantize import quantize_q8
 from localserve.kernels.triton.testing import (
     ELEMENTWISE_TOL,
     device,
@@ -91,3 +92,32 @@ def test_input_errors():
         rms_norm(x.double(), torch.ones(64, device=DEV), 1e-6)
     with pytest.raises(ValueError, match="contiguous in its last dimension"):
         rms_norm(torch.randn(64, 4, device=DEV).t(), torch.ones(64, device=DEV), 1e-6)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("hidden", [4096, 640, 1120] if FULL else [64, 96])
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_q8_is_the_norm_then_quantize_q8_bit_for_bit(dtype, hidden, with_residual, seed):
+    """rms_norm_q8 (for the int8 GGUF kernel) = rms_norm, then quantize_q8 of its output;
+    hidden not a power of two leaves blocks of the row's tile unstored."""
+    x = (torch.randn(5, hidden, device=DEV) * 3).to(dtype)
+    weight = torch.randn(hidden, device=DEV).to(dtype)
+    residual = torch.randn(5, hidden, device=DEV).to(dtype) if with_residual else None
+    want_out, want_res = rms_norm(x, weight, 1e-6, residual, 1.0)
+    with poisoned_outputs():
+        out, new_res, q8 = rms_norm_q8(x, weight, 1e-6, residual, 1.0)
+    assert torch.equal(out, want_out)
+    assert (new_res is None) if residual is None else torch.equal(new_res, want_res)
+    for got, want in zip(q8, quantize_q8(want_out), strict=True):
+        assert torch.equal(got, want)
+
+
+def test_q8_input_errors():
+    x = torch.randn(4, 64, device=DEV)
+    with pytest.raises(ValueError, match="multiple of 32 values"):
+        rms_norm_q8(x[:, :48], torch.ones(48, device=DEV), 1e-6)
+    with pytest.raises(ValueError, match=f"at most {MAX_FUSED_HIDDEN} values"):
+        rms_norm_q8(torch.randn(2, MAX_FUSED_HIDDEN + 32, device=DEV),
+                    torch.ones(MAX_FUSED_HIDDEN + 32, device=DEV), 1e-6)
+    with pytest.raises(ValueError, match="x must have 2 dim"):
+        rms_norm_q8(x.reshape(2, 2, 64), torch.ones(64, device=DEV), 1e-6)
