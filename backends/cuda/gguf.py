@@ -112,7 +112,6 @@ class TritonGGUFLinearMethod:
         # bound once: apply runs per step
         self._linear, self._gemv, self._q8 = gguf_linear, gguf_gemv, gguf_q8_matmul
         self.activations = activations or Int8Activations(device)
-        self._q8_rows = self.activations.max_rows
 
     def create_weights(self, layer: Linear) -> None:
         pass  # the loader sets qweight/qtype through set_quantized_weight
@@ -120,7 +119,7 @@ class TritonGGUFLinearMethod:
     def apply(self, layer: Linear, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, x.shape[-1])
         rows = x2.shape[0]
-        if rows > self._q8_rows or rows == 0:
+        if rows > self.activations.max_rows or rows == 0:
             return self._linear(x, layer.qweight, layer.qtype, layer.bias)
         if x2.stride(-1) != 1:
             x2 = x2.contiguous()

@@ -364,7 +364,7 @@ _SCRATCH: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
 def split_k_scratch(device: torch.device, partials: int, counts: int
-             ) -> tuple[torch.Tensor, torch.Tensor]:
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """The device's scratch, grown to hold `partials` sums and `counts` counts (outside
     CUDA-graph capture: `reserve_split_k` sizes it at load)."""
     have = _SCRATCH.get(device)

@@ -250,12 +250,15 @@ def test_q8_split_k_sums_in_share_order_and_leaves_its_counts_at_zero(seed):
 
 def test_q8_takes_x_already_quantized(seed):
     """x_q8 (x quantized by the norm or activation that produced it) gives the same bits as
-    quantizing x here; a quantization of another shape is refused."""
+    quantizing x here, and is what the kernel reads (another x's quantization gives that x's
+    product); a quantization of another shape is refused."""
     qtype, n, k = Q.Q4_K, 24, 512
     raw = raw_weight(qtype, n, k, seed)
-    x = torch.randn(4, k, device=DEV)
+    x, other = torch.randn(4, k, device=DEV), torch.randn(4, k, device=DEV)
     x_q8 = quantize_q8(x)
     assert torch.equal(gguf_q8_matmul(x, raw, qtype, x_q8=x_q8), gguf_q8_matmul(x, raw, qtype))
+    assert torch.equal(gguf_q8_matmul(x, raw, qtype, x_q8=quantize_q8(other)),
+                       gguf_q8_matmul(other, raw, qtype))
     with pytest.raises(ValueError, match=r"x_q8 must be contiguous \(int8 \[4, 512\]"):
         gguf_q8_matmul(x, raw, qtype, x_q8=quantize_q8(x[:3]))
     with pytest.raises(ValueError, match="x_q8 must be"):
