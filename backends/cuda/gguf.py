@@ -192,7 +192,7 @@ def reserve_gguf_scratch(model: nn.Module) -> None:
         if isinstance(module, Linear) and isinstance(module.method, TritonGGUFLinearMethod):
             device, n, k = module.qweight.device, module.out_features, module.in_features
             gguf_gemv.reserve_split_k(device, n, k, module.qtype)
-            gguf_q8.reserve_split_k(device, n, k)
+            gguf_q8.reserve_split_k(device, n, k, module.qtype)
 
 
 SETTINGS = ("auto", "1", "0")

@@ -37,6 +37,7 @@ from gguf import GGMLQuantizationType as Q
 
 from localserve.kernels.triton._common import (
     FLOAT_DTYPES,
+    _device_index,
     check_last_dim_contiguous,
     check_same_device,
     check_tensor,
@@ -367,6 +368,8 @@ def split_k_scratch(device: torch.device, partials: int, counts: int
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """The device's scratch, grown to hold `partials` sums and `counts` counts (outside
     CUDA-graph capture: `reserve_split_k` sizes it at load)."""
+    if device.type == "cuda":  # "cuda" and "cuda:0" name one GPU but compare unequal
+        device = torch.device("cuda", _device_index(device))
     have = _SCRATCH.get(device)
     if have is None or have[0].numel() < partials or have[1].numel() < counts:
         partials = max(partials, 0 if have is None else have[0].numel())

@@ -243,32 +243,43 @@ def int8_dots(device: torch.device) -> bool:
     return capability is None or capability >= (8, 0)
 
 
-def tile_for(m: int, device: torch.device) -> tuple[int, int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, 64-value parts a step, warps, stages) for m rows of x: 16 rows of x
-    (the smallest int8 dot) up to 16, 64 rows of W, one part a step. Not swept on a GPU yet:
-    offline (sm_90 SASS) 128 rows of W issue the fewest instructions a weight (0.18-0.59
-    warp instructions a value over the types, 0.23-0.66 at 64), but more programs won the
-    one-row kernel's sweep; four parts a step spilled registers on sm_90 and AMD, and RDNA3
-    spilled at 64 rows of W (test_triton_compile.py) and takes 32."""
-    return (16 if m <= 16 else 32), 32 if rdna(gpu_arch(device)) else 64, 1, 4, 2
+def tile_for(qtype: int, m: int, device: torch.device) -> tuple[int, int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, 64-value parts a step, warps, stages) for m rows of x of a `qtype`
+    layer: 16 rows of x (the smallest int8 dot) up to 16, else 32. On NVIDIA, from two H100
+    sweeps of Llama-3-8B's four layer shapes at 4, 16 and 32 rows (session 24,
+    docs/benchmarks.md): 64 rows of W a program up to 16 rows, 128 above; Q4_K four parts a
+    step up to 16 rows, two and three stages above. Q6_K measured fastest with two parts, but
+    that spills registers (as for Q5_0 and Q5_K: test_triton_compile.py), so the other types
+    take one. AMD keeps session 22's unswept 64 x 1; RDNA3 takes 32 rows of W (64 spilled)."""
+    block_m = 16 if m <= 16 else 32
+    arch = gpu_arch(device)
+    if rdna(arch):
+        return block_m, 32, 1, 4, 2
+    if arch is not None and nvidia_capability(arch) is None:  # CDNA (the interpreter: NVIDIA's)
+        return block_m, 64, 1, 4, 2
+    if block_m == 16:
+        return block_m, 64, 4 if qtype == Q4_K else 1, 4, 2
+    return (block_m, 128, 2, 4, 3) if qtype == Q4_K else (block_m, 128, 1, 4, 2)
 
 
-def split_for(m: int, n: int, k: int, device: torch.device) -> int:
-    """Shares of K for m rows of x and an [n, k] layer (`gguf_gemv.shares_for`)."""
-    block_m, block_n, parts, _, _ = tile_for(m, device)
-    tiles = triton.cdiv(n, block_n) * triton.cdiv(m, block_m)
-    return shares_for(tiles, triton.cdiv(k, 64 * parts), device)
+def split_for(qtype: int, m: int, n: int, k: int, device: torch.device,
+              block_n: int | None = None, parts: int | None = None) -> int:
+    """Shares of K for m rows of x and an [n, k] layer (`gguf_gemv.shares_for`), with the
+    tile's rows of W and parts a step (`tile_for`'s unless given)."""
+    block_m, tile_n, tile_parts, _, _ = tile_for(qtype, m, device)
+    tiles = triton.cdiv(n, block_n or tile_n) * triton.cdiv(m, block_m)
+    return shares_for(tiles, triton.cdiv(k, 64 * (parts or tile_parts)), device)
 
 
-def reserve_split_k(device: torch.device, n: int, k: int) -> None:
-    """Sizes the shared split-K scratch for an [n, k] layer and every row count this kernel
-    takes, before any launch (CUDA-graph capture must not allocate it): one growth, to the
-    largest."""
+def reserve_split_k(device: torch.device, n: int, k: int, qtype: int) -> None:
+    """Sizes the shared split-K scratch for an [n, k] `qtype` layer and every row count this
+    kernel takes, before any launch (CUDA-graph capture must not allocate it): one growth, to
+    the largest."""
     partials = counts = 0
     for m in range(2, MAX_ROWS + 1):
-        splits = split_for(m, n, k, device)
+        splits = split_for(qtype, m, n, k, device)
         if splits > 1:
-            block_m, block_n, _, _, _ = tile_for(m, device)
+            block_m, block_n, _, _, _ = tile_for(qtype, m, device)
             partials = max(partials, splits * m * n)
             counts = max(counts, triton.cdiv(n, block_n) * triton.cdiv(m, block_m))
     if partials:
@@ -297,10 +308,10 @@ def gguf_q8_matmul(x: torch.Tensor, raw: torch.Tensor, qtype: int,
     if m == 0 or n == 0:
         return y
     xq, xd, xs = quantize_q8(x) if x_q8 is None else check_q8(x_q8, m, k, x.device)
-    block_m, tile_n, tile_parts, warps, stages = tile_for(m, x.device)
+    block_m, tile_n, tile_parts, warps, stages = tile_for(qtype, m, x.device)
     block_n, parts = block_n or tile_n, parts or tile_parts
     grid = (triton.cdiv(n, block_n), triton.cdiv(m, block_m))
-    splits = splits or split_for(m, n, k, x.device)
+    splits = splits or split_for(qtype, m, n, k, x.device, block_n, parts)
     partials, arrived = split_k_scratch(x.device, splits * m * n, grid[0] * grid[1]) \
         if splits > 1 else (y, y)
     _gguf_q8_kernel[(*grid, splits)](
