@@ -44,8 +44,6 @@ from localserve.kernels.triton._common import (
 from localserve.kernels.triton.gguf import Q4_0, Q4_K, Q5_0, Q5_K, Q6_K, Q8_0, check_raw
 from localserve.kernels.triton.gguf_gemv import (
     _fp16,
-    _k4_min,
-    _k4_scale,
     _ld,
     share_of_k,
     shares_for,
@@ -95,6 +93,37 @@ def _idot(x, w):
 
 
 @triton.jit
+def _k4_head(head):
+    """Q4_K/Q5_K: a super-block's first 16 bytes (d, dmin and the 12 bytes of 6-bit scales and
+    minimums) as four [BLOCK_N] int32 words, in one 16-byte load a row: read byte by byte,
+    their scattered loads were most of the kernel's load instructions."""
+    words = tl.load(head.to(tl.pointer_type(tl.int32))[:, None] + tl.arange(0, 4)[None, :])
+    even, odd = tl.split(tl.reshape(words, [head.shape[0], 2, 2]))  # words 0, 2 and 1, 3
+    w0, w2 = tl.split(even)
+    w1, w3 = tl.split(odd)
+    return w0, w1, w2, w3
+
+
+@triton.jit
+def _half_f32(word, SHIFT: tl.constexpr):
+    """The fp16 in bits SHIFT .. SHIFT + 15 of int32 words, as fp32."""
+    return ((word >> SHIFT) & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+
+
+@triton.jit
+def _k4_scale_min(w1, w2, w3, j):
+    """Sub-block j's 6-bit scale and minimum (as fp32) from the head's words 1-3 (scale
+    bytes 0-3, 4-7, 8-11: `gguf_gemv._k4_scale` and `_k4_min` byte by byte)."""
+    shift = 8 * (j & 3)
+    low = (w1 >> shift) & 255    # byte j (j < 4) or j - 4
+    high = (w2 >> shift) & 255   # byte j + 4 (j < 4) or j
+    top = (w3 >> shift) & 255    # byte j + 4 (j >= 4)
+    scale = tl.where(j < 4, low & 63, (top & 15) | ((low >> 6) << 4))
+    minimum = tl.where(j < 4, high & 63, (top >> 4) | ((high >> 6) << 4))
+    return scale.to(tl.float32), minimum.to(tl.float32)
+
+
+@triton.jit
 def _step_k4(w_ptr, xq_ptr, xd_ptr, xs_ptr, row_start, x_rows, x_blocks, v0,
              QTYPE: tl.constexpr, BYTES: tl.constexpr):
     """Q4_K/Q5_K: quarter super-block v0 // 64: bytes 32q .. 32q + 31 of qs hold values
@@ -112,17 +141,16 @@ def _step_k4(w_ptr, xq_ptr, xd_ptr, xs_ptr, row_start, x_rows, x_blocks, v0,
         hi = hi | ((qh & 2) << 3)
     i_lo = _idot(_x_block(xq_ptr, x_rows, v0, ok, True), lo)
     i_hi = _idot(_x_block(xq_ptr, x_rows, v0 + 32, ok, True), hi)
-    d = _fp16(head, ok, True)
-    dmin = _fp16(head + 2, ok, True)
+    w0, w1, w2, w3 = _k4_head(head)
+    d = _half_f32(w0, 0)
+    dmin = _half_f32(w0, 16)
+    scale_lo, min_lo = _k4_scale_min(w1, w2, w3, 2 * q)
+    scale_hi, min_hi = _k4_scale_min(w1, w2, w3, 2 * q + 1)
     block = v0 // 32
-    return ((i_lo * _x_scale(xd_ptr, x_blocks, block, ok, True)
-             * (d * _k4_scale(head, 2 * q, ok, True))[None, :])
-            + (i_hi * _x_scale(xd_ptr, x_blocks, block + 1, ok, True)
-               * (d * _k4_scale(head, 2 * q + 1, ok, True))[None, :])
-            - _x_scale(xs_ptr, x_blocks, block, ok, True)
-            * (dmin * _k4_min(head, 2 * q, ok, True))[None, :]
-            - _x_scale(xs_ptr, x_blocks, block + 1, ok, True)
-            * (dmin * _k4_min(head, 2 * q + 1, ok, True))[None, :])
+    return ((i_lo * _x_scale(xd_ptr, x_blocks, block, ok, True) * (d * scale_lo)[None, :])
+            + (i_hi * _x_scale(xd_ptr, x_blocks, block + 1, ok, True) * (d * scale_hi)[None, :])
+            - _x_scale(xs_ptr, x_blocks, block, ok, True) * (dmin * min_lo)[None, :]
+            - _x_scale(xs_ptr, x_blocks, block + 1, ok, True) * (dmin * min_hi)[None, :])
 
 
 @triton.jit
