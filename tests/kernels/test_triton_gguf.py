@@ -24,7 +24,7 @@ from localserve.kernels import reference
 from localserve.kernels.triton import gguf as tg
 from localserve.kernels.triton._common import poisoned_outputs
 from localserve.kernels.triton.gguf_gemv import gguf_gemv
-from localserve.kernels.triton.gguf_q8 import MAX_ROWS, gguf_q8_matmul
+from localserve.kernels.triton.gguf_q8 import MAX_ROWS, gguf_q8_matmul, split_for, tile_for
 from localserve.kernels.triton.quantize import quantize_q8
 from localserve.kernels.triton.testing import ELEMENTWISE_TOL, device, full_shapes, rel_error
 from localserve.quant.gguf import dequantize
@@ -263,6 +263,16 @@ def test_q8_takes_x_already_quantized(seed):
         gguf_q8_matmul(x, raw, qtype, x_q8=quantize_q8(x[:3]))
     with pytest.raises(ValueError, match="x_q8 must be"):
         gguf_q8_matmul(x, raw, qtype, x_q8=(x_q8[0], x_q8[1].double(), x_q8[2]))
+
+
+def test_q8_shares_of_k_count_the_tile_launched():
+    """A narrower tile than the default launches more programs, so K takes fewer shares: a
+    sweep of other tiles must not run with the default tile's shares."""
+    n = k = 4096
+    _, default_n, default_parts, _, _ = tile_for(Q.Q4_K, 16, DEV)
+    assert split_for(Q.Q4_K, 16, n, k, DEV) == split_for(Q.Q4_K, 16, n, k, DEV, default_n,
+                                                         default_parts)
+    assert split_for(Q.Q4_K, 16, n, k, DEV, block_n=16) < split_for(Q.Q4_K, 16, n, k, DEV)
 
 
 def test_q8_rejects_bad_input():
