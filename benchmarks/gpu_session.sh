@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device-machine call: install the carried wheels and localserve, run the GPU tests and the
 # benchmarks, keep logs under $OUT. Usage (device tool, carry .whl, made by fetch_gpu_wheels.sh):
-#   bash benchmarks/gpu_session.sh [tests|parity|default|gguf|q8|kernels|bench|profile|probe|server|all]
+#   bash benchmarks/gpu_session.sh [tests|parity|default|gguf|q8|ab|kernels|bench|profile|probe|server|all]
 #   [args...]
 set -uo pipefail
 what=${1:-all}; shift || true
@@ -46,6 +46,13 @@ if [[ $what == q8 ]]; then  # the int8 GGUF kernel (2-32 rows): its GPU tests, t
     tests/kernels/test_triton_norm.py tests/kernels/test_triton_activation.py \
     -k "q8 or turing or compute_what or scratch or once" 2>&1 | tee "$OUT/q8_tests.log" | tail -5
   python3 benchmarks/gguf_gpu_bench.py "$@" 2>&1 | tee "$OUT/q8_bench.log" | tail -60
+fi
+if [[ $what == ab ]]; then  # ab FILE OLD [args]: gguf_gpu_bench.py args with FILE, then OLD in its place
+  file=$1 old=$2; shift 2; cp "$file" /tmp/ab_new
+  python3 benchmarks/gguf_gpu_bench.py "$@" 2>&1 | tee "$OUT/ab_new.log" | grep -v "^row:" | tail -40
+  cp "$old" "$file"
+  python3 benchmarks/gguf_gpu_bench.py "$@" 2>&1 | tee "$OUT/ab_old.log" | grep -v "^row:" | tail -40
+  cp /tmp/ab_new "$file"
 fi
 if [[ $what == kernels || $what == all ]]; then
   python3 benchmarks/triton_kernels.py 2>&1 | tee "$OUT/triton_kernels.log" | tail -30
