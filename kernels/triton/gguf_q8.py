@@ -273,21 +273,23 @@ def int8_dots(device: torch.device) -> bool:
 
 def tile_for(qtype: int, m: int, device: torch.device) -> tuple[int, int, int, int, int]:
     """(BLOCK_M, BLOCK_N, 64-value parts a step, warps, stages) for m rows of x of a `qtype`
-    layer: 16 rows of x (the smallest int8 dot) up to 16, else 32. On NVIDIA, from two H100
-    sweeps of Llama-3-8B's four layer shapes at 4, 16 and 32 rows (session 24,
-    docs/benchmarks.md): 64 rows of W a program up to 16 rows, 128 above; Q4_K four parts a
-    step up to 16 rows, two and three stages above. Q6_K measured fastest with two parts, but
-    that spills registers (as for Q5_0 and Q5_K: test_triton_compile.py), so the other types
-    take one. AMD keeps session 22's unswept 64 x 1; RDNA3 takes 32 rows of W (64 spilled)."""
+    layer: 16 rows of x (the smallest int8 dot) up to 16, else 32. On NVIDIA, Q4_K and Q6_K
+    (Q4_K_M's types) take the fastest tiles of two H100 sweeps of Llama-3-8B's four layer
+    shapes at 4, 16 and 32 rows (session 24, docs/benchmarks.md): 64 rows of W up to 16 rows
+    of x, 128 above; Q4_K four parts a step up to 16 rows, two and three stages above. Q6_K
+    measured fastest with two parts, which spill registers (test_triton_compile.py), so it
+    takes one. The other types (unswept: 128 rows spill for Q5_K on sm_89) and AMD keep
+    session 22's 64 x 1; RDNA3 takes 32 rows of W (64 spilled)."""
     block_m = 16 if m <= 16 else 32
     arch = gpu_arch(device)
     if rdna(arch):
         return block_m, 32, 1, 4, 2
-    if arch is not None and nvidia_capability(arch) is None:  # CDNA (the interpreter: NVIDIA's)
-        return block_m, 64, 1, 4, 2
-    if block_m == 16:
-        return block_m, 64, 4 if qtype == Q4_K else 1, 4, 2
-    return (block_m, 128, 2, 4, 3) if qtype == Q4_K else (block_m, 128, 1, 4, 2)
+    nvidia = arch is None or nvidia_capability(arch) is not None  # the interpreter: NVIDIA's
+    if nvidia and qtype == Q4_K:
+        return (block_m, 64, 4, 4, 2) if block_m == 16 else (block_m, 128, 2, 4, 3)
+    if nvidia and qtype == Q6_K and block_m == 32:
+        return block_m, 128, 1, 4, 2
+    return block_m, 64, 1, 4, 2
 
 
 def split_for(qtype: int, m: int, n: int, k: int, device: torch.device,
