@@ -144,16 +144,24 @@ def _group_sums(p, BLOCK_N: tl.constexpr, G: tl.constexpr, S: tl.constexpr):
 @triton.jit
 def _k4_scale(head, j, ok, EVEN: tl.constexpr):
     """Q4_K/Q5_K: sub-block j's 6-bit scale, from the 12 bytes after d and dmin."""
-    low = _u8(head + 4 + (j & 3), ok, EVEN)    # byte j (j < 4) or j - 4
-    top = _u8(head + 12 + (j & 3), ok, EVEN)   # byte j + 4 (j >= 4)
-    return tl.where(j < 4, low & 63, (top & 15) | ((low >> 6) << 4)).to(tl.float32)
+    return _k4_scale_of(_u8(head + 4 + (j & 3), ok, EVEN), _u8(head + 12 + (j & 3), ok, EVEN), j)
 
 
 @triton.jit
 def _k4_min(head, j, ok, EVEN: tl.constexpr):
     """Q4_K/Q5_K: sub-block j's 6-bit minimum."""
-    high = _u8(head + 8 + (j & 3), ok, EVEN)   # byte j + 4 (j < 4) or j
-    top = _u8(head + 12 + (j & 3), ok, EVEN)
+    return _k4_min_of(_u8(head + 8 + (j & 3), ok, EVEN), _u8(head + 12 + (j & 3), ok, EVEN), j)
+
+
+@triton.jit
+def _k4_scale_of(low, top, j):
+    """Sub-block j's scale (fp32) from scale bytes j & 3 (`low`) and 8 + (j & 3) (`top`)."""
+    return tl.where(j < 4, low & 63, (top & 15) | ((low >> 6) << 4)).to(tl.float32)
+
+
+@triton.jit
+def _k4_min_of(high, top, j):
+    """Sub-block j's minimum (fp32) from scale bytes 4 + (j & 3) (`high`) and 8 + (j & 3)."""
     return tl.where(j < 4, high & 63, (top >> 4) | ((high >> 6) << 4)).to(tl.float32)
 
 

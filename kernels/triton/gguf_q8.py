@@ -44,6 +44,8 @@ from localserve.kernels.triton._common import (
 from localserve.kernels.triton.gguf import Q4_0, Q4_K, Q5_0, Q5_K, Q6_K, Q8_0, check_raw
 from localserve.kernels.triton.gguf_gemv import (
     _fp16,
+    _k4_min_of,
+    _k4_scale_of,
     _ld,
     share_of_k,
     shares_for,
@@ -112,15 +114,11 @@ def _half_f32(word, SHIFT: tl.constexpr):
 
 @triton.jit
 def _k4_scale_min(w1, w2, w3, j):
-    """Sub-block j's 6-bit scale and minimum (as fp32) from the head's words 1-3 (scale
-    bytes 0-3, 4-7, 8-11: `gguf_gemv._k4_scale` and `_k4_min` byte by byte)."""
+    """Sub-block j's scale and minimum from the head's words 1-3 (scale bytes 0-3, 4-7,
+    8-11)."""
     shift = 8 * (j & 3)
-    low = (w1 >> shift) & 255    # byte j (j < 4) or j - 4
-    high = (w2 >> shift) & 255   # byte j + 4 (j < 4) or j
-    top = (w3 >> shift) & 255    # byte j + 4 (j >= 4)
-    scale = tl.where(j < 4, low & 63, (top & 15) | ((low >> 6) << 4))
-    minimum = tl.where(j < 4, high & 63, (top >> 4) | ((high >> 6) << 4))
-    return scale.to(tl.float32), minimum.to(tl.float32)
+    low, high, top = (w1 >> shift) & 255, (w2 >> shift) & 255, (w3 >> shift) & 255
+    return _k4_scale_of(low, top, j), _k4_min_of(high, top, j)
 
 
 @triton.jit
@@ -292,13 +290,12 @@ def tile_for(qtype: int, m: int, device: torch.device) -> tuple[int, int, int, i
     return block_m, 64, 1, 4, 2
 
 
-def split_for(qtype: int, m: int, n: int, k: int, device: torch.device,
-              block_n: int | None = None, parts: int | None = None) -> int:
-    """Shares of K for m rows of x and an [n, k] layer (`gguf_gemv.shares_for`), with the
-    tile's rows of W and parts a step (`tile_for`'s unless given)."""
-    block_m, tile_n, tile_parts, _, _ = tile_for(qtype, m, device)
-    tiles = triton.cdiv(n, block_n or tile_n) * triton.cdiv(m, block_m)
-    return shares_for(tiles, triton.cdiv(k, 64 * (parts or tile_parts)), device)
+def split_for(m: int, n: int, k: int, block_m: int, block_n: int, parts: int,
+              device: torch.device) -> int:
+    """Shares of K for m rows of x and an [n, k] layer launched with this tile
+    (`gguf_gemv.shares_for`)."""
+    tiles = triton.cdiv(n, block_n) * triton.cdiv(m, block_m)
+    return shares_for(tiles, triton.cdiv(k, 64 * parts), device)
 
 
 def reserve_split_k(device: torch.device, n: int, k: int, qtype: int) -> None:
@@ -307,9 +304,9 @@ def reserve_split_k(device: torch.device, n: int, k: int, qtype: int) -> None:
     the largest."""
     partials = counts = 0
     for m in range(2, MAX_ROWS + 1):
-        splits = split_for(qtype, m, n, k, device)
+        block_m, block_n, parts, _, _ = tile_for(qtype, m, device)
+        splits = split_for(m, n, k, block_m, block_n, parts, device)
         if splits > 1:
-            block_m, block_n, _, _, _ = tile_for(qtype, m, device)
             partials = max(partials, splits * m * n)
             counts = max(counts, triton.cdiv(n, block_n) * triton.cdiv(m, block_m))
     if partials:
@@ -341,7 +338,7 @@ def gguf_q8_matmul(x: torch.Tensor, raw: torch.Tensor, qtype: int,
     block_m, tile_n, tile_parts, warps, stages = tile_for(qtype, m, x.device)
     block_n, parts = block_n or tile_n, parts or tile_parts
     grid = (triton.cdiv(n, block_n), triton.cdiv(m, block_m))
-    splits = splits or split_for(qtype, m, n, k, x.device, block_n, parts)
+    splits = splits or split_for(m, n, k, block_m, block_n, parts, x.device)
     partials, arrived = split_k_scratch(x.device, splits * m * n, grid[0] * grid[1]) \
         if splits > 1 else (y, y)
     _gguf_q8_kernel[(*grid, splits)](

@@ -269,10 +269,10 @@ def test_q8_shares_of_k_count_the_tile_launched():
     """A narrower tile than the default launches more programs, so K takes fewer shares: a
     sweep of other tiles must not run with the default tile's shares."""
     n = k = 4096
-    _, default_n, default_parts, _, _ = tile_for(Q.Q4_K, 16, DEV)
-    assert split_for(Q.Q4_K, 16, n, k, DEV) == split_for(Q.Q4_K, 16, n, k, DEV, default_n,
-                                                         default_parts)
-    assert split_for(Q.Q4_K, 16, n, k, DEV, block_n=16) < split_for(Q.Q4_K, 16, n, k, DEV)
+    block_m, block_n, parts, _, _ = tile_for(Q.Q4_K, 16, DEV)
+    assert block_n > 16
+    assert (split_for(16, n, k, block_m, 16, parts, DEV)
+            < split_for(16, n, k, block_m, block_n, parts, DEV))
 
 
 def test_q8_rejects_bad_input():

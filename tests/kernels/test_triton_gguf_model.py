@@ -235,7 +235,8 @@ def test_split_k_scratch_is_sized_before_any_launch(monkeypatch):
     set_quantized_weight(layer, torch.from_numpy(random_weight(Q.Q4_K, n, k, rng)).to(DEV),
                          Q.Q4_K, torch.float32)
     layer.method = TritonGGUFLinearMethod(DEV)
-    assert gguf_q8.split_for(Q.Q4_K, 32, n, k, DEV) > 1  # the case that needs the scratch
+    block_m, block_n, parts, _, _ = gguf_q8.tile_for(Q.Q4_K, 32, DEV)
+    assert gguf_q8.split_for(32, n, k, block_m, block_n, parts, DEV) > 1  # needs the scratch
     reserve_gguf_scratch(torch.nn.ModuleDict({"layer": layer}))
     (reserved,) = gguf_gemv._SCRATCH.values()
     for rows in (1, 16, 32):
